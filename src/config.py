@@ -1,0 +1,189 @@
+"""YAML experiment configs, validated against the constructors they build.
+
+A config has four sections: `model` (vocabulary, width and the explicit list of blocks), `task`,
+`train` and `eval`. Every mapping is checked against the signature of the callable it feeds (a
+layer constructor, a task class, the train/eval dataclasses): an unknown key, a missing key, a
+wrong type or an out-of-range value raises `ConfigError` naming the key and the file. Defaults
+exist only where the callable declares them (hyper-parameters the paper fixes), and
+`ExperimentConfig.to_yaml` prints them back so the resolved experiment is visible.
+"""
+
+import inspect
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+
+from src.schema import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, UnitFloat
+
+
+class ConfigError(ValueError):
+    """A config file is invalid; the message names the file and the key."""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `3e-4` as a float (YAML 1.2), not as the string PyYAML 1.1 makes."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:(?:\d+\.\d*|\.\d+)(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+)$"),
+    list("-+0123456789."),
+)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+def check_value(value: Any, hint: Any, key: str, file: str) -> Any:
+    """Validate one config value against a type hint; return it (ints accepted for floats)."""
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        base, *metadata = typing.get_args(hint)
+        value = check_value(value, base, key, file)
+        for meta in metadata:
+            if isinstance(meta, Range) and (problem := meta.violation(value)):
+                raise ConfigError(f"{file}: key '{key}' {problem}")
+        return value
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{file}: key '{key}' must be one of {list(typing.get_args(hint))}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [option for option in options if option is not type(None)]
+        return check_value(value, inner, key, file)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"{file}: key '{key}' must be a non-empty list, got {value!r}")
+        return [check_value(v, item, f"{key}[{i}]", file) for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (type(value) is hint):
+        return value
+    raise ConfigError(f"{file}: key '{key}' must be of type {_type_name(hint)}, got {value!r}")
+
+
+def check_keys(raw: Any, allowed: Mapping[str, bool], where: str, file: str) -> None:
+    """Require `raw` to be a mapping whose keys are in `allowed` (name -> required)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{file}: key '{where}' must be a mapping, got {raw!r}")
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(f"{file}: unknown key '{where}.{key}'; allowed keys are {sorted(allowed)}")
+    for key, required in allowed.items():
+        if required and key not in raw:
+            raise ConfigError(f"{file}: missing key '{where}.{key}'")
+
+
+def arguments_for(target: Callable, raw: Any, where: str, file: str, provided: tuple[str, ...] = ()) -> dict:
+    """Validate `raw` against the keyword parameters of `target` and return the resolved kwargs.
+
+    Parameters named in `provided` (such as d_model, set by the model section) are not read from
+    the config. Parameters with defaults are optional; the defaults are filled in.
+    """
+    signature = inspect.signature(target)
+    hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target, include_extras=True)
+    parameters = {name: p for name, p in signature.parameters.items() if name not in ("self", *provided)}
+    check_keys(raw, {name: p.default is inspect.Parameter.empty for name, p in parameters.items()}, where, file)
+    resolved = {}
+    for name, parameter in parameters.items():
+        key = f"{where}.{name}"
+        resolved[name] = check_value(raw[name], hints[name], key, file) if name in raw else parameter.default
+    return resolved
+
+
+def build(target: Callable, kwargs: dict, where: str, file: str, **provided: Any) -> Any:
+    """Call `target`, turning its own argument errors (cross-field constraints) into ConfigErrors."""
+    try:
+        return target(**provided, **kwargs)
+    except ValueError as error:
+        raise ConfigError(f"{file}: key '{where}': {error}") from error
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The `train` section: optimiser, schedule, budget and bookkeeping."""
+
+    steps: PositiveInt
+    batch_size: PositiveInt
+    lr: PositiveFloat
+    warmup_steps: NonNegativeInt
+    weight_decay: NonNegativeFloat
+    grad_clip: PositiveFloat
+    seed: int
+    out_dir: str
+    eval_every: PositiveInt
+    min_lr_ratio: UnitFloat = 0.1
+    betas: list[UnitFloat] | None = None
+    device: Literal["cpu", "cuda"] = "cpu"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The `eval` section: how many held-out examples, and their seed (disjoint from training)."""
+
+    num_examples: PositiveInt
+    batch_size: PositiveInt
+    seed: int
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A validated experiment: resolved model/task mappings and the train/eval sections."""
+
+    file: str
+    model: dict
+    task: dict
+    train: TrainConfig
+    eval: EvalConfig
+
+    def to_yaml(self) -> str:
+        """The resolved config, defaults included, as YAML."""
+        sections = {"model": self.model, "task": self.task, "train": asdict(self.train), "eval": asdict(self.eval)}
+        return yaml.safe_dump(sections, sort_keys=False)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.load(path.read_text(), Loader=_Loader)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return raw
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    """Read and validate a whole experiment config (model, task, train, eval)."""
+    from src.model import resolve_model_section
+    from src.tasks import build_task, resolve_task_section
+
+    file = str(path)
+    raw = read_yaml(path)
+    check_keys(raw, {"model": True, "task": True, "train": True, "eval": True}, "<top>", file)
+    model = resolve_model_section(raw["model"], file)
+    task = resolve_task_section(raw["task"], file)
+    task_vocab = build_task(task, file).vocab_size
+    if task_vocab > model["vocab_size"]:
+        raise ConfigError(
+            f"{file}: key 'model.vocab_size' ({model['vocab_size']}) must be >= the task's vocabulary ({task_vocab})"
+        )
+    train = TrainConfig(**arguments_for(TrainConfig, raw["train"], "train", file))
+    if train.betas is not None and len(train.betas) != 2:
+        raise ConfigError(f"{file}: key 'train.betas' must have two entries, got {train.betas}")
+    evaluation = EvalConfig(**arguments_for(EvalConfig, raw["eval"], "eval", file))
+    return ExperimentConfig(file, model, task, train, evaluation)

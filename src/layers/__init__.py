@@ -1,0 +1,1 @@
+"""Equation functions, one module per mechanism, and the layers built only from them."""

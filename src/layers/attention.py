@@ -1,0 +1,132 @@
+"""Causal multi-head self-attention with rotary position embeddings and a KV cache.
+
+Papers: Attention Is All You Need (Vaswani et al. 2017, arXiv:1706.03762);
+RoFormer (Su et al. 2021, arXiv:2104.09864).
+
+Glossary (code -> paper):
+    q, k, v     Q, K, V: queries, keys, values, (batch, heads, length, d_head)
+    d_head      d_k = d_v = d_model / h
+    n_heads     h, the number of heads
+    offset      m of the first row: the absolute position of x[..., 0, :] (RoPE)
+    base        the 10000 in theta_i = 10000^{-2(i-1)/d}
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from src.layers._checks import check_positive, check_shapes
+from src.schema import PositiveFloat, PositiveInt
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True
+) -> torch.Tensor:
+    r"""Scaled dot-product attention, optionally with the decoder's causal mask.
+
+    Paper: Attention Is All You Need (Vaswani et al. 2017, arXiv:1706.03762), Sec. 3.2.1, Eq. (1)
+
+    .. math::
+        \mathrm{Attention}(Q, K, V) = \mathrm{softmax}\!\left(\frac{Q K^\top}{\sqrt{d_k}}\right) V
+
+    With `causal`, scores of future keys are set to -inf before the softmax (Sec. 3.2.3). The
+    queries are the *last* L_q of the L_k key positions, so a query chunk can attend to a KV
+    cache of earlier tokens: query i may see keys 0 .. L_k - L_q + i.
+
+    Args:
+        q: (..., L_q, d_k) queries.
+        k: (..., L_k, d_k) keys, L_k >= L_q when causal.
+        v: (..., L_k, d_v) values.
+        causal: apply the causal mask.
+
+    Returns:
+        (..., L_q, d_v) attention output.
+    """
+    sizes = check_shapes(q=(q, "... L_q d_k"), k=(k, "... L_k d_k"), v=(v, "... L_k d_v"))
+    L_q, L_k = sizes["L_q"], sizes["L_k"]
+    if causal and L_k < L_q:
+        raise ValueError(f"k has {L_k} positions but q has {L_q}; causal attention needs L_k >= L_q")
+    scores = q @ k.transpose(-2, -1) / math.sqrt(sizes["d_k"])
+    if causal:
+        query_pos = torch.arange(L_k - L_q, L_k, device=q.device)[:, None]
+        key_pos = torch.arange(L_k, device=q.device)[None, :]
+        scores = scores.masked_fill(key_pos > query_pos, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def rotary_embedding(x: torch.Tensor, offset: int = 0, base: float = 10000.0) -> torch.Tensor:
+    r"""Rotate consecutive pairs of features by an angle proportional to the position.
+
+    Paper: RoFormer (Su et al. 2021, arXiv:2104.09864), Sec. 3.4.2, Eq. (34)
+
+    .. math::
+        R^d_{\Theta,m} x = x \otimes (\cos m\theta_1, \cos m\theta_1, \dots, \cos m\theta_{d/2},
+        \cos m\theta_{d/2}) + (-x_2, x_1, \dots, -x_d, x_{d-1}) \otimes (\sin m\theta_1,
+        \sin m\theta_1, \dots), \qquad \theta_i = \mathrm{base}^{-2(i-1)/d}
+
+    Pairs are the paper's adjacent features (x_1, x_2), (x_3, x_4), ...; Hugging Face's Llama
+    code pairs feature i with i + d/2 instead, a fixed permutation of the same rotation.
+
+    Args:
+        x: (..., L, d) queries or keys, d even; row m sits at position offset + m.
+        offset: absolute position of row 0 (the length of the KV cache when stepping).
+        base: the frequency base (10000 in the paper).
+
+    Returns:
+        (..., L, d) rotated tensor.
+    """
+    sizes = check_shapes(x=(x, "... L d"))
+    d, L = sizes["d"], sizes["L"]
+    if d % 2:
+        raise ValueError(f"x must have an even last dimension for rotary pairs, got d={d}")
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
+    check_positive("base", base)
+    theta = base ** (-torch.arange(0, d, 2, dtype=torch.float64, device=x.device) / d)  # (d/2,)
+    m = torch.arange(offset, offset + L, dtype=torch.float64, device=x.device)  # (L,)
+    angle = (m[:, None] * theta[None, :]).repeat_interleave(2, dim=-1).to(x.dtype)  # (L, d)
+    x_rotated = torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)  # (-x2, x1, -x4, x3, ...)
+    return x * torch.cos(angle) + x_rotated * torch.sin(angle)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention (Vaswani et al. 2017, Sec. 3.2.2) with RoPE on Q and K.
+
+    `step` takes the next tokens and a KV cache {"k", "v"} of shape (batch, heads, T, d_head),
+    holding keys after rotation, so one-token decoding never recomputes the prefix.
+    """
+
+    def __init__(self, d_model: int, n_heads: PositiveInt, rope_base: PositiveFloat = 10000.0):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"n_heads={n_heads} must divide d_model={d_model}")
+        if (d_model // n_heads) % 2:
+            raise ValueError(f"d_model / n_heads = {d_model // n_heads} must be even for rotary pairs")
+        self.n_heads = n_heads
+        self.rope_base = rope_base
+        self.W_q = nn.Linear(d_model, d_model, bias=False)
+        self.W_k = nn.Linear(d_model, d_model, bias=False)
+        self.W_v = nn.Linear(d_model, d_model, bias=False)
+        self.W_o = nn.Linear(d_model, d_model, bias=False)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, d_model = x.shape
+        return x.view(batch, length, self.n_heads, d_model // self.n_heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.step(x, None)
+        return y
+
+    def step(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+        """x: (batch, T, d_model) new tokens; state: KV cache or None. Returns (y, new cache)."""
+        offset = 0 if state is None else state["k"].shape[-2]
+        q = rotary_embedding(self._split_heads(self.W_q(x)), offset, self.rope_base)
+        k = rotary_embedding(self._split_heads(self.W_k(x)), offset, self.rope_base)
+        v = self._split_heads(self.W_v(x))
+        if state is not None:
+            k = torch.cat((state["k"], k), dim=-2)
+            v = torch.cat((state["v"], v), dim=-2)
+        y = scaled_dot_product_attention(q, k, v, causal=True)  # (batch, heads, T, d_head)
+        y = y.transpose(1, 2).flatten(-2)  # concatenate heads: (batch, T, d_model)
+        return self.W_o(y), {"k": k, "v": v}

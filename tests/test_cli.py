@@ -1,0 +1,56 @@
+"""The memory-models command: train is reproducible from its seed, config errors are clear."""
+
+import json
+
+import torch
+import yaml
+
+from src.cli import main
+from src.config import read_yaml
+from tests.conftest import ROOT
+
+
+def tiny_experiment(tmp_path, **train_changes) -> str:
+    raw = read_yaml(ROOT / "configs" / "transformer_mqar.yaml")
+    raw["model"].update(d_model=16)
+    raw["model"]["blocks"][0].update(repeat=1)
+    raw["model"]["blocks"][0]["mlp"]["d_hidden"] = 32
+    raw["train"].update(steps=6, batch_size=4, eval_every=3, warmup_steps=2, out_dir=str(tmp_path / "run"))
+    raw["train"].update(train_changes)
+    raw["eval"].update(num_examples=20, batch_size=10)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def final_line(out: str) -> str:
+    return next(line for line in out.splitlines() if line.startswith("final:"))
+
+
+def test_train_twice_from_one_seed_gives_the_same_final_metric(tmp_path, capsys):
+    path = tiny_experiment(tmp_path)
+    assert main(["train", path]) == 0
+    first = capsys.readouterr().out
+    assert main(["train", path]) == 0
+    second = capsys.readouterr().out
+    assert final_line(first) == final_line(second)
+    assert "step      6/6" in first  # progress lines
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [3, 6]
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["step"] == 6 and "model" in checkpoint and "optimizer" in checkpoint
+    assert yaml.safe_load(checkpoint["config"])["train"]["steps"] == 6
+
+
+def test_evaluate_reads_the_checkpoint(tmp_path, capsys):
+    path = tiny_experiment(tmp_path)
+    main(["train", path])
+    trained = final_line(capsys.readouterr().out).removeprefix("final: ")
+    assert main(["evaluate", path, str(tmp_path / "run" / "checkpoint.pt")]) == 0
+    assert capsys.readouterr().out.strip() == f"step 6: {trained}"
+
+
+def test_misspelled_key_fails_naming_key_and_file(tmp_path, capsys):
+    path = tiny_experiment(tmp_path, warmup=5)
+    assert main(["train", path]) == 2
+    assert f"{path}: unknown key 'train.warmup'" in capsys.readouterr().err

@@ -1,0 +1,98 @@
+"""Config validation: every error names the key and the file."""
+
+import pytest
+import yaml
+
+from src.config import ConfigError, load_experiment, read_yaml
+from tests.conftest import ROOT
+
+QUICKSTART = ROOT / "configs" / "transformer_mqar.yaml"
+
+
+def with_change(tmp_path, change) -> str:
+    raw = read_yaml(QUICKSTART)
+    change(raw)
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_quickstart_config_loads_and_echoes_defaults():
+    experiment = load_experiment(QUICKSTART)
+    echoed = yaml.safe_load(experiment.to_yaml())
+    assert echoed["model"]["blocks"][0]["mixer"] == {"type": "attention", "n_heads": 4, "rope_base": 10000.0}
+    assert echoed["model"]["norm_eps"] == 1e-5
+    assert echoed["train"]["min_lr_ratio"] == 0.1
+    assert experiment.train.lr == 3e-3
+
+
+def test_misspelled_key_is_named_with_the_file(tmp_path):
+    path = with_change(tmp_path, lambda raw: raw["train"].update(learning_rate=raw["train"].pop("lr")))
+    with pytest.raises(ConfigError, match=rf"^{path}: unknown key 'train.learning_rate'"):
+        load_experiment(path)
+
+
+def test_misspelled_mixer_key(tmp_path):
+    path = with_change(tmp_path, lambda raw: raw["model"]["blocks"][0]["mixer"].update(n_head=4))
+    with pytest.raises(ConfigError, match=rf"{path}: unknown key 'model.blocks\[0\].mixer.n_head'"):
+        load_experiment(path)
+
+
+def test_missing_key(tmp_path):
+    path = with_change(tmp_path, lambda raw: raw["task"].pop("num_pairs"))
+    with pytest.raises(ConfigError, match=rf"{path}: missing key 'task.num_pairs'"):
+        load_experiment(path)
+
+
+def test_wrong_type(tmp_path):
+    path = with_change(tmp_path, lambda raw: raw["train"].update(steps="many"))
+    with pytest.raises(ConfigError, match=rf"{path}: key 'train.steps' must be of type int, got 'many'"):
+        load_experiment(path)
+
+
+def test_bool_is_not_an_int(tmp_path):
+    path = with_change(tmp_path, lambda raw: raw["model"].update(d_model=True))
+    with pytest.raises(ConfigError, match=r"key 'model\.d_model' must be of type int"):
+        load_experiment(path)
+
+
+def test_out_of_range(tmp_path):
+    path = with_change(tmp_path, lambda raw: raw["train"].update(lr=-1.0))
+    with pytest.raises(ConfigError, match=rf"{path}: key 'train.lr' must be > 0, got -1.0"):
+        load_experiment(path)
+
+
+def test_unknown_mixer_type(tmp_path):
+    path = with_change(tmp_path, lambda raw: raw["model"]["blocks"][0]["mixer"].update(type="lstm"))
+    with pytest.raises(ConfigError, match=r"key 'model.blocks\[0\].mixer.type' must be one of"):
+        load_experiment(path)
+
+
+def test_unknown_section_and_task_constraint(tmp_path):
+    path = with_change(tmp_path, lambda raw: raw.update(extra={}))
+    with pytest.raises(ConfigError, match=r"unknown key '<top>\.extra'"):
+        load_experiment(path)
+    path = with_change(tmp_path, lambda raw: raw["task"].update(num_queries=20))
+    with pytest.raises(ConfigError, match="key 'task': num_queries=20 must be <= num_pairs=8"):
+        load_experiment(path)
+
+
+def test_model_vocab_must_cover_task_vocab(tmp_path):
+    path = with_change(tmp_path, lambda raw: raw["model"].update(vocab_size=16))
+    with pytest.raises(ConfigError, match=r"key 'model\.vocab_size' \(16\) must be >= the task's vocabulary \(64\)"):
+        load_experiment(path)
+
+
+def test_scientific_notation_is_a_float(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("a: 3e-4\nb: 12\nc: 1.5\n")
+    assert read_yaml(path) == {"a": 3e-4, "b": 12, "c": 1.5}
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_experiment(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match=f"{bad}: not valid YAML"):
+        load_experiment(bad)

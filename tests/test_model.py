@@ -1,0 +1,78 @@
+"""PaperModel: built from a config, logits of the right shape, step equals forward."""
+
+import pytest
+import torch
+import yaml
+
+from src.config import ConfigError
+from src.model import PaperModel
+
+TINY = {
+    "vocab_size": 32,
+    "d_model": 16,
+    "tie_embeddings": True,
+    "blocks": [
+        {"mixer": {"type": "attention", "n_heads": 2}, "mlp": {"type": "swiglu", "d_hidden": 32}, "repeat": 2},
+        {"mixer": {"type": "attention", "n_heads": 4}, "mlp": "none"},
+    ],
+}
+
+
+def write(tmp_path, model_section) -> str:
+    path = tmp_path / "model.yaml"
+    path.write_text(yaml.safe_dump({"model": model_section}))
+    return str(path)
+
+
+def test_from_config_builds_the_declared_blocks(tmp_path):
+    model = PaperModel.from_config(write(tmp_path, TINY))
+    assert len(model.blocks) == 3
+    assert model.blocks[2].mlp is None and model.blocks[0].mlp is not None
+    assert model.blocks[2].mixer.n_heads == 4
+    assert model.head.weight is model.embedding.weight
+    # embedding 32*16 + 3 blocks of attention 4*16*16 + 2 SwiGLU 3*16*32 + norms (5 + final) * 16
+    assert model.num_parameters() == 32 * 16 + 3 * 4 * 16 * 16 + 2 * 3 * 16 * 32 + 6 * 16
+
+
+def test_forward_shape_and_step_equals_forward(tmp_path):
+    torch.manual_seed(0)
+    model = PaperModel.from_config(write(tmp_path, TINY))
+    ids = torch.randint(32, (2, 9))
+    logits = model(ids)
+    assert logits.shape == (2, 9, 32)
+    state, steps = None, []
+    for t in range(9):
+        step_logits, state = model.step(ids[:, t : t + 1], state)
+        steps.append(step_logits)
+    torch.testing.assert_close(torch.cat(steps, 1), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_step_accepts_several_tokens_at_once(tmp_path):
+    torch.manual_seed(1)
+    model = PaperModel.from_config(write(tmp_path, TINY))
+    ids = torch.randint(32, (1, 10))
+    first, state = model.step(ids[:, :6], None)
+    second, _ = model.step(ids[:, 6:], state)
+    torch.testing.assert_close(torch.cat((first, second), 1), model(ids), rtol=1e-5, atol=1e-5)
+
+
+def test_untied_head_is_a_separate_parameter(tmp_path):
+    model = PaperModel.from_config(write(tmp_path, {**TINY, "tie_embeddings": False}))
+    assert model.head.weight is not model.embedding.weight
+
+
+def test_bad_input_ids_are_named(tmp_path):
+    model = PaperModel.from_config(write(tmp_path, TINY))
+    with pytest.raises(TypeError, match="input_ids must be an int64"):
+        model(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, 32\)"):
+        model(torch.tensor([[0, 32]]))
+    with pytest.raises(ValueError, match="input_ids must have shape"):
+        model(torch.tensor([1, 2]))
+
+
+def test_cross_field_error_names_key_and_file(tmp_path):
+    bad = {**TINY, "blocks": [{"mixer": {"type": "attention", "n_heads": 3}, "mlp": "none"}]}
+    path = write(tmp_path, bad)
+    with pytest.raises(ConfigError, match=rf"{path}: key 'model.blocks\[0\].mixer': n_heads=3 must divide d_model=16"):
+        PaperModel.from_config(path)
