@@ -16,10 +16,12 @@ from src.config import ConfigError, arguments_for, build, check_keys, check_valu
 from src.layers.attention import CausalSelfAttention
 from src.layers.feedforward import SwiGLU
 from src.layers.normalization import RMSNorm
+from src.layers.selective_ssm import MambaMixer
 from src.schema import PositiveFloat, PositiveInt
 
 MIXERS: dict[str, type[nn.Module]] = {
     "attention": CausalSelfAttention,
+    "selective_ssm": MambaMixer,
 }
 MLPS: dict[str, type[nn.Module]] = {
     "swiglu": SwiGLU,

@@ -23,7 +23,7 @@ def test_quickstart_config_loads_and_echoes_defaults():
     assert echoed["model"]["blocks"][0]["mixer"] == {"type": "attention", "n_heads": 4, "rope_base": 10000.0}
     assert echoed["model"]["norm_eps"] == 1e-5
     assert echoed["train"]["min_lr_ratio"] == 0.1
-    assert experiment.train.lr == 3e-3
+    assert experiment.train.lr == 1e-3
 
 
 def test_misspelled_key_is_named_with_the_file(tmp_path):
@@ -73,7 +73,7 @@ def test_unknown_section_and_task_constraint(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown key '<top>\.extra'"):
         load_experiment(path)
     path = with_change(tmp_path, lambda raw: raw["task"].update(num_queries=20))
-    with pytest.raises(ConfigError, match="key 'task': num_queries=20 must be <= num_pairs=8"):
+    with pytest.raises(ConfigError, match="key 'task': num_queries=20 must be <= num_pairs=4"):
         load_experiment(path)
 
 

@@ -6,6 +6,7 @@ import yaml
 
 from src.config import ConfigError
 from src.model import PaperModel
+from tests.conftest import ROOT
 
 TINY = {
     "vocab_size": 32,
@@ -76,3 +77,22 @@ def test_cross_field_error_names_key_and_file(tmp_path):
     path = write(tmp_path, bad)
     with pytest.raises(ConfigError, match=rf"{path}: key 'model.blocks\[0\].mixer': n_heads=3 must divide d_model=16"):
         PaperModel.from_config(path)
+
+
+def test_mamba_130m_has_the_released_parameter_count():
+    # Hugging Face MambaForCausalLM(MambaConfig(vocab_size=50280, hidden_size=768, num_hidden_layers=24,
+    # state_size=16, expand=2, conv_kernel=4, tie_word_embeddings=True)) has 129,135,360 parameters.
+    with torch.device("meta"):
+        model = PaperModel.from_config(ROOT / "configs" / "mamba_130m.yaml")
+    assert model.num_parameters() == 129_135_360
+
+
+def test_mamba_tiny_step_equals_forward():
+    torch.manual_seed(0)
+    model = PaperModel.from_config(ROOT / "configs" / "mamba_tiny.yaml")
+    ids = torch.randint(64, (2, 10))
+    state, steps = None, []
+    for t in range(10):
+        logits, state = model.step(ids[:, t : t + 1], state)
+        steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, 1), model(ids), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,556 @@
+"""Selective state space model (S6) and the Mamba block.
+
+Paper: Mamba: Linear-Time Sequence Modeling with Selective State Spaces (Gu & Dao 2023,
+arXiv:2312.00752). Official implementation: state-spaces/mamba, `mamba_ssm/modules/mamba_simple.py`
+(the block) and `mamba_ssm/ops/selective_scan_interface.py` (`selective_scan_ref`, whose
+(batch, channels, length) layout and argument order `selective_scan` keeps).
+
+Glossary (code -> paper, Algorithm 2):
+    b, l            B, L: batch size and sequence length
+    d               D: channels of the scan (d_inner = expand * d_model in the block)
+    N               N: state size (d_state)
+    u               x: the scan's input, (b, d, l)
+    delta           Δ, (b, d, l); before τ_Δ when delta_softplus is set
+    A               A, (d, N), real and diagonal (one row of N per channel); negative
+    B, C            B, C, (b, N, l): input-dependent (selective)
+    A_bar, B_bar    Ā, B̄: the discretised parameters
+    h               h_t, (b, d, N): the hidden state
+    D               the skip connection y += D u
+    z               the gate branch: output *= SiLU(z) (Fig. 3)
+    dt_rank         R, the rank of s_Δ (ceil(d_model / 16) in the paper)
+
+Discretisation. The paper states the zero-order hold (Eq. 4). The official code, and so this
+layer, uses Ā = exp(ΔA) with the simpler B̄ = ΔB (`discretize_simplified`), which agrees with the
+ZOH to first order in Δ; `discretize_zoh` is the exact Eq. (4), tested on its own.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src.layers._checks import check_positive, check_shapes
+from src.schema import PositiveFloat, PositiveInt
+
+
+def discretize_zoh(delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Zero-order-hold discretisation of a diagonal continuous SSM.
+
+    Paper: Mamba (Gu & Dao 2023, arXiv:2312.00752), Sec. 2, Eq. (4)
+
+    .. math::
+        \bar A = \exp(\Delta A), \qquad
+        \bar B = (\Delta A)^{-1} (\exp(\Delta A) - I) \cdot \Delta B
+               = \frac{\exp(\Delta A) - 1}{A} B \quad (A \text{ diagonal})
+
+    Args:
+        delta: (..., d) step sizes Δ > 0.
+        A: (d, N) diagonal of A per channel, non-zero.
+        B: (..., N) input matrix, same leading dimensions as `delta`.
+
+    Returns:
+        (A_bar, B_bar), each (..., d, N).
+    """
+    check_shapes(delta=(delta, "... d"), A=(A, "d N"), B=(B, "... N"))
+    if (A == 0).any():
+        raise ValueError("A must be non-zero for the zero-order hold (it divides by A)")
+    delta_A = delta[..., :, None] * A  # (..., d, N)
+    A_bar = torch.exp(delta_A)
+    B_bar = torch.expm1(delta_A) / A * B[..., None, :]
+    return A_bar, B_bar
+
+
+def discretize_simplified(delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The discretisation of the official code: exact Ā, first-order (Euler) B̄.
+
+    Paper: Mamba (Gu & Dao 2023, arXiv:2312.00752), Sec. 3.5, Eq. (4) simplified
+
+    .. math::
+        \bar A = \exp(\Delta A), \qquad \bar B = \Delta B
+
+    Sec. 3.5 notes that B̄ = ΔB (instead of the ZOH's) changes little; it equals Eq. (4) up to
+    O(Δ²). `selective_scan_ref` and this project's scans use it.
+
+    Args:
+        delta: (..., d) step sizes Δ.
+        A: (d, N) diagonal of A per channel.
+        B: (..., N) input matrix, same leading dimensions as `delta`.
+
+    Returns:
+        (A_bar, B_bar), each (..., d, N).
+    """
+    check_shapes(delta=(delta, "... d"), A=(A, "d N"), B=(B, "... N"))
+    A_bar = torch.exp(delta[..., :, None] * A)
+    B_bar = delta[..., :, None] * B[..., None, :]
+    return A_bar, B_bar
+
+
+def tau_delta(s_delta: torch.Tensor, delta_bias: torch.Tensor | None = None) -> torch.Tensor:
+    r"""τ_Δ: the step size from the selection projection, Δ = softplus(Parameter + s_Δ(x)).
+
+    Paper: Mamba (Gu & Dao 2023, arXiv:2312.00752), Sec. 3.2, Algorithm 2
+
+    .. math::
+        \Delta = \tau_\Delta(\mathrm{Parameter} + s_\Delta(x)), \qquad
+        \tau_\Delta = \mathrm{softplus}(v) = \log(1 + e^{v})
+
+    Args:
+        s_delta: (b, d, l) the selection projection s_Δ(x).
+        delta_bias: (d,) the learned Parameter (the bias of dt_proj), or None.
+
+    Returns:
+        (b, d, l) positive step sizes.
+    """
+    check_shapes(s_delta=(s_delta, "b d l"), delta_bias=(delta_bias, "d"))
+    if delta_bias is not None:
+        s_delta = s_delta + delta_bias[:, None]
+    return F.softplus(s_delta)
+
+
+def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+    """Shared argument checks and Δ of the two scans."""
+    check_shapes(
+        u=(u, "b d l"),
+        delta=(delta, "b d l"),
+        A=(A, "d N"),
+        B=(B, "b N l"),
+        C=(C, "b N l"),
+        D=(D, "d"),
+        z=(z, "b d l"),
+        delta_bias=(delta_bias, "d"),
+        initial_state=(initial_state, "b d N"),
+    )
+    if delta_softplus:
+        return tau_delta(delta, delta_bias)
+    return delta if delta_bias is None else delta + delta_bias[:, None]
+
+
+def _finish(y, u, D, z):
+    """Skip connection D u and the SiLU(z) gate of Fig. 3."""
+    if D is not None:
+        y = y + D[:, None] * u
+    if z is not None:
+        y = y * F.silu(z)
+    return y
+
+
+def selective_scan_sequential(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    initial_state: torch.Tensor | None = None,
+):
+    r"""The selective scan as the literal recurrence, one time step after another (reference).
+
+    Paper: Mamba (Gu & Dao 2023, arXiv:2312.00752), Sec. 2, Eq. (2a)-(2b)
+
+    .. math::
+        h_t = \bar A_t h_{t-1} + \bar B_t x_t, \qquad y_t = C_t h_t (+ D x_t),
+        \qquad \bar A_t, \bar B_t = \mathrm{discretize}(\Delta_t, A, B_t)
+
+    with the simplified discretisation of the official code and, when given, the SiLU(z) gate:
+    out = y ⊙ SiLU(z). Same layout and arguments as the official `selective_scan_ref` (real A).
+
+    Args:
+        u: (b, d, l) input x.
+        delta: (b, d, l) Δ, or s_Δ(x) when `delta_softplus` (then Δ = softplus(delta + delta_bias)).
+        A: (d, N) real diagonal state matrix (negative for a stable scan).
+        B: (b, N, l) input-dependent B_t.
+        C: (b, N, l) input-dependent C_t.
+        D: (d,) skip weights, or None.
+        z: (b, d, l) gate input, or None.
+        delta_bias: (d,) added to delta, or None.
+        delta_softplus: apply τ_Δ = softplus to delta + delta_bias.
+        return_last_state: also return h_l.
+        initial_state: (b, d, N) h_0 (zeros when None); not in the official signature, it lets a
+            model continue a sequence from its state.
+
+    Returns:
+        (b, d, l) output, and (b, d, N) last state when `return_last_state`.
+    """
+    delta = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+    batch, d, length = u.shape
+    h = initial_state if initial_state is not None else u.new_zeros(batch, d, A.shape[1])
+    ys = []
+    for t in range(length):
+        A_bar, B_bar = discretize_simplified(delta[:, :, t], A, B[:, :, t])  # (b, d, N) each
+        h = A_bar * h + B_bar * u[:, :, t, None]  # Eq. (2a)
+        ys.append((h * C[:, None, :, t]).sum(-1))  # Eq. (2b): y_t = C_t h_t, (b, d)
+    y = _finish(torch.stack(ys, dim=-1) if ys else u.new_zeros(batch, d, 0), u, D, z)
+    return (y, h) if return_last_state else y
+
+
+def _chunks(x: torch.Tensor, n_c: int, T: int) -> torch.Tensor:
+    """(b, k, l) -> (b, n_c, T, k), zero-padded at the end: [:, c, t] is step t of chunk c."""
+    return F.pad(x, (0, n_c * T - x.shape[-1])).view(x.shape[0], x.shape[1], n_c, T).permute(0, 2, 3, 1)
+
+
+def _unchunk(x: torch.Tensor, length: int) -> torch.Tensor:
+    """(b, n_c, T, k) -> (b, k, length): the inverse of `_chunks`."""
+    return x.reshape(x.shape[0], -1, x.shape[-1])[:, :length].transpose(1, 2)
+
+
+class _ChunkedScan(torch.autograd.Function):
+    """Core of `selective_scan`: y_t = C_t h_t, h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t, chunked.
+
+    Forward keeps only the chunk-start states H (b, n_c, d, N). Backward recomputes the states
+    and runs the adjoint recurrence λ_t = C_t^T gy_t + Ā_{t+1} λ_{t+1} with the same chunked
+    scheme, so neither direction loops over all l steps.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, h0, T):
+        length = u.shape[-1]
+        n_c = max(1, math.ceil(length / T))
+        u_c, delta_c, B_c, C_c = (_chunks(x, n_c, T) for x in (u, delta, B, C))
+        # 1. Local scans from h = 0, all chunks at once; S accumulates each chunk's log-decay.
+        h = u.new_zeros(u.shape[0], n_c, *A.shape)
+        S = torch.zeros_like(h)
+        y = []
+        for t in range(T):
+            A_bar, B_bar = discretize_simplified(delta_c[:, :, t], A, B_c[:, :, t])  # (b, n_c, d, N)
+            h = A_bar * h + B_bar * u_c[:, :, t, :, None]
+            S += delta_c[:, :, t, :, None] * A
+            y.append(torch.einsum("bcdn,bcn->bcd", h, C_c[:, :, t]))
+        # 2. True chunk-start states from the chunk summaries: H_{c+1} = e^{S_T} H_c + h_T^local.
+        decay = torch.exp(S)
+        H = [h0]
+        for c in range(n_c):
+            H.append(decay[:, c] * H[c] + h[:, c])
+        H_start = torch.stack(H[:-1], dim=1)
+        # 3. Add the carried-in state's contribution C_t e^{S_t} H_c.
+        S.zero_()
+        for t in range(T):
+            S += delta_c[:, :, t, :, None] * A
+            y[t] = y[t] + torch.einsum("bcdn,bcn->bcd", torch.exp(S) * H_start, C_c[:, :, t])
+        ctx.save_for_backward(u, delta, A, B, C, H_start)
+        ctx.T = T
+        return _unchunk(torch.stack(y, dim=2), length), H[-1]
+
+    @staticmethod
+    def backward(ctx, gy, g_last):
+        u, delta, A, B, C, H_start = ctx.saved_tensors
+        T, length = ctx.T, u.shape[-1]
+        n_c = H_start.shape[1]
+        u_c, delta_c, B_c, C_c, gy_c = (_chunks(x, n_c, T) for x in (u, delta, B, C, gy))
+        A_bar = [torch.exp(delta_c[:, :, t, :, None] * A) for t in range(T)]
+        # True states h_t of every step (recomputed from the chunk starts).
+        h, states = H_start, []
+        for t in range(T):
+            h = A_bar[t] * h + delta_c[:, :, t, :, None] * B_c[:, :, t, None, :] * u_c[:, :, t, :, None]
+            states.append(h)
+        # Local adjoints inside each chunk, from zero at the chunk's end.
+        lam = torch.zeros_like(H_start)
+        lam_local = [None] * T
+        for t in reversed(range(T)):
+            lam = gy_c[:, :, t, :, None] * C_c[:, :, t, None, :] + (A_bar[t + 1] * lam if t + 1 < T else 0)
+            lam_local[t] = lam
+        # Adjoint E_c entering each chunk's last state from later chunks (or from the last state).
+        R = [None] * T  # R_t = prod_{r > t} Ā_r inside the chunk
+        R[T - 1] = torch.ones_like(H_start)
+        for t in reversed(range(T - 1)):
+            R[t] = A_bar[t + 1] * R[t + 1]
+        E = [None] * n_c
+        incoming = g_last if g_last is not None else torch.zeros_like(H_start[:, 0])
+        for c in reversed(range(n_c)):
+            E[c] = incoming
+            incoming = A_bar[0][:, c] * (lam_local[0][:, c] + R[0][:, c] * E[c])
+        E = torch.stack(E, dim=1)
+        # Gradients of every step from (h_{t-1}, λ_t).
+        d_u, d_delta, d_B, d_C = [], [], [], []
+        d_A = torch.zeros_like(A)
+        for t in range(T):
+            lam = lam_local[t] + R[t] * E
+            h_prev = states[t - 1] if t else H_start
+            lam_B = torch.einsum("bcdn,bcn->bcd", lam, B_c[:, :, t])
+            decay_term = lam * A_bar[t] * h_prev  # ∂h_t/∂(Δ_t A) contracted with λ_t
+            d_delta.append((decay_term * A).sum(-1) + lam_B * u_c[:, :, t])
+            d_A += torch.einsum("bcdn,bcd->dn", decay_term, delta_c[:, :, t])
+            d_u.append(lam_B * delta_c[:, :, t])
+            d_B.append(torch.einsum("bcdn,bcd->bcn", lam, delta_c[:, :, t] * u_c[:, :, t]))
+            d_C.append(torch.einsum("bcdn,bcd->bcn", states[t], gy_c[:, :, t]))
+        grads = [_unchunk(torch.stack(g, dim=2), length) for g in (d_u, d_delta, d_B, d_C)]
+        return grads[0], grads[1], d_A, grads[2], grads[3], incoming, None
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    initial_state: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+):
+    r"""The selective scan of Eq. (2a)-(2b) as a chunked scan (fast form of `selective_scan_sequential`).
+
+    Paper: Mamba (Gu & Dao 2023, arXiv:2312.00752), Sec. 3.3.2, Eq. (2a)-(2b) chunked
+
+    The length is cut into n_c chunks of T steps. With S_t = \sum_{r \le t} Δ_r A the log-decay
+    inside a chunk and H_c the true state at the start of chunk c,
+
+    .. math::
+        h_t = \underbrace{\textstyle\sum_{s \le t} e^{S_t - S_s} \bar B_s x_s}_{\text{local, } h_0 = 0}
+              + e^{S_t} H_c, \qquad H_{c+1} = e^{S_T} H_c + h^{\text{local}}_T
+
+    1. the local scans of all chunks run together, one step of T at a time;
+    2. the chunk-start states H_c follow from the n_c chunk summaries;
+    3. y_t gets the correction C_t e^{S_t} H_c, again all chunks at once.
+
+    That is 2T + n_c steps on (b, n_c, d, N) tensors instead of l steps on (b, d, N). Forward
+    keeps only the chunk-start states for backward, which recomputes the states and runs the
+    adjoint recurrence with the same scheme (a hand-written backward, tested against autograd of
+    the literal loop); the backward pass holds the states of all steps while it runs. S_t ≤ 0
+    because A < 0 and Δ > 0, so every exponential is at most 1: nothing overflows however long
+    the sequence.
+
+    Args:
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state:
+            as in `selective_scan_sequential`: u, delta, z (b, d, l); A (d, N); B, C (b, N, l);
+            D, delta_bias (d,); initial_state (b, d, N).
+        chunk_size: T; default ceil(sqrt(l)), which minimises the step count 2T + l / T.
+
+    Returns:
+        (b, d, l) output, and (b, d, N) last state when `return_last_state`.
+    """
+    delta = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+    batch, d, length = u.shape
+    T = chunk_size if chunk_size is not None else max(1, math.ceil(math.sqrt(length)))
+    check_positive("chunk_size", T)
+    h0 = initial_state if initial_state is not None else u.new_zeros(batch, d, A.shape[1])
+    y, last_state = _ChunkedScan.apply(u, delta, A, B, C, h0, T)
+    y = _finish(y, u, D, z)
+    return (y, last_state) if return_last_state else y
+
+
+def ssm_convolution_kernel(A_bar: torch.Tensor, B_bar: torch.Tensor, C: torch.Tensor, length: int) -> torch.Tensor:
+    r"""The SSM convolution kernel of a time-invariant (non-selective, S4D-style) SSM.
+
+    Paper: Mamba (Gu & Dao 2023, arXiv:2312.00752), Sec. 2, Eq. (3a)
+
+    .. math::
+        \bar K = (C\bar B, C\bar A\bar B, \dots, C\bar A^{k}\bar B, \dots), \qquad
+        \bar K_k[d] = \sum_n C[d, n]\, \bar A[d, n]^k\, \bar B[d, n]
+
+    Args:
+        A_bar: (d, N) diagonal of Ā per channel, |Ā| <= 1.
+        B_bar: (d, N) B̄ per channel.
+        C: (d, N) output matrix per channel.
+        length: number of kernel taps L.
+
+    Returns:
+        (d, L) kernel.
+    """
+    check_shapes(A_bar=(A_bar, "d N"), B_bar=(B_bar, "d N"), C=(C, "d N"))
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    k = torch.arange(length, dtype=A_bar.dtype, device=A_bar.device)
+    powers = A_bar[..., None] ** k  # (d, N, L): Ā^k
+    return torch.einsum("dn,dnk->dk", C * B_bar, powers)
+
+
+def ssm_convolution(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    r"""Causal convolution of the input with the SSM kernel, computed with the FFT.
+
+    Paper: Mamba (Gu & Dao 2023, arXiv:2312.00752), Sec. 2, Eq. (3b)
+
+    .. math::
+        y = x * \bar K, \qquad y_t = \sum_{k=0}^{t} \bar K_k\, x_{t-k}
+
+    Zero-padding to 2L turns the FFT's circular convolution into the causal linear one.
+
+    Args:
+        u: (b, d, L) input.
+        K: (d, L) kernel from `ssm_convolution_kernel`.
+
+    Returns:
+        (b, d, L) output.
+    """
+    sizes = check_shapes(u=(u, "b d L"), K=(K, "d L"))
+    L = sizes["L"]
+    n = 2 * L
+    y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(K, n=n), n=n)
+    return y[..., :L]
+
+
+def selection_functions(
+    x: torch.Tensor, W_x: torch.Tensor, W_delta: torch.Tensor, d_state: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""The selection functions: B, C and the pre-activation of Δ as projections of the input.
+
+    Paper: Mamba (Gu & Dao 2023, arXiv:2312.00752), Sec. 3.2, Algorithm 2
+
+    .. math::
+        B = s_B(x) = \mathrm{Linear}_N(x), \quad C = s_C(x) = \mathrm{Linear}_N(x), \quad
+        s_\Delta(x) = \mathrm{Linear}_D(\mathrm{Linear}_R(x))
+
+    s_Δ is the rank-R projection of Sec. 3.6 (Algorithm 2 writes Broadcast_D(Linear_1(x)), its
+    R = 1 case). One matrix W_x produces [Linear_R(x), B, C] as in the official `x_proj`;
+    Δ = τ_Δ(Parameter + s_Δ(x)) follows in `tau_delta`.
+
+    Args:
+        x: (b, d, l) the scan input (after conv and SiLU in the block).
+        W_x: (R + 2N, d) the joint projection (`x_proj.weight`).
+        W_delta: (d, R) the up-projection of s_Δ (`dt_proj.weight`).
+        d_state: N.
+
+    Returns:
+        s_delta (b, d, l), B (b, N, l), C (b, N, l).
+    """
+    sizes = check_shapes(x=(x, "b d l"), W_x=(W_x, "P d"), W_delta=(W_delta, "d R"))
+    if sizes["P"] != sizes["R"] + 2 * d_state:
+        raise ValueError(f"W_x must have R + 2N = {sizes['R'] + 2 * d_state} rows, got {sizes['P']}")
+    projected = torch.einsum("pd,bdl->bpl", W_x, x)
+    low_rank, B, C = projected.split([sizes["R"], d_state, d_state], dim=1)
+    s_delta = torch.einsum("dr,brl->bdl", W_delta, low_rank)
+    return s_delta, B, C
+
+
+def s4d_real_init(d: int, N: int) -> torch.Tensor:
+    r"""S4D-Real initialisation of the diagonal A: every channel gets A = -(1, 2, ..., N).
+
+    Paper: Mamba (Gu & Dao 2023, arXiv:2312.00752), Sec. 3.6, S4D-Real initialisation
+
+    .. math::
+        A_{d, n} = -(n + 1), \qquad n = 0, \dots, N - 1
+
+    The layer stores log(-A) (`A_log`) so that A = -exp(A_log) stays negative while training.
+
+    Args:
+        d: number of channels.
+        N: state size.
+
+    Returns:
+        (d, N) float32 tensor.
+    """
+    if d < 1 or N < 1:
+        raise ValueError(f"d and N must be >= 1, got d={d}, N={N}")
+    return -torch.arange(1, N + 1, dtype=torch.float32).repeat(d, 1)
+
+
+def delta_bias_init(
+    d: int, dt_min: float, dt_max: float, dt_init_floor: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    r"""Initial bias of Δ: inverse softplus of a step size drawn log-uniformly in [dt_min, dt_max].
+
+    Paper: Mamba (Gu & Dao 2023, arXiv:2312.00752), Sec. 3.6, Δ initialisation
+
+    .. math::
+        \Delta_0 = \max(e^{U(\log \Delta_{min}, \log \Delta_{max})}, \Delta_{floor}), \qquad
+        b = \mathrm{softplus}^{-1}(\Delta_0) = \Delta_0 + \log(1 - e^{-\Delta_0})
+
+    so that τ_Δ(b) = softplus(b) = Δ_0 at initialisation (official code: `dt_proj.bias`).
+
+    Args:
+        d: number of channels.
+        dt_min, dt_max: range of the initial step sizes, 0 < dt_min <= dt_max.
+        dt_init_floor: lower clamp of Δ_0.
+        generator: optional random generator.
+
+    Returns:
+        (d,) float32 bias.
+    """
+    check_positive("dt_min", dt_min)
+    check_positive("dt_init_floor", dt_init_floor)
+    if dt_max < dt_min:
+        raise ValueError(f"dt_max must be >= dt_min, got dt_min={dt_min}, dt_max={dt_max}")
+    log_dt = torch.rand(d, generator=generator) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+    dt = torch.exp(log_dt).clamp(min=dt_init_floor)
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Causal depthwise 1-D convolution of the Mamba block (before the SSM).
+
+    Paper: Mamba (Gu & Dao 2023, arXiv:2312.00752), Sec. 3.4, Figure 3
+
+    .. math::
+        y_t[d] = \mathrm{bias}[d] + \sum_{i=0}^{k-1} w[d, i]\, x_{t - (k - 1) + i}[d],
+        \qquad x_{s < 0} = 0
+
+    Same weights and result as `nn.Conv1d(d, d, k, groups=d, padding=k-1)` truncated to the first
+    l outputs (the official block); no output depends on a later input.
+
+    Args:
+        x: (b, d, l) input.
+        weight: (d, k) per-channel filter.
+        bias: (d,) or None.
+
+    Returns:
+        (b, d, l) output.
+    """
+    sizes = check_shapes(x=(x, "b d l"), weight=(weight, "d k"), bias=(bias, "d"))
+    y = F.conv1d(F.pad(x, (sizes["k"] - 1, 0)), weight[:, None, :], bias, groups=sizes["d"])
+    return y
+
+
+class MambaMixer(nn.Module):
+    """The Mamba block of Fig. 3, built from the functions above.
+
+    Parameter names follow the official `Mamba` module (in_proj, conv1d, x_proj, dt_proj, A_log,
+    D, out_proj) so checkpoints map one to one. `step` keeps the last k - 1 conv inputs and the
+    SSM state, so a MambaGPT generates in constant memory per token.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: PositiveInt = 16,
+        d_conv: PositiveInt = 4,
+        expand: PositiveInt = 2,
+        dt_rank: PositiveInt | None = None,
+        dt_min: PositiveFloat = 0.001,
+        dt_max: PositiveFloat = 0.1,
+        dt_init_floor: PositiveFloat = 1e-4,
+    ):
+        super().__init__()
+        self.d_inner = expand * d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.dt_rank = dt_rank if dt_rank is not None else math.ceil(d_model / 16)  # Sec. 3.6
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        nn.init.uniform_(self.dt_proj.weight, -(self.dt_rank**-0.5), self.dt_rank**-0.5)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(delta_bias_init(self.d_inner, dt_min, dt_max, dt_init_floor))
+        self.A_log = nn.Parameter(torch.log(-s4d_real_init(self.d_inner, d_state)))
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.step(x, None)
+        return y
+
+    def step(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+        """x: (b, T, d_model) next tokens; state {"conv": (b, d_inner, k-1), "ssm": (b, d_inner, N)}."""
+        batch, length, _ = x.shape
+        xz = self.in_proj(x).transpose(1, 2)  # (b, 2 d_inner, T)
+        u, z = xz.chunk(2, dim=1)
+        if state is None:
+            state = {"conv": u.new_zeros(batch, self.d_inner, self.d_conv - 1), "ssm": None}
+        history = torch.cat((state["conv"], u), dim=-1)  # earlier conv inputs, then the new ones
+        weight = self.conv1d.weight[:, 0, :]
+        u = F.silu(causal_conv1d(history, weight, self.conv1d.bias)[..., -length:])
+        s_delta, B, C = selection_functions(u, self.x_proj.weight, self.dt_proj.weight, self.d_state)
+        A = -torch.exp(self.A_log)
+        y, ssm_state = selective_scan(
+            u, s_delta, A, B, C, self.D, z, self.dt_proj.bias, delta_softplus=True,
+            return_last_state=True, initial_state=state["ssm"],
+        )  # fmt: skip
+        new_state = {"conv": history[..., history.shape[-1] - (self.d_conv - 1) :], "ssm": ssm_state}
+        return self.out_proj(y.transpose(1, 2)), new_state

@@ -1,0 +1,43 @@
+"""MambaMixer: the Fig. 3 block composed from the equation functions; step equals forward."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from src.layers.selective_ssm import MambaMixer, causal_conv1d, selection_functions, selective_scan_sequential
+
+
+def test_forward_equals_the_equations_composed_by_hand():
+    torch.manual_seed(0)
+    mixer = MambaMixer(d_model=8, d_state=4).double()
+    x = torch.randn(2, 11, 8, dtype=torch.float64)
+    u, z = mixer.in_proj(x).transpose(1, 2).chunk(2, dim=1)
+    u = F.silu(causal_conv1d(u, mixer.conv1d.weight[:, 0], mixer.conv1d.bias))
+    s_delta, B, C = selection_functions(u, mixer.x_proj.weight, mixer.dt_proj.weight, 4)
+    y = selective_scan_sequential(
+        u, s_delta, -torch.exp(mixer.A_log), B, C, mixer.D, z, mixer.dt_proj.bias, delta_softplus=True
+    )
+    torch.testing.assert_close(mixer(x), mixer.out_proj(y.transpose(1, 2)), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunks", [[1] * 9, [4, 1, 4], [2, 7]])
+def test_step_with_conv_and_ssm_state_equals_forward(chunks):
+    torch.manual_seed(1)
+    mixer = MambaMixer(d_model=16, d_state=8, d_conv=4).double()
+    x = torch.randn(3, 9, 16, dtype=torch.float64)
+    state, outputs, start = None, [], 0
+    for size in chunks:
+        y, state = mixer.step(x[:, start : start + size], state)
+        outputs.append(y)
+        start += size
+    torch.testing.assert_close(torch.cat(outputs, 1), mixer(x), rtol=1e-10, atol=1e-10)
+    assert state["conv"].shape == (3, 32, 3) and state["ssm"].shape == (3, 32, 8)
+
+
+def test_initialisation_follows_the_paper():
+    mixer = MambaMixer(d_model=32, d_state=16)
+    assert mixer.dt_rank == 2  # ceil(32 / 16)
+    torch.testing.assert_close(-torch.exp(mixer.A_log), -torch.arange(1.0, 17).repeat(64, 1))
+    dt = F.softplus(mixer.dt_proj.bias)
+    assert dt.min() >= 1e-3 * 0.999 and dt.max() <= 0.1 * 1.001
+    assert torch.equal(mixer.D, torch.ones(64))
