@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from src.config import ExperimentConfig, TrainConfig
 from src.model import PaperModel
@@ -29,6 +30,38 @@ def learning_rate(step: int, train: TrainConfig) -> float:
     progress = (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return train.lr * (train.min_lr_ratio + (1 - train.min_lr_ratio) * cosine)
+
+
+def checkpointed_hidden_states(model: PaperModel, input_ids: torch.Tensor) -> torch.Tensor:
+    """`model.hidden_states` keeping only each block's input for backward (recomputing the block).
+
+    Block-level activation checkpointing: peak activation memory becomes one block's activations
+    plus one (batch, length, d_model) tensor per block.
+    """
+    x = model.embedding(input_ids)
+    for block in model.blocks:
+        x = checkpoint(block, x, use_reentrant=False)
+    return model.norm(x)
+
+
+def chunked_cross_entropy(
+    hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor, chunk_tokens: int
+) -> torch.Tensor:
+    """Mean cross-entropy of head(hidden) over scored targets, chunk_tokens positions at a time.
+
+    Each chunk's logits are recomputed in backward instead of kept, so the (tokens, vocab) logits
+    never exist all at once (1.6 GB in float32 for 4 x 2048 tokens and a 50k vocabulary).
+    """
+
+    def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(head(h), y, ignore_index=IGNORE, reduction="sum")
+
+    hidden, targets = hidden.flatten(0, 1), targets.flatten()
+    total = sum(
+        checkpoint(chunk_loss, hidden[i : i + chunk_tokens], targets[i : i + chunk_tokens], use_reentrant=False)
+        for i in range(0, targets.numel(), chunk_tokens)
+    )
+    return total / (targets != IGNORE).sum()
 
 
 def masked_loss_and_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

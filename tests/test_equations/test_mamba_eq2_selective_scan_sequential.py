@@ -86,7 +86,7 @@ def test_bad_inputs_name_the_argument():
     x = random_inputs()
     with pytest.raises(ValueError, match="B has N=5"):
         selective_scan_sequential(**{**x, "B": torch.randn(2, 5, 6, dtype=torch.float64)})
-    with pytest.raises(TypeError, match="C has dtype torch.float32"):
+    with pytest.raises(TypeError, match=r"C has dtype torch\.float32"):
         selective_scan_sequential(**{**x, "C": x["C"].float()})
     with pytest.raises(ValueError, match=r"u must have shape \(b d l\)"):
         selective_scan_sequential(**{**x, "u": x["u"][0]})

@@ -35,6 +35,10 @@ def test_convolution_equals_recurrence_when_time_invariant(length, seed):
     K = ssm_convolution_kernel(A_bar, B_bar, C.expand(d, N), length)
     y_conv = ssm_convolution(u, K)
     y_rec = selective_scan_sequential(
-        u, delta[None, :, None].expand(2, d, length), A, B[None, :, None].expand(2, N, length), C[None, :, None].expand(2, N, length)
+        u,
+        delta[None, :, None].expand(2, d, length),
+        A,
+        B[None, :, None].expand(2, N, length),
+        C[None, :, None].expand(2, N, length),
     )
     torch.testing.assert_close(y_conv, y_rec, rtol=1e-9, atol=1e-9)

@@ -17,7 +17,11 @@ def test_equals_official_padded_conv():
 
 def test_matches_loop():
     torch.manual_seed(1)
-    x, w, bias = torch.randn(1, 2, 5, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
+    x, w, bias = (
+        torch.randn(1, 2, 5, dtype=torch.float64),
+        torch.randn(2, 3, dtype=torch.float64),
+        torch.randn(2, dtype=torch.float64),
+    )
     expected = torch.zeros(1, 2, 5, dtype=torch.float64)
     for d in range(2):
         for t in range(5):

@@ -22,7 +22,9 @@ def test_softplus_inverts_to_the_drawn_step_sizes():
 
 def test_floor_clamps_small_steps():
     bias = delta_bias_init(100, 1e-6, 1e-6, 1e-4)
-    torch.testing.assert_close(F.softplus(bias.double()), torch.full((100,), 1e-4, dtype=torch.float64), rtol=1e-4, atol=0)
+    torch.testing.assert_close(
+        F.softplus(bias.double()), torch.full((100,), 1e-4, dtype=torch.float64), rtol=1e-4, atol=0
+    )
 
 
 def test_bad_ranges_are_named():
