@@ -3,7 +3,7 @@
     python benchmarks/mamba_memory.py configs/mamba_130m.yaml --batch 4 --length 2048 [--measure]
 
 The estimate counts, in float32 bytes, for one AdamW step with block-level activation
-checkpointing and a chunked cross-entropy (src/training.py):
+checkpointing (PaperModel.hidden_states) and a chunked cross-entropy (src/training.py):
   - parameters, gradients and the two AdamW moments: 16 bytes per parameter;
   - one saved (b, l, d_model) block input per block;
   - the activations of one block while it is recomputed and differentiated: the tensors autograd
@@ -25,7 +25,7 @@ import torch
 
 from src.config import read_yaml
 from src.model import PaperModel, resolve_model_section
-from src.training import checkpointed_hidden_states, chunked_cross_entropy
+from src.training import chunked_cross_entropy
 
 GiB = 2**30
 
@@ -63,7 +63,7 @@ def measure(model_section: dict, batch: int, length: int, loss_chunk: int, steps
     ids = torch.randint(model_section["vocab_size"], (batch, length + 1), device=device)
 
     def train_step():
-        hidden = checkpointed_hidden_states(model, ids[:, :-1])
+        hidden = model.hidden_states(ids[:, :-1], checkpoint_blocks=True)
         loss = chunked_cross_entropy(hidden, model.head, ids[:, 1:], loss_chunk)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

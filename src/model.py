@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from src.config import ConfigError, arguments_for, build, check_keys, check_value, read_yaml
 from src.layers.attention import CausalSelfAttention
@@ -144,12 +145,17 @@ class PaperModel(nn.Module):
                 f"input_ids must lie in [0, {vocab_size}), got range [{input_ids.min()}, {input_ids.max()}]"
             )
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(batch, length) token ids -> (batch, length, d_model) final normalised hidden states."""
+    def hidden_states(self, input_ids: torch.Tensor, checkpoint_blocks: bool = False) -> torch.Tensor:
+        """(batch, length) token ids -> (batch, length, d_model) final normalised hidden states.
+
+        With `checkpoint_blocks`, each block keeps only its input for backward and is recomputed
+        there (block-level activation checkpointing): peak activation memory becomes one block's
+        activations plus one (batch, length, d_model) tensor per block.
+        """
         self._check_ids(input_ids)
         x = self.embedding(input_ids)
         for block in self.blocks:
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if checkpoint_blocks else block(x)
         return self.norm(x)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -32,18 +32,6 @@ def learning_rate(step: int, train: TrainConfig) -> float:
     return train.lr * (train.min_lr_ratio + (1 - train.min_lr_ratio) * cosine)
 
 
-def checkpointed_hidden_states(model: PaperModel, input_ids: torch.Tensor) -> torch.Tensor:
-    """`model.hidden_states` keeping only each block's input for backward (recomputing the block).
-
-    Block-level activation checkpointing: peak activation memory becomes one block's activations
-    plus one (batch, length, d_model) tensor per block.
-    """
-    x = model.embedding(input_ids)
-    for block in model.blocks:
-        x = checkpoint(block, x, use_reentrant=False)
-    return model.norm(x)
-
-
 def chunked_cross_entropy(
     hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor, chunk_tokens: int
 ) -> torch.Tensor:

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from src.model import PaperModel
 from src.tasks import IGNORE
-from src.training import checkpointed_hidden_states, chunked_cross_entropy
+from src.training import chunked_cross_entropy
 from tests.conftest import ROOT
 
 
@@ -18,7 +18,7 @@ def test_checkpointed_loss_and_gradients_equal_the_plain_ones():
 
     plain = F.cross_entropy(model(ids).flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
     plain_grads = torch.autograd.grad(plain, list(model.parameters()))
-    hidden = checkpointed_hidden_states(model, ids)
+    hidden = model.hidden_states(ids, checkpoint_blocks=True)
     chunked = chunked_cross_entropy(hidden, model.head, targets, chunk_tokens=5)
     chunked_grads = torch.autograd.grad(chunked, list(model.parameters()))
 

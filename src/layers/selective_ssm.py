@@ -109,7 +109,7 @@ def tau_delta(s_delta: torch.Tensor, delta_bias: torch.Tensor | None = None) -> 
 
 
 def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
-    """Shared argument checks and Δ of the two scans."""
+    """Shared argument checks of the two scans; returns Δ and h_0 (zeros when not given)."""
     check_shapes(
         u=(u, "b d l"),
         delta=(delta, "b d l"),
@@ -122,8 +122,11 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
         initial_state=(initial_state, "b d N"),
     )
     if delta_softplus:
-        return tau_delta(delta, delta_bias)
-    return delta if delta_bias is None else delta + delta_bias[:, None]
+        delta = tau_delta(delta, delta_bias)
+    elif delta_bias is not None:
+        delta = delta + delta_bias[:, None]
+    h0 = initial_state if initial_state is not None else u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    return delta, h0
 
 
 def _finish(y, u, D, z):
@@ -176,9 +179,8 @@ def selective_scan_sequential(
     Returns:
         (b, d, l) output, and (b, d, N) last state when `return_last_state`.
     """
-    delta = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+    delta, h = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
     batch, d, length = u.shape
-    h = initial_state if initial_state is not None else u.new_zeros(batch, d, A.shape[1])
     ys = []
     for t in range(length):
         A_bar, B_bar = discretize_simplified(delta[:, :, t], A, B[:, :, t])  # (b, d, N) each
@@ -241,12 +243,13 @@ class _ChunkedScan(torch.autograd.Function):
         T, length = ctx.T, u.shape[-1]
         n_c = H_start.shape[1]
         u_c, delta_c, B_c, C_c, gy_c = (_chunks(x, n_c, T) for x in (u, delta, B, C, gy))
-        A_bar = [torch.exp(delta_c[:, :, t, :, None] * A) for t in range(T)]
-        # True states h_t of every step (recomputed from the chunk starts).
-        h, states = H_start, []
+        # True states h_t of every step (recomputed from the chunk starts), and Ā_t for the adjoint.
+        h, states, A_bar = H_start, [], []
         for t in range(T):
-            h = A_bar[t] * h + delta_c[:, :, t, :, None] * B_c[:, :, t, None, :] * u_c[:, :, t, :, None]
+            A_bar_t, B_bar_t = discretize_simplified(delta_c[:, :, t], A, B_c[:, :, t])  # (b, n_c, d, N)
+            h = A_bar_t * h + B_bar_t * u_c[:, :, t, :, None]
             states.append(h)
+            A_bar.append(A_bar_t)
         # Local adjoints inside each chunk, from zero at the chunk's end.
         lam = torch.zeros_like(H_start)
         lam_local = [None] * T
@@ -326,11 +329,10 @@ def selective_scan(
     Returns:
         (b, d, l) output, and (b, d, N) last state when `return_last_state`.
     """
-    delta = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
-    batch, d, length = u.shape
+    delta, h0 = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+    length = u.shape[-1]
     T = chunk_size if chunk_size is not None else max(1, math.ceil(math.sqrt(length)))
     check_positive("chunk_size", T)
-    h0 = initial_state if initial_state is not None else u.new_zeros(batch, d, A.shape[1])
     y, last_state = _ChunkedScan.apply(u, delta, A, B, C, h0, T)
     y = _finish(y, u, D, z)
     return (y, last_state) if return_last_state else y
