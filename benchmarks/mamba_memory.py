@@ -2,14 +2,16 @@
 
     python benchmarks/mamba_memory.py configs/mamba_130m.yaml --batch 4 --length 2048 [--measure]
 
+The training step is the one `memory-models train` runs (src/training.py: loss_and_accuracy with
+the config's train.checkpoint_blocks and train.loss_chunk_tokens, AdamW), on random tokens.
 The estimate counts, in float32 bytes, for one AdamW step with block-level activation
-checkpointing (PaperModel.hidden_states) and a chunked cross-entropy (src/training.py):
+checkpointing and a chunked cross-entropy:
   - parameters, gradients and the two AdamW moments: 16 bytes per parameter;
   - one saved (b, l, d_model) block input per block;
   - the activations of one block while it is recomputed and differentiated: the tensors autograd
     keeps for the Mamba block (in_proj output 2E, conv/SiLU/Δ/gate tensors ~7E, norms 2 d_model per
-    token) plus the scan's backward, which holds four (b, l, E, N) tensors (Ā, states, local
-    adjoints, in-chunk decay products);
+    token) plus the scan's backward, which holds the recomputed states, one (b, l, E, N) tensor,
+    and eight (b, l, E) chunked inputs and gradients;
   - the logits of one loss chunk, kept three times (logits, softmax, gradient).
 With --measure it runs warm-up and timed training steps on CUDA and reports
 torch.cuda.max_memory_allocated and tokens per second.
@@ -23,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from src.config import read_yaml
-from src.model import PaperModel, resolve_model_section
-from src.training import chunked_cross_entropy
+from src.config import TrainConfig, load_experiment
+from src.model import PaperModel
+from src.training import loss_and_accuracy
 
 GiB = 2**30
 
@@ -42,19 +44,19 @@ def estimate_bytes(model_section: dict, batch: int, length: int, loss_chunk: int
     R = mixer["dt_rank"] or math.ceil(d_model / 16)
     tokens = batch * length
     per_token_block = (2 * E + 7 * E + (R + 2 * N) + 2 * d_model) * 4
-    scan_backward = 4 * tokens * E * N * 4
+    scan_backward = (tokens * E * N + 8 * tokens * E) * 4
     parts = {
         "parameters + gradients + AdamW moments": 16 * parameters,
         "checkpointed block inputs": len(blocks) * tokens * d_model * 4,
         "one block recomputed (activations)": tokens * per_token_block,
-        "scan backward (4 x (b, l, E, N))": scan_backward,
+        "scan backward ((b, l, E, N) states + 8 (b, l, E))": scan_backward,
         "loss chunk logits (x3)": 3 * min(loss_chunk, tokens) * vocab * 4,
     }
     parts["total"] = sum(parts.values())
     return parts
 
 
-def measure(model_section: dict, batch: int, length: int, loss_chunk: int, steps: int) -> dict:
+def measure(model_section: dict, train: TrainConfig, batch: int, length: int, steps: int) -> dict:
     """Peak CUDA memory and tokens/s of AdamW training steps on random tokens."""
     device = torch.device("cuda")
     torch.manual_seed(0)
@@ -63,8 +65,7 @@ def measure(model_section: dict, batch: int, length: int, loss_chunk: int, steps
     ids = torch.randint(model_section["vocab_size"], (batch, length + 1), device=device)
 
     def train_step():
-        hidden = model.hidden_states(ids[:, :-1], checkpoint_blocks=True)
-        loss = chunked_cross_entropy(hidden, model.head, ids[:, 1:], loss_chunk)
+        loss, _ = loss_and_accuracy(model, ids[:, :-1], ids[:, 1:], train)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -92,19 +93,21 @@ def main() -> None:
     parser.add_argument("config")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--length", type=int, default=2048)
-    parser.add_argument("--loss-chunk", type=int, default=1024)
     parser.add_argument("--measure", action="store_true")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
-    section = resolve_model_section(read_yaml(args.config)["model"], args.config)
-    estimate = estimate_bytes(section, args.batch, args.length, args.loss_chunk)
-    print(f"{args.config}: batch {args.batch} x {args.length} tokens, loss chunk {args.loss_chunk}")
+    experiment = load_experiment(args.config)
+    section, train = experiment.model, experiment.train
+    if not (train.checkpoint_blocks and train.loss_chunk_tokens):
+        raise SystemExit(f"{args.config}: the estimate assumes train.checkpoint_blocks and train.loss_chunk_tokens")
+    estimate = estimate_bytes(section, args.batch, args.length, train.loss_chunk_tokens)
+    print(f"{args.config}: batch {args.batch} x {args.length} tokens, loss chunk {train.loss_chunk_tokens}")
     for name, value in estimate.items():
         print(f"  estimate  {name:<42} {value / GiB:8.3f} GiB")
     result = {"config": args.config, "batch": args.batch, "length": args.length, "estimate_bytes": estimate}
     if args.measure:
-        measured = measure(section, args.batch, args.length, args.loss_chunk, args.steps)
+        measured = measure(section, train, args.batch, args.length, args.steps)
         ratio = estimate["total"] / measured["peak_bytes"]
         print(f"  measured  peak (torch.cuda.max_memory_allocated)       {measured['peak_bytes'] / GiB:8.3f} GiB")
         print(f"  estimate / measured = {ratio:.3f}; {measured['tokens_per_s']:,.0f} tokens/s on {measured['device']}")

@@ -4,7 +4,8 @@
 
 Batch 1, d 1536 (mamba-130m's d_inner), N 16, float32, with D, z, Δ bias and softplus as in the
 Mamba block. Both forms are timed side by side in one run (median of --repeats), forward alone and
-forward + backward; the table goes to stdout and to benchmarks/results/.
+forward + backward; then forward + backward of one whole Mamba block (d_model 768, as in
+mamba-130m) with each scan inside. The table goes to stdout and to benchmarks/results/.
 """
 
 import argparse
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from src.layers.selective_ssm import selective_scan, selective_scan_sequential
+from src.layers.selective_ssm import MambaMixer, selective_scan, selective_scan_sequential
 
 
 def inputs(length: int, device: str, d: int = 1536, N: int = 16) -> list:
@@ -68,6 +69,17 @@ def main() -> None:
             chunked = timed(lambda: run(selective_scan), args.device, args.repeats)
             rows.append(f"| {length} | {name} | {sequential:.3f} | {chunked:.3f} | {sequential / chunked:.1f}x |")
             print(rows[-1], flush=True)
+        blocks = {scan: MambaMixer(768, scan=scan).to(args.device) for scan in ("sequential", "chunked")}
+        blocks["sequential"].load_state_dict(blocks["chunked"].state_dict())
+        hidden = torch.randn(1, length, 768, device=args.device)
+
+        def block_step(block, hidden=hidden):
+            block(hidden).sum().backward()
+
+        sequential, chunked = (timed(lambda b=blocks[s]: block_step(b), args.device, args.repeats) for s in blocks)
+        name = "Mamba block forward+backward"
+        rows.append(f"| {length} | {name} | {sequential:.3f} | {chunked:.3f} | {sequential / chunked:.1f}x |")
+        print(rows[-1], flush=True)
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     header = f"# selective_scan vs selective_scan_sequential ({device}, batch 1, d 1536, N 16, float32)\n\n"
     out = Path(__file__).parent / "results" / f"selective_scan_speed_{args.device}.md"

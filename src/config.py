@@ -126,6 +126,8 @@ class TrainConfig:
     min_lr_ratio: UnitFloat = 0.1
     betas: list[UnitFloat] | None = None
     device: Literal["cpu", "cuda"] = "cpu"
+    checkpoint_blocks: bool = False
+    loss_chunk_tokens: PositiveInt | None = None
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from src.layers.attention import CausalSelfAttention
 from src.layers.feedforward import SwiGLU
 from src.layers.normalization import RMSNorm
 from src.layers.selective_ssm import MambaMixer
+from src.pretrained import model_section_from_hf_config, read_hf_weights, state_dict_from_hf
 from src.schema import PositiveFloat, PositiveInt
 
 MIXERS: dict[str, type[nn.Module]] = {
@@ -133,6 +134,24 @@ class PaperModel(nn.Module):
         if "model" not in raw:
             raise ConfigError(f"{path}: missing key 'model'")
         return cls(resolve_model_section(raw["model"], str(path)), str(path))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "PaperModel":
+        """A MambaGPT from a Hugging Face `MambaForCausalLM.save_pretrained` directory.
+
+        The config and weight names are translated by `src.pretrained`; parameters are float32
+        (a half-precision checkpoint is widened exactly). Every checkpoint tensor must find its
+        parameter and every parameter its tensor.
+        """
+        path = Path(path)
+        file = str(path / "config.json")
+        model = cls(resolve_model_section(model_section_from_hf_config(path), file), file)
+        state = state_dict_from_hf(read_hf_weights(path), model.config["tie_embeddings"])
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            raise ValueError(f"{path}: the weights do not fit the model its config.json describes: {error}") from error
+        return model
 
     def _check_ids(self, input_ids: torch.Tensor) -> None:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):

@@ -32,24 +32,27 @@ def learning_rate(step: int, train: TrainConfig) -> float:
     return train.lr * (train.min_lr_ratio + (1 - train.min_lr_ratio) * cosine)
 
 
-def chunked_cross_entropy(
+def chunked_loss_and_accuracy(
     hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor, chunk_tokens: int
-) -> torch.Tensor:
-    """Mean cross-entropy of head(hidden) over scored targets, chunk_tokens positions at a time.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`masked_loss_and_accuracy` of head(hidden), computed chunk_tokens positions at a time.
 
     Each chunk's logits are recomputed in backward instead of kept, so the (tokens, vocab) logits
     never exist all at once (1.6 GB in float32 for 4 x 2048 tokens and a 50k vocabulary).
     """
 
-    def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(head(h), y, ignore_index=IGNORE, reduction="sum")
+    def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = head(h)
+        # argmax is never IGNORE (< 0), so unscored positions never count as correct.
+        return F.cross_entropy(logits, y, ignore_index=IGNORE, reduction="sum"), (logits.argmax(-1) == y).sum()
 
     hidden, targets = hidden.flatten(0, 1), targets.flatten()
-    total = sum(
+    chunks = [
         checkpoint(chunk_loss, hidden[i : i + chunk_tokens], targets[i : i + chunk_tokens], use_reentrant=False)
         for i in range(0, targets.numel(), chunk_tokens)
-    )
-    return total / (targets != IGNORE).sum()
+    ]
+    scored = (targets != IGNORE).sum()
+    return sum(loss for loss, _ in chunks) / scored, sum(correct for _, correct in chunks) / scored
 
 
 def masked_loss_and_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,6 +61,20 @@ def masked_loss_and_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tup
     scored = targets != IGNORE
     accuracy = (logits.argmax(-1) == targets)[scored].float().mean()
     return loss, accuracy
+
+
+def loss_and_accuracy(
+    model: PaperModel, inputs: torch.Tensor, targets: torch.Tensor, train: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training objective with the train section's memory options.
+
+    `train.checkpoint_blocks` recomputes each block in backward (PaperModel.hidden_states);
+    `train.loss_chunk_tokens` computes the loss without materialising all logits.
+    """
+    hidden = model.hidden_states(inputs, checkpoint_blocks=train.checkpoint_blocks)
+    if train.loss_chunk_tokens is None:
+        return masked_loss_and_accuracy(model.head(hidden), targets)
+    return chunked_loss_and_accuracy(hidden, model.head, targets, train.loss_chunk_tokens)
 
 
 @torch.no_grad()
@@ -107,7 +124,7 @@ def train(experiment: ExperimentConfig, log=print) -> dict:
             group["lr"] = learning_rate(step, cfg)
         inputs, targets = task.sample(cfg.batch_size, seed=cfg.seed * 1_000_003 + step)
         inputs, targets = inputs.to(device), targets.to(device)
-        loss, accuracy = masked_loss_and_accuracy(model(inputs), targets)
+        loss, accuracy = loss_and_accuracy(model, inputs, targets, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

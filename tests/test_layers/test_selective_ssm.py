@@ -41,3 +41,17 @@ def test_initialisation_follows_the_paper():
     dt = F.softplus(mixer.dt_proj.bias)
     assert dt.min() >= 1e-3 * 0.999 and dt.max() <= 0.1 * 1.001
     assert torch.equal(mixer.D, torch.ones(64))
+
+
+def test_sequential_scan_option_gives_the_same_block_and_gradients():
+    torch.manual_seed(2)
+    fast = MambaMixer(d_model=8, d_state=4).double()
+    reference = MambaMixer(d_model=8, d_state=4, scan="sequential").double()
+    reference.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 13, 8, dtype=torch.float64)
+    y_fast, y_ref = fast(x), reference(x)
+    torch.testing.assert_close(y_fast, y_ref, rtol=1e-10, atol=1e-12)
+    g_fast = torch.autograd.grad(y_fast.square().sum(), list(fast.parameters()))
+    g_ref = torch.autograd.grad(y_ref.square().sum(), list(reference.parameters()))
+    for a, b in zip(g_fast, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
