@@ -13,6 +13,9 @@ checkpointing and a chunked cross-entropy:
     token) plus the scan's backward, which holds the recomputed states, one (b, l, E, N) tensor,
     and eight (b, l, E) chunked inputs and gradients;
   - the logits of one loss chunk, kept three times (logits, softmax, gradient).
+The first two are held throughout; the loss chunk and the block being differentiated are never
+alive together (the loss backward finishes before the first block is recomputed), so the peak
+is the persistent part plus the larger of the two phases.
 With --measure it runs warm-up and timed training steps on CUDA and reports
 torch.cuda.max_memory_allocated and tokens per second.
 """
@@ -52,7 +55,11 @@ def estimate_bytes(model_section: dict, batch: int, length: int, loss_chunk: int
         "scan backward ((b, l, E, N) states + 8 (b, l, E))": scan_backward,
         "loss chunk logits (x3)": 3 * min(loss_chunk, tokens) * vocab * 4,
     }
-    parts["total"] = sum(parts.values())
+    persistent = parts["parameters + gradients + AdamW moments"] + parts["checkpointed block inputs"]
+    block_phase = (
+        parts["one block recomputed (activations)"] + parts["scan backward ((b, l, E, N) states + 8 (b, l, E))"]
+    )
+    parts["total"] = persistent + max(block_phase, parts["loss chunk logits (x3)"])
     return parts
 
 
@@ -104,7 +111,7 @@ def main() -> None:
     estimate = estimate_bytes(section, args.batch, args.length, train.loss_chunk_tokens)
     print(f"{args.config}: batch {args.batch} x {args.length} tokens, loss chunk {train.loss_chunk_tokens}")
     for name, value in estimate.items():
-        print(f"  estimate  {name:<42} {value / GiB:8.3f} GiB")
+        print(f"  estimate  {name:<50} {value / GiB:8.3f} GiB")
     result = {"config": args.config, "batch": args.batch, "length": args.length, "estimate_bytes": estimate}
     if args.measure:
         measured = measure(section, train, args.batch, args.length, args.steps)

@@ -9,11 +9,10 @@ mamba-130m) with each scan inside. The table goes to stdout and to benchmarks/re
 """
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import torch
+from timing import timed
 
 from src.layers.selective_ssm import MambaMixer, selective_scan, selective_scan_sequential
 
@@ -31,19 +30,6 @@ def inputs(length: int, device: str, d: int = 1536, N: int = 16) -> list:
         torch.zeros(d),  # Δ bias
     ]
     return [t.to(device).requires_grad_() for t in tensors]
-
-
-def timed(fn, device: str, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

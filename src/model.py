@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from src.config import ConfigError, arguments_for, build, check_keys, check_value, read_yaml
 from src.layers.attention import CausalSelfAttention
+from src.layers.compressive_memory import InfiniAttention, TensorMemory
 from src.layers.feedforward import SwiGLU
 from src.layers.normalization import RMSNorm
 from src.layers.selective_ssm import MambaMixer
@@ -24,6 +25,8 @@ from src.schema import PositiveFloat, PositiveInt
 MIXERS: dict[str, type[nn.Module]] = {
     "attention": CausalSelfAttention,
     "selective_ssm": MambaMixer,
+    "tensor_memory": TensorMemory,
+    "infini_attention": InfiniAttention,
 }
 MLPS: dict[str, type[nn.Module]] = {
     "swiglu": SwiGLU,

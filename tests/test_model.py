@@ -87,12 +87,13 @@ def test_mamba_130m_has_the_released_parameter_count():
     assert model.num_parameters() == 129_135_360
 
 
-def test_mamba_tiny_step_equals_forward():
+@pytest.mark.parametrize("config", ["mamba_tiny", "tensor_memory_mqar", "infini_attention_mqar"])
+def test_token_by_token_step_equals_forward_in_float32(config):
     torch.manual_seed(0)
-    model = PaperModel.from_config(ROOT / "configs" / "mamba_tiny.yaml")
-    ids = torch.randint(64, (2, 10))
+    model = PaperModel.from_config(ROOT / "configs" / f"{config}.yaml")
+    ids = torch.randint(64, (2, 20))
     state, steps = None, []
-    for t in range(10):
+    for t in range(20):
         logits, state = model.step(ids[:, t : t + 1], state)
         steps.append(logits)
     torch.testing.assert_close(torch.cat(steps, 1), model(ids), rtol=1e-5, atol=1e-5)

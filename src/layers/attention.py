@@ -55,6 +55,29 @@ def scaled_dot_product_attention(
     return torch.softmax(scores, dim=-1) @ v
 
 
+def concat_heads(heads: torch.Tensor, W_O: torch.Tensor) -> torch.Tensor:
+    r"""Multi-head output: the heads side by side, projected by W^O.
+
+    Paper: Attention Is All You Need (Vaswani et al. 2017, arXiv:1706.03762), Sec. 3.2.2, MultiHead
+
+    .. math::
+        \mathrm{MultiHead}(Q, K, V) = \mathrm{Concat}(\mathrm{head}_1, \dots, \mathrm{head}_h)\, W^O
+
+    Infini-attention's Eq. (7), O = [A^1; ...; A^H] W_O, is the same equation.
+
+    Args:
+        heads: (batch, h, L, d_v) the per-head outputs.
+        W_O: (d_model, h d_v) the output projection, as stored by nn.Linear (y = x W_O^T).
+
+    Returns:
+        (batch, L, d_model).
+    """
+    sizes = check_shapes(heads=(heads, "b h L d_v"), W_O=(W_O, "d_model hd"))
+    if sizes["hd"] != sizes["h"] * sizes["d_v"]:
+        raise ValueError(f"W_O must have h * d_v = {sizes['h'] * sizes['d_v']} columns, got {sizes['hd']}")
+    return heads.transpose(1, 2).flatten(-2) @ W_O.T
+
+
 def rotary_embedding(x: torch.Tensor, offset: int = 0, base: float = 10000.0) -> torch.Tensor:
     r"""Rotate consecutive pairs of features by an angle proportional to the position.
 
@@ -128,5 +151,4 @@ class CausalSelfAttention(nn.Module):
             k = torch.cat((state["k"], k), dim=-2)
             v = torch.cat((state["v"], v), dim=-2)
         y = scaled_dot_product_attention(q, k, v, causal=True)  # (batch, heads, T, d_head)
-        y = y.transpose(1, 2).flatten(-2)  # concatenate heads: (batch, T, d_model)
-        return self.W_o(y), {"k": k, "v": v}
+        return concat_heads(y, self.W_o.weight), {"k": k, "v": v}
