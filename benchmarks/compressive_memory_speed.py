@@ -6,7 +6,7 @@ Batch 1, 8 heads, d_k = d_v = 64, float32, linear update (Infini-attention Eq. 3
 `linear_memory_chunked` (chunk 64) and `compressive_memory_recurrent(segment_size=1)` are timed
 side by side in one run: forward, and forward + backward up to L = 2048 (the recurrence's autograd
 graph grows with L). Then the state a layer carries between `step` calls, measured from the state
-tensors after L tokens (d_model 512, 8 heads, one layer, float32): the memory-only layer, gated
+tensors after L - 1 tokens (d_model 512, 8 heads, one layer, float32): the memory-only layer, gated
 Infini-attention (segment 64) and the KV cache of causal self-attention.
 """
 
@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from timing import timed
+from timing import ratio_row
 
 from src.layers.attention import CausalSelfAttention
 from src.layers.compressive_memory import (
@@ -29,8 +29,9 @@ HEADS, D_HEAD, CHUNK, SEGMENT = 8, 64, 64, 64
 
 
 def state_bytes(layer, length: int) -> int:
+    """Bytes of the state after `length` - 1 tokens (the gated layer's segment buffer is then fullest)."""
     with torch.no_grad():
-        _, state = layer.step(torch.randn(1, length, HEADS * D_HEAD), None)
+        _, state = layer.step(torch.randn(1, length - 1, HEADS * D_HEAD), None)
     return sum(t.numel() * t.element_size() for t in state.values())
 
 
@@ -57,10 +58,7 @@ def main() -> None:
                     if backward:
                         A.sum().backward()
 
-            recurrence = timed(lambda: run(False), "cpu", args.repeats)
-            chunked = timed(lambda: run(True), "cpu", args.repeats)
-            rows.append(f"| {length} | {name} | {recurrence:.3f} | {chunked:.3f} | {recurrence / chunked:.1f}x |")
-            print(rows[-1], flush=True)
+            rows.append(ratio_row(f"{length} | {name}", lambda: run(False), lambda: run(True), "cpu", args.repeats))
     d_model = HEADS * D_HEAD
     layers = {
         "memory-only (M, z)": TensorMemory(d_model, HEADS),

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from timing import timed
+from timing import ratio_row
 
 from src.layers.selective_ssm import MambaMixer, selective_scan, selective_scan_sequential
 
@@ -51,10 +51,8 @@ def main() -> None:
                 if backward:
                     y.sum().backward()
 
-            sequential = timed(lambda: run(selective_scan_sequential), args.device, args.repeats)
-            chunked = timed(lambda: run(selective_scan), args.device, args.repeats)
-            rows.append(f"| {length} | {name} | {sequential:.3f} | {chunked:.3f} | {sequential / chunked:.1f}x |")
-            print(rows[-1], flush=True)
+            reference, fast = (lambda: run(selective_scan_sequential)), (lambda: run(selective_scan))
+            rows.append(ratio_row(f"{length} | {name}", reference, fast, args.device, args.repeats))
         blocks = {scan: MambaMixer(768, scan=scan).to(args.device) for scan in ("sequential", "chunked")}
         blocks["sequential"].load_state_dict(blocks["chunked"].state_dict())
         hidden = torch.randn(1, length, 768, device=args.device)
@@ -62,10 +60,8 @@ def main() -> None:
         def block_step(block, hidden=hidden):
             block(hidden).sum().backward()
 
-        sequential, chunked = (timed(lambda b=blocks[s]: block_step(b), args.device, args.repeats) for s in blocks)
-        name = "Mamba block forward+backward"
-        rows.append(f"| {length} | {name} | {sequential:.3f} | {chunked:.3f} | {sequential / chunked:.1f}x |")
-        print(rows[-1], flush=True)
+        reference, fast = (lambda b=blocks[s]: block_step(b) for s in ("sequential", "chunked"))
+        rows.append(ratio_row(f"{length} | Mamba block forward+backward", reference, fast, args.device, args.repeats))
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     header = f"# selective_scan vs selective_scan_sequential ({device}, batch 1, d 1536, N 16, float32)\n\n"
     out = Path(__file__).parent / "results" / f"selective_scan_speed_{args.device}.md"

@@ -18,3 +18,11 @@ def timed(fn, device: str, repeats: int) -> float:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def ratio_row(label: str, reference, fast, device: str, repeats: int) -> str:
+    """Time reference() and fast() side by side; print and return `| label | ref s | fast s | ratio |`."""
+    slow, quick = timed(reference, device, repeats), timed(fast, device, repeats)
+    row = f"| {label} | {slow:.3f} | {quick:.3f} | {slow / quick:.1f}x |"
+    print(row, flush=True)
+    return row

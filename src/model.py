@@ -17,6 +17,7 @@ from src.config import ConfigError, arguments_for, build, check_keys, check_valu
 from src.layers.attention import CausalSelfAttention
 from src.layers.compressive_memory import InfiniAttention, TensorMemory
 from src.layers.feedforward import SwiGLU
+from src.layers.neural_memory import NeuralMemory, TitansMAG
 from src.layers.normalization import RMSNorm
 from src.layers.selective_ssm import MambaMixer
 from src.pretrained import model_section_from_hf_config, read_hf_weights, state_dict_from_hf
@@ -27,6 +28,8 @@ MIXERS: dict[str, type[nn.Module]] = {
     "selective_ssm": MambaMixer,
     "tensor_memory": TensorMemory,
     "infini_attention": InfiniAttention,
+    "neural_memory": NeuralMemory,
+    "titans_mag": TitansMAG,
 }
 MLPS: dict[str, type[nn.Module]] = {
     "swiglu": SwiGLU,

@@ -87,7 +87,7 @@ def test_mamba_130m_has_the_released_parameter_count():
     assert model.num_parameters() == 129_135_360
 
 
-@pytest.mark.parametrize("config", ["mamba_tiny", "tensor_memory_mqar", "infini_attention_mqar"])
+@pytest.mark.parametrize("config", ["mamba_tiny", "tensor_memory_mqar", "infini_attention_mqar", "titans_mag_mqar"])
 def test_token_by_token_step_equals_forward_in_float32(config):
     torch.manual_seed(0)
     model = PaperModel.from_config(ROOT / "configs" / f"{config}.yaml")

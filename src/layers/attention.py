@@ -14,14 +14,14 @@ Glossary (code -> paper):
 import math
 
 import torch
-from torch import nn
 
 from src.layers._checks import check_positive, check_shapes
+from src.layers._heads import HeadProjections
 from src.schema import PositiveFloat, PositiveInt
 
 
 def scaled_dot_product_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True, allowed: torch.Tensor | None = None
 ) -> torch.Tensor:
     r"""Scaled dot-product attention, optionally with the decoder's causal mask.
 
@@ -32,13 +32,15 @@ def scaled_dot_product_attention(
 
     With `causal`, scores of future keys are set to -inf before the softmax (Sec. 3.2.3). The
     queries are the *last* L_q of the L_k key positions, so a query chunk can attend to a KV
-    cache of earlier tokens: query i may see keys 0 .. L_k - L_q + i.
+    cache of earlier tokens: query i may see keys 0 .. L_k - L_q + i. `allowed` restricts the
+    keys further (e.g. a sliding window); a query must keep at least one key.
 
     Args:
         q: (..., L_q, d_k) queries.
         k: (..., L_k, d_k) keys, L_k >= L_q when causal.
         v: (..., L_k, d_v) values.
         causal: apply the causal mask.
+        allowed: (L_q, L_k) bool, True where query i may attend to key j; None allows all.
 
     Returns:
         (..., L_q, d_v) attention output.
@@ -52,6 +54,12 @@ def scaled_dot_product_attention(
         query_pos = torch.arange(L_k - L_q, L_k, device=q.device)[:, None]
         key_pos = torch.arange(L_k, device=q.device)[None, :]
         scores = scores.masked_fill(key_pos > query_pos, float("-inf"))
+    if allowed is not None:
+        if allowed.shape != (L_q, L_k) or allowed.dtype != torch.bool:
+            raise ValueError(
+                f"allowed must be a bool tensor of shape ({L_q}, {L_k}), got {allowed.dtype} {tuple(allowed.shape)}"
+            )
+        scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.softmax(scores, dim=-1) @ v
 
 
@@ -113,7 +121,7 @@ def rotary_embedding(x: torch.Tensor, offset: int = 0, base: float = 10000.0) ->
     return x * torch.cos(angle) + x_rotated * torch.sin(angle)
 
 
-class CausalSelfAttention(nn.Module):
+class CausalSelfAttention(HeadProjections):
     """Multi-head causal self-attention (Vaswani et al. 2017, Sec. 3.2.2) with RoPE on Q and K.
 
     `step` takes the next tokens and a KV cache {"k", "v"} of shape (batch, heads, T, d_head),
@@ -121,21 +129,10 @@ class CausalSelfAttention(nn.Module):
     """
 
     def __init__(self, d_model: int, n_heads: PositiveInt, rope_base: PositiveFloat = 10000.0):
-        super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"n_heads={n_heads} must divide d_model={d_model}")
+        super().__init__(d_model, n_heads)
         if (d_model // n_heads) % 2:
             raise ValueError(f"d_model / n_heads = {d_model // n_heads} must be even for rotary pairs")
-        self.n_heads = n_heads
         self.rope_base = rope_base
-        self.W_q = nn.Linear(d_model, d_model, bias=False)
-        self.W_k = nn.Linear(d_model, d_model, bias=False)
-        self.W_v = nn.Linear(d_model, d_model, bias=False)
-        self.W_o = nn.Linear(d_model, d_model, bias=False)
-
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, d_model = x.shape
-        return x.view(batch, length, self.n_heads, d_model // self.n_heads).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, _ = self.step(x, None)
@@ -144,9 +141,8 @@ class CausalSelfAttention(nn.Module):
     def step(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
         """x: (batch, T, d_model) new tokens; state: KV cache or None. Returns (y, new cache)."""
         offset = 0 if state is None else state["k"].shape[-2]
-        q = rotary_embedding(self._split_heads(self.W_q(x)), offset, self.rope_base)
-        k = rotary_embedding(self._split_heads(self.W_k(x)), offset, self.rope_base)
-        v = self._split_heads(self.W_v(x))
+        q, k, v = self._heads(x)
+        q, k = rotary_embedding(q, offset, self.rope_base), rotary_embedding(k, offset, self.rope_base)
         if state is not None:
             k = torch.cat((state["k"], k), dim=-2)
             v = torch.cat((state["v"], v), dim=-2)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from src.layers._checks import check_positive, check_shapes
+from src.layers._heads import HeadProjections
 from src.layers.attention import concat_heads, scaled_dot_product_attention
 from src.schema import PositiveFloat, PositiveInt
 
@@ -269,7 +270,7 @@ def memory_gate(A_mem: torch.Tensor, A_dot: torch.Tensor, beta: torch.Tensor) ->
     return gate * A_mem + (1 - gate) * A_dot
 
 
-class _SegmentMemoryLayer(nn.Module):
+class _SegmentMemoryLayer(HeadProjections):
     """Multi-head projections and the segment walk shared by both layers.
 
     `step` consumes tokens in order: the tokens of the current segment are read (by `_read`)
@@ -280,23 +281,8 @@ class _SegmentMemoryLayer(nn.Module):
     """
 
     def __init__(self, d_model: int, n_heads: int, segment_size: int, update: str, eps: float):
-        super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"n_heads={n_heads} must divide d_model={d_model}")
-        self.n_heads, self.segment_size, self.update, self.eps = n_heads, segment_size, update, eps
-        self.W_q = nn.Linear(d_model, d_model, bias=False)
-        self.W_k = nn.Linear(d_model, d_model, bias=False)
-        self.W_v = nn.Linear(d_model, d_model, bias=False)
-        self.W_o = nn.Linear(d_model, d_model, bias=False)
-
-    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Q, K, V of Eq. (1), split into heads: (batch, H, T, d_head) each."""
-        batch, length, d_model = x.shape
-
-        def split(y):
-            return y.view(batch, length, self.n_heads, d_model // self.n_heads).transpose(1, 2)
-
-        return split(self.W_q(x)), split(self.W_k(x)), split(self.W_v(x))
+        super().__init__(d_model, n_heads)  # Q, K, V of Eq. (1), split into heads
+        self.segment_size, self.update, self.eps = segment_size, update, eps
 
     def _read(self, q, segment_k, segment_v, M, z) -> torch.Tensor:
         raise NotImplementedError

@@ -11,12 +11,13 @@ from hypothesis import strategies as st
 from src.layers.attention import scaled_dot_product_attention
 
 
-def reference(q, k, v, causal):
+def reference(q, k, v, causal, allowed=None):
     """Literal Eq. (1) for one head, (L_q, d) x (L_k, d), in float64 Python arithmetic."""
     L_q, L_k, d_k = q.shape[0], k.shape[0], q.shape[1]
     out = torch.zeros(L_q, v.shape[1], dtype=torch.float64)
     for i in range(L_q):
         visible = range(L_k - L_q + i + 1) if causal else range(L_k)
+        visible = [j for j in visible if allowed is None or allowed[i][j]]
         scores = [sum(float(q[i, c]) * float(k[j, c]) for c in range(d_k)) / math.sqrt(d_k) for j in visible]
         top = max(scores)
         weights = [math.exp(s - top) for s in scores]
@@ -95,3 +96,13 @@ def test_bad_inputs_name_the_argument():
         scaled_dot_product_attention(torch.randn(3, 2), torch.randn(3, 2), torch.randn(4, 2))
     with pytest.raises(ValueError, match="causal attention needs L_k >= L_q"):
         scaled_dot_product_attention(torch.randn(3, 2), torch.randn(2, 2), torch.randn(2, 2))
+
+
+def test_allowed_mask_restricts_keys_like_a_sliding_window():
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(6, 4, dtype=torch.float64) for _ in range(3))
+    allowed = torch.tensor([[i - j < 3 for j in range(6)] for i in range(6)])  # window of 3 keys
+    expected = reference(q, k, v, True, allowed.tolist())
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, True, allowed), expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="allowed must be a bool tensor of shape"):
+        scaled_dot_product_attention(q, k, v, True, allowed[:5])

@@ -1,0 +1,31 @@
+"""The Q, K, V and output projections of multi-head attention, shared by every layer that has heads.
+
+Vaswani et al. 2017 (arXiv:1706.03762), Sec. 3.2.2: head_i uses Q W_i^Q, K W_i^K, V W_i^V; the
+h heads are one d_model x d_model projection each, split into h slices of d_model / h.
+"""
+
+import torch
+from torch import nn
+
+
+class HeadProjections(nn.Module):
+    """W_q, W_k, W_v, W_o (no bias) and the split of a projection into heads."""
+
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"n_heads={n_heads} must divide d_model={d_model}")
+        self.n_heads = n_heads
+        self.W_q = nn.Linear(d_model, d_model, bias=False)
+        self.W_k = nn.Linear(d_model, d_model, bias=False)
+        self.W_v = nn.Linear(d_model, d_model, bias=False)
+        self.W_o = nn.Linear(d_model, d_model, bias=False)
+
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(batch, T, d_model) -> Q, K, V, each (batch, heads, T, d_model / heads)."""
+        batch, length, d_model = x.shape
+
+        def split(y: torch.Tensor) -> torch.Tensor:
+            return y.view(batch, length, self.n_heads, d_model // self.n_heads).transpose(1, 2)
+
+        return split(self.W_q(x)), split(self.W_k(x)), split(self.W_v(x))

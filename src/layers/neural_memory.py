@@ -1,0 +1,544 @@
+"""Neural long-term memory (Titans): a memory trained online, at test time, on an associative loss.
+
+Paper: Titans: Learning to Memorize at Test Time (Behrouz, Zhong, Mirrokni 2024, arXiv:2501.00663).
+
+Glossary (code -> paper):
+    k, v, q            k_t, v_t (Eq. 11) and q_t (Eq. 15), (batch, L, d)
+    M                  linear memory M_t (batch, d_k, d_v), M(k) = k M
+    params             the memory's weights (a dict: {"M"} linear, {"W1", "W2"} MLP), leading batch dim
+    S, momentum        surprise S_t, same shapes as the weights
+    alpha, eta, theta  α_t forgetting, η_t surprise decay, θ_t step size, (batch, L)
+    chunk_size         b of Sec. 3.2: the tokens whose gradients share one memory
+
+Every sequence has its own memory (batch dimension first); the learned initial weights and the
+projections are the model's parameters, trained by the outer loop through everything below.
+"""
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src.layers._checks import check_positive, check_shapes
+from src.layers._heads import HeadProjections
+from src.layers.attention import concat_heads, rotary_embedding, scaled_dot_product_attention
+from src.layers.normalization import RMSNorm
+from src.schema import NonNegativeInt, PositiveFloat, PositiveInt
+
+
+def memory_projections(
+    x: torch.Tensor, W_K: torch.Tensor, W_V: torch.Tensor, W_Q: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Keys, values and queries of the memory.
+
+    Paper: Titans (Behrouz et al. 2024, arXiv:2501.00663), Sec. 3.1, Eq. (11) and (15)
+
+    .. math::
+        k_t = \frac{\mathrm{SiLU}(x_t W_K)}{\lVert \mathrm{SiLU}(x_t W_K) \rVert_2}, \quad
+        v_t = \mathrm{SiLU}(x_t W_V), \quad
+        q_t = \frac{\mathrm{SiLU}(x_t W_Q)}{\lVert \mathrm{SiLU}(x_t W_Q) \rVert_2}
+
+    Eq. (11) and (15) are the linear projections; the SiLU and the ℓ2-normalised keys and queries
+    are the architectural details of Sec. 4.4 (the depthwise convolution there is left out).
+
+    Args:
+        x: (b, L, d_model) input.
+        W_K, W_Q: (d_k, d_model) projections (nn.Linear layout).
+        W_V: (d_v, d_model) projection.
+
+    Returns:
+        k (b, L, d_k), v (b, L, d_v), q (b, L, d_k).
+    """
+    check_shapes(x=(x, "b L d"), W_K=(W_K, "d_k d"), W_V=(W_V, "d_v d"), W_Q=(W_Q, "d_k d"))
+    k = F.normalize(F.silu(x @ W_K.T), dim=-1)
+    v = F.silu(x @ W_V.T)
+    q = F.normalize(F.silu(x @ W_Q.T), dim=-1)
+    return k, v, q
+
+
+def associative_loss(prediction: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    r"""The associative memory loss: how far the memory's answer for k_t is from v_t.
+
+    Paper: Titans (Behrouz et al. 2024, arXiv:2501.00663), Sec. 3.1, Eq. (12)
+
+    .. math::
+        \ell(\mathcal M_{t-1}; x_t) = \lVert \mathcal M_{t-1}(k_t) - v_t \rVert_2^2
+
+    Args:
+        prediction: (..., d_v) M_{t-1}(k_t).
+        v: (..., d_v) v_t.
+
+    Returns:
+        (...) the loss per token.
+    """
+    check_shapes(prediction=(prediction, "... d_v"), v=(v, "... d_v"))
+    return (prediction - v).pow(2).sum(dim=-1)
+
+
+def linear_memory_gradient(M: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    r"""Closed-form gradient of the associative loss for a linear memory M(k) = k M.
+
+    Paper: Titans (Behrouz et al. 2024, arXiv:2501.00663), Sec. 3.2, Eq. (12) gradient (linear memory)
+
+    .. math::
+        \nabla_M \ell(M; x_t) = \nabla_M \lVert k_t M - v_t \rVert_2^2 = 2\, k_t^\top (k_t M - v_t)
+
+    Args:
+        M: (..., d_k, d_v) the memory the gradient is taken at.
+        k: (..., d_k) key.
+        v: (..., d_v) value.
+
+    Returns:
+        (..., d_k, d_v) the gradient.
+    """
+    check_shapes(M=(M, "... d_k d_v"), k=(k, "... d_k"), v=(v, "... d_v"))
+    error = (k[..., None, :] @ M)[..., 0, :] - v
+    return 2 * k[..., :, None] * error[..., None, :]
+
+
+def _check_per_sequence(**tensors: torch.Tensor) -> None:
+    """The first two tensors share one shape (b, ...); the rest are per-sequence scalars (b,)."""
+    (first, x), (second, y), *scalars = tensors.items()
+    check_shapes(**{first: (x, "..."), second: (y, "...")}, **{name: (t, "b") for name, t in scalars})
+    if x.dim() == 0 or x.shape[0] != scalars[0][1].shape[0]:
+        raise ValueError(
+            f"{first} has shape {tuple(x.shape)}; its first dimension must be the batch of {scalars[0][0]}"
+        )
+
+
+def surprise_momentum(S: torch.Tensor, grad: torch.Tensor, eta: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    r"""Surprise with momentum: past surprise decays by η_t, momentary surprise enters with step θ_t.
+
+    Paper: Titans (Behrouz et al. 2024, arXiv:2501.00663), Sec. 3.1, Eq. (14)
+
+    .. math::
+        S_t = \eta_t S_{t-1} - \theta_t \nabla \ell(\mathcal M_{t-1}; x_t)
+
+    Args:
+        S: (b, ...) S_{t-1}, shaped like the memory weights.
+        grad: (b, ...) ∇ℓ, same shape.
+        eta: (b,) η_t in [0, 1].
+        theta: (b,) θ_t >= 0.
+
+    Returns:
+        (b, ...) S_t.
+    """
+    _check_per_sequence(S=S, grad=grad, eta=eta, theta=theta)
+    shape = (-1,) + (1,) * (S.dim() - 1)
+    return eta.view(shape) * S - theta.view(shape) * grad
+
+
+def forget_and_update(M: torch.Tensor, S: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    r"""Forgetting gate: decay the memory by (1 - α_t), then add the surprise.
+
+    Paper: Titans (Behrouz et al. 2024, arXiv:2501.00663), Sec. 3.1, Eq. (13)
+
+    .. math::
+        \mathcal M_t = (1 - \alpha_t)\, \mathcal M_{t-1} + S_t
+
+    Args:
+        M: (b, ...) M_{t-1} (any weight tensor of the memory).
+        S: (b, ...) S_t, same shape.
+        alpha: (b,) α_t in [0, 1].
+
+    Returns:
+        (b, ...) M_t.
+    """
+    _check_per_sequence(M=M, S=S, alpha=alpha)
+    return (1 - alpha).view((-1,) + (1,) * (M.dim() - 1)) * M + S
+
+
+def linear_memory_read(M: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    r"""Retrieval: a forward pass of the memory on the query, without updating it.
+
+    Paper: Titans (Behrouz et al. 2024, arXiv:2501.00663), Sec. 3.1, Eq. (15)
+
+    .. math::
+        y_t = \mathcal M^*(q_t) = q_t \mathcal M
+
+    Args:
+        M: (..., d_k, d_v) linear memory.
+        q: (..., d_k) query.
+
+    Returns:
+        (..., d_v) y_t.
+    """
+    check_shapes(M=(M, "... d_k d_v"), q=(q, "... d_k"))
+    return (q[..., None, :] @ M)[..., 0, :]
+
+
+def data_dependent_gates(
+    x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor, theta_max: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""The data-dependent forgetting rate, surprise decay and step size of each token.
+
+    Paper: Titans (Behrouz et al. 2024, arXiv:2501.00663), Sec. 3.1, α_t, η_t, θ_t of Eq. (13)-(14)
+
+    .. math::
+        [a_t, e_t, h_t] = x_t W^\top + b, \quad
+        \alpha_t = \mathrm{sigmoid}(a_t), \quad \eta_t = \mathrm{sigmoid}(e_t), \quad
+        \theta_t = \theta_{max}\, \mathrm{sigmoid}(h_t)
+
+    The paper makes all three functions of x_t without fixing the form; one linear map with a
+    sigmoid keeps α_t, η_t in (0, 1) as Eq. (13)-(14) require and bounds the step size θ_t.
+
+    Args:
+        x: (b, L, d_model) input.
+        W: (3, d_model) the three projections, rows (α, η, θ).
+        bias: (3,) their biases.
+        theta_max: the largest step size.
+
+    Returns:
+        alpha, eta, theta, each (b, L).
+    """
+    check_shapes(x=(x, "b L d"), W=(W, "3 d"), bias=(bias, "3"))
+    check_positive("theta_max", theta_max)
+    a, e, h = (x @ W.T + bias).unbind(dim=-1)
+    return torch.sigmoid(a), torch.sigmoid(e), theta_max * torch.sigmoid(h)
+
+
+def _check_sequence(q, k, v, alpha, eta, theta) -> dict:
+    return check_shapes(
+        q=(q, "b L d_k"),
+        k=(k, "b L d_k"),
+        v=(v, "b L d_v"),
+        alpha=(alpha, "b L"),
+        eta=(eta, "b L"),
+        theta=(theta, "b L"),
+    )
+
+
+def neural_memory_recurrent(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    alpha: torch.Tensor,
+    eta: torch.Tensor,
+    theta: torch.Tensor,
+    M0: torch.Tensor | None = None,
+    S0: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""The linear neural memory token by token: the literal recurrence, the reference.
+
+    Paper: Titans (Behrouz et al. 2024, arXiv:2501.00663), Sec. 3.1, Eq. (12)-(15)
+
+    .. math::
+        S_t = \eta_t S_{t-1} - \theta_t \nabla\ell(M_{t-1}; x_t), \quad
+        M_t = (1 - \alpha_t) M_{t-1} + S_t, \quad y_t = q_t M_t
+
+    y_t reads M_t, the memory *after* the update with token t, as the paper writes Eq. (15).
+
+    Args:
+        q, k: (b, L, d_k) queries and keys.
+        v: (b, L, d_v) values.
+        alpha, eta, theta: (b, L) forgetting, surprise decay, step size.
+        M0, S0: (b, d_k, d_v) memory and surprise before the sequence; zeros when None.
+
+    Returns:
+        y (b, L, d_v), M_L and S_L (b, d_k, d_v).
+    """
+    sizes = _check_sequence(q, k, v, alpha, eta, theta)
+    check_shapes(k=(k, "b L d_k"), M0=(M0, "b d_k d_v"), S0=(S0, "b d_k d_v"))
+    zeros = k.new_zeros(sizes["b"], sizes["d_k"], sizes["d_v"])
+    M = M0 if M0 is not None else zeros
+    S = S0 if S0 is not None else zeros
+    y = []
+    for t in range(sizes["L"]):
+        S = surprise_momentum(S, linear_memory_gradient(M, k[:, t], v[:, t]), eta[:, t], theta[:, t])
+        M = forget_and_update(M, S, alpha[:, t])
+        y.append(linear_memory_read(M, q[:, t]))
+    return torch.stack(y, dim=1), M, S
+
+
+class LinearMemory:
+    """M(k) = k M with the closed-form gradient (`linear_memory_gradient`). Weights {"M": (d_k, d_v)}."""
+
+    @staticmethod
+    def read(params: dict, q: torch.Tensor) -> torch.Tensor:
+        """params with (b, T, ...) per-token weights, q (b, T, d_k) -> (b, T, d_v)."""
+        return linear_memory_read(params["M"], q)
+
+    @staticmethod
+    def gradients(params: dict, k: torch.Tensor, v: torch.Tensor) -> dict:
+        """∇ℓ of every token of a chunk at the chunk's weights (b, ...): {"M": (b, T, d_k, d_v)}."""
+        M = params["M"][:, None].expand(-1, k.shape[1], -1, -1)
+        return {"M": linear_memory_gradient(M, k, v)}
+
+
+class MLPMemory:
+    """A two-layer MLP memory M(k) = SiLU(k W1) W2 (the deep memory of Sec. 3.1, L_M = 2).
+
+    Its per-token gradients come from autograd (torch.func.grad, vectorised over tokens and batch).
+    """
+
+    @staticmethod
+    def apply(params: dict, k: torch.Tensor) -> torch.Tensor:
+        return F.silu(k @ params["W1"]) @ params["W2"]
+
+    @staticmethod
+    def read(params: dict, q: torch.Tensor) -> torch.Tensor:
+        hidden = F.silu((q[..., None, :] @ params["W1"])[..., 0, :])
+        return (hidden[..., None, :] @ params["W2"])[..., 0, :]
+
+    @staticmethod
+    def gradients(params: dict, k: torch.Tensor, v: torch.Tensor) -> dict:
+        def loss(p, k_t, v_t):
+            return associative_loss(MLPMemory.apply(p, k_t), v_t)
+
+        per_token = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))
+        return torch.func.vmap(per_token)(params, k, v)
+
+
+MEMORIES = {"linear": LinearMemory, "mlp": MLPMemory}
+
+
+def _within_chunk(a: torch.Tensor, x0: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """x_i = a_i x_{i-1} + inputs_i for i = 1..T at once: x_i = Σ_{j<=i} (Π_{j<r<=i} a_r) inputs_j.
+
+    a (b, T) factors in [0, 1]; x0 (b, ...); inputs (b, T, ...). The products come from a cumprod
+    over a masked (T + 1, T) matrix, so zero factors are exact (no logarithms). Returns (b, T, ...).
+    """
+    batch, T = a.shape
+    j = torch.arange(T + 1, device=a.device)[:, None]  # source index, 0 = the carried-in x0
+    r = torch.arange(1, T + 1, device=a.device)[None, :]  # factor index
+    factors = a[:, None, :].expand(batch, T + 1, T).masked_fill(r <= j, 1.0)
+    weights = torch.cumprod(factors, dim=-1).transpose(1, 2)  # [i-1, j] = Π_{j<r<=i} a_r
+    weights = weights.masked_fill(j.T > r.T, 0.0)  # only sources j <= i
+    sources = torch.cat((x0[:, None], inputs), dim=1)
+    return torch.einsum("bij,bj...->bi...", weights, sources)
+
+
+def neural_memory_chunked(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    alpha: torch.Tensor,
+    eta: torch.Tensor,
+    theta: torch.Tensor,
+    chunk_size: int,
+    params0: dict,
+    momentum0: dict | None = None,
+    memory: Literal["linear", "mlp"] = "linear",
+) -> tuple[torch.Tensor, dict, dict]:
+    r"""The neural memory as mini-batch gradient descent with momentum and decay, a chunk at a time.
+
+    Paper: Titans (Behrouz et al. 2024, arXiv:2501.00663), Sec. 3.2, Eq. (16)-(18)
+
+    Inside a chunk starting at t' every gradient is taken at the chunk's starting memory
+    \mathcal M_{t'}, so all T gradients come at once (matrix products for the linear memory,
+    vectorised autograd for the MLP); the two linear recurrences then run as weighted sums,
+
+    .. math::
+        S_i = \Big(\prod_{r \le i} \eta_r\Big) S_{t'} - \sum_{j \le i} \Big(\prod_{j < r \le i} \eta_r\Big)
+              \theta_j \nabla\ell(\mathcal M_{t'}; x_j), \qquad
+        \mathcal M_i = \Big(\prod_{r \le i} (1-\alpha_r)\Big) \mathcal M_{t'}
+              + \sum_{j \le i} \Big(\prod_{j < r \le i} (1-\alpha_r)\Big) S_j
+
+    and y_i = \mathcal M_i(q_i). With chunk_size 1 this is `neural_memory_recurrent` exactly.
+
+    Args:
+        q, k: (b, L, d_k); v: (b, L, d_v); alpha, eta, theta: (b, L).
+        chunk_size: b of Sec. 3.2, tokens per chunk, >= 1.
+        params0: the memory weights before the sequence, each (b, ...): {"M"} or {"W1", "W2"}.
+        momentum0: the surprise before the sequence (same keys and shapes); zeros when None.
+        memory: "linear" or "mlp".
+
+    Returns:
+        y (b, L, d_v), the final weights and the final surprise (dicts like params0).
+    """
+    sizes = _check_sequence(q, k, v, alpha, eta, theta)
+    check_positive("chunk_size", chunk_size)
+    if memory not in MEMORIES:
+        raise ValueError(f"memory must be one of {sorted(MEMORIES)}, got {memory!r}")
+    rule = MEMORIES[memory]
+    params = dict(params0)
+    momentum = dict(momentum0) if momentum0 is not None else {n: torch.zeros_like(p) for n, p in params.items()}
+    outputs = []
+    for start in range(0, sizes["L"], chunk_size):
+        chunk = slice(start, start + chunk_size)
+        a, e, th = alpha[:, chunk], eta[:, chunk], theta[:, chunk]
+        grads = rule.gradients(params, k[:, chunk], v[:, chunk])
+        weights = {}
+        for name, grad in grads.items():
+            step = -th.view(*th.shape, *(1,) * (grad.dim() - 2)) * grad
+            S = _within_chunk(e, momentum[name], step)
+            weights[name] = _within_chunk(1 - a, params[name], S)
+            momentum[name] = S[:, -1]
+        params = {name: w[:, -1] for name, w in weights.items()}
+        outputs.append(rule.read(weights, q[:, chunk]))
+    return torch.cat(outputs, dim=1), params, momentum
+
+
+class NeuralMemory(nn.Module):
+    """Long-term memory layer (Sec. 3): persistent tokens, then the memory read at every token.
+
+    The input gets `n_persistent` learnable tokens prepended (Sec. 3.3), the memory is trained on
+    the whole sequence in the chunked form, and each position returns W_O y_t (the persistent
+    positions are dropped). `step` streams tokens through the same chunk boundaries: within a
+    chunk each token's gradient is taken at the chunk's starting weights, so step equals forward.
+    State: {"start", "params", "momentum"} weight dicts and {"position"} (tokens seen).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        memory: Literal["linear", "mlp"] = "linear",
+        chunk_size: PositiveInt = 16,
+        n_persistent: NonNegativeInt = 0,
+        d_hidden: PositiveInt | None = None,
+        theta_max: PositiveFloat = 0.5,
+    ):
+        super().__init__()
+        if memory not in MEMORIES:
+            raise ValueError(f"memory must be one of {sorted(MEMORIES)}, got {memory!r}")
+        self.memory, self.chunk_size, self.theta_max = memory, chunk_size, theta_max
+        self.W_K = nn.Linear(d_model, d_model, bias=False)
+        self.W_V = nn.Linear(d_model, d_model, bias=False)
+        self.W_Q = nn.Linear(d_model, d_model, bias=False)
+        self.W_O = nn.Linear(d_model, d_model, bias=False)
+        self.gates = nn.Linear(d_model, 3)
+        self.persistent = nn.Parameter(0.02 * torch.randn(n_persistent, d_model))
+        if memory == "linear":
+            self.initial = nn.ParameterDict({"M": nn.Parameter(torch.zeros(d_model, d_model))})
+        else:
+            hidden = d_hidden or 2 * d_model
+            self.initial = nn.ParameterDict(
+                {
+                    "W1": nn.Parameter(torch.randn(d_model, hidden) / math.sqrt(d_model)),
+                    "W2": nn.Parameter(torch.zeros(hidden, d_model)),
+                }
+            )
+
+    def _inputs(self, x: torch.Tensor):
+        k, v, q = memory_projections(x, self.W_K.weight, self.W_V.weight, self.W_Q.weight)
+        alpha, eta, theta = data_dependent_gates(x, self.gates.weight, self.gates.bias, self.theta_max)
+        return q, k, v, alpha, eta, theta
+
+    def _start(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        batch = x.shape[0]
+        params = {name: p.expand(batch, *p.shape) for name, p in self.initial.items()}
+        zeros = {name: torch.zeros_like(p) for name, p in params.items()}
+        state = {"start": params, "params": params, "momentum": zeros, "position": 0}
+        return torch.cat((self.persistent.expand(batch, *self.persistent.shape), x), dim=1), state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.step(x, None)
+        return y
+
+    def step(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+        """x: (b, T, d_model) next tokens; state as in the class docstring, or None.
+
+        From no state, the whole chunks run in the chunked form; the tokens after the last chunk
+        boundary (and every later call) run token by token with the same gradient points.
+        """
+        n_new, outputs = x.shape[1], []
+        if state is None:
+            x, state = self._start(x)
+            full = x.shape[1] - x.shape[1] % self.chunk_size
+            if full:
+                y, params, momentum = neural_memory_chunked(
+                    *self._inputs(x[:, :full]), self.chunk_size, state["params"], None, self.memory
+                )
+                outputs.append(y)
+                state = {"start": params, "params": params, "momentum": momentum, "position": full}
+            x = x[:, full:]
+        rule = MEMORIES[self.memory]
+        start, params, momentum, position = state["start"], state["params"], state["momentum"], state["position"]
+        q, k, v, alpha, eta, theta = self._inputs(x)
+        for t in range(x.shape[1]):
+            grads = rule.gradients(start, k[:, t : t + 1], v[:, t : t + 1])  # at the chunk's start weights
+            momentum = {n: surprise_momentum(momentum[n], g[:, 0], eta[:, t], theta[:, t]) for n, g in grads.items()}
+            params = {n: forget_and_update(params[n], momentum[n], alpha[:, t]) for n in params}
+            outputs.append(rule.read({n: p[:, None] for n, p in params.items()}, q[:, t : t + 1]))
+            position += 1
+            if position % self.chunk_size == 0:
+                start = params
+        y = self.W_O(torch.cat(outputs, dim=1)[:, -n_new:])
+        return y, {"start": start, "params": params, "momentum": momentum, "position": position}
+
+
+def sliding_window_allowed(L_q: int, L_k: int, window: int, n_persistent: int) -> torch.Tensor:
+    r"""Which keys each query of SW-Attn* sees: the persistent tokens and the last `window` tokens.
+
+    Paper: Titans (Behrouz et al. 2024, arXiv:2501.00663), Sec. 4.2, SW-Attn* of Eq. (26)-(28)
+
+    .. math::
+        \mathrm{allowed}[i, j] = (j < N_p) \lor (0 \le p_i - j < w), \qquad p_i = L_k - L_q + i
+
+    The queries are the last L_q of the L_k positions (as in `scaled_dot_product_attention`);
+    causality (j <= p_i) is applied by the attention itself.
+
+    Args:
+        L_q, L_k: query and key counts.
+        window: w, how many most recent tokens (the query's own included) a query sees.
+        n_persistent: N_p, the leading positions every query sees.
+
+    Returns:
+        (L_q, L_k) bool.
+    """
+    check_positive("window", window)
+    position = torch.arange(L_k - L_q, L_k)[:, None]
+    key = torch.arange(L_k)[None, :]
+    return (key < n_persistent) | (position - key < window)
+
+
+class TitansMAG(HeadProjections):
+    """Titans, memory as a gate (MAG, Sec. 4.2, Eq. 26-28): sliding-window attention and the neural
+    memory read the same sequence x̃ = [persistent tokens; x]; o = y ⊗ M(x̃).
+
+    ⊗ follows the paper's description: both branches are normalised with learnable vector-valued
+    weights (RMSNorm) and the memory branch passes a sigmoid, o = norm(y) ⊙ σ(norm(M(x̃))). Attention
+    uses RoPE over the positions of x̃. State: the neural memory state, the persistent keys and
+    values and those of the last window - 1 tokens, and the position: constant size.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: PositiveInt,
+        window: PositiveInt,
+        n_persistent: NonNegativeInt = 4,
+        memory: Literal["linear", "mlp"] = "linear",
+        chunk_size: PositiveInt = 16,
+        d_hidden: PositiveInt | None = None,
+        theta_max: PositiveFloat = 0.5,
+    ):
+        super().__init__(d_model, n_heads)
+        if (d_model // n_heads) % 2:
+            raise ValueError(f"d_model / n_heads = {d_model // n_heads} must be even for rotary pairs")
+        self.window = window
+        self.neural_memory = NeuralMemory(d_model, memory, chunk_size, n_persistent, d_hidden, theta_max)
+        self.attention_norm = RMSNorm(d_model)
+        self.memory_norm = RMSNorm(d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.step(x, None)
+        return y
+
+    def step(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+        """x: (b, T, d_model) next tokens; state as in the class docstring, or None."""
+        n_p = self.neural_memory.persistent.shape[0]
+        memory_out, memory_state = self.neural_memory.step(x, None if state is None else state["memory"])
+        if state is None:  # attention sees x̃ = [persistent; x]
+            x = torch.cat((self.neural_memory.persistent.expand(x.shape[0], -1, -1), x), dim=1)
+            state = {"k": None, "v": None, "position": 0}
+        offset = state["position"]
+        q, k, v = self._heads(x)
+        q, k = rotary_embedding(q, offset), rotary_embedding(k, offset)
+        if state["k"] is not None:
+            k, v = torch.cat((state["k"], k), dim=-2), torch.cat((state["v"], v), dim=-2)
+        # keys held: the persistent ones first, then the most recent ones, contiguous up to the queries
+        allowed = sliding_window_allowed(x.shape[1], k.shape[-2], self.window, n_p)
+        attended = scaled_dot_product_attention(q, k, v, causal=True, allowed=allowed.to(x.device))
+        attended = concat_heads(attended, self.W_o.weight)[:, -memory_out.shape[1] :]
+        out = self.attention_norm(attended) * torch.sigmoid(self.memory_norm(memory_out))
+        keep = torch.cat((torch.arange(n_p), torch.arange(max(n_p, k.shape[-2] - self.window + 1), k.shape[-2])))
+        new_state = {
+            "k": k[..., keep, :],
+            "v": v[..., keep, :],
+            "position": offset + x.shape[1],
+            "memory": memory_state,
+        }
+        return out, new_state
