@@ -17,6 +17,7 @@ from src.config import ConfigError, arguments_for, build, check_keys, check_valu
 from src.layers.attention import CausalSelfAttention
 from src.layers.compressive_memory import InfiniAttention, TensorMemory
 from src.layers.feedforward import SwiGLU
+from src.layers.memory_bank import MemoryBankAttention
 from src.layers.neural_memory import NeuralMemory, TitansMAG
 from src.layers.normalization import RMSNorm
 from src.layers.selective_ssm import MambaMixer
@@ -30,6 +31,7 @@ MIXERS: dict[str, type[nn.Module]] = {
     "infini_attention": InfiniAttention,
     "neural_memory": NeuralMemory,
     "titans_mag": TitansMAG,
+    "memory_bank": MemoryBankAttention,
 }
 MLPS: dict[str, type[nn.Module]] = {
     "swiglu": SwiGLU,
@@ -208,6 +210,17 @@ class PaperModel(nn.Module):
             x, block_state = block.step(x, block_state)
             new_state.append(block_state)
         return self.head(self.norm(x)), new_state
+
+    def auxiliary_losses(self) -> dict[str, torch.Tensor]:
+        """The auxiliary losses the last forward pass recorded (router losses), summed by name over blocks.
+
+        Each already carries its coefficient from the config; the training loop adds their sum.
+        """
+        totals: dict[str, torch.Tensor] = {}
+        for block in self.blocks:
+            for name, value in getattr(block.mixer, "aux_losses", {}).items():
+                totals[name] = totals[name] + value if name in totals else value
+        return totals
 
     def num_parameters(self) -> int:
         """Number of distinct parameters (a tied head counts once)."""

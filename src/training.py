@@ -125,8 +125,9 @@ def train(experiment: ExperimentConfig, log=print) -> dict:
         inputs, targets = task.sample(cfg.batch_size, seed=cfg.seed * 1_000_003 + step)
         inputs, targets = inputs.to(device), targets.to(device)
         loss, accuracy = loss_and_accuracy(model, inputs, targets, cfg)
+        aux_losses = model.auxiliary_losses()  # router losses, coefficients from the config
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + sum(aux_losses.values())).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         tokens += inputs.numel()
@@ -138,6 +139,7 @@ def train(experiment: ExperimentConfig, log=print) -> dict:
                 "accuracy": accuracy.item(),
                 "lr": optimizer.param_groups[0]["lr"],
                 "tokens_per_s": tokens / elapsed,
+                **{f"aux_{name}": value.item() for name, value in aux_losses.items()},
                 **evaluate(model, experiment),
             }
             metrics_file.write(json.dumps(result) + "\n")
@@ -146,6 +148,7 @@ def train(experiment: ExperimentConfig, log=print) -> dict:
                 f"step {step + 1:>6}/{cfg.steps}  loss {result['loss']:.4f}  "
                 f"eval_loss {result['eval_loss']:.4f}  eval_accuracy {result['eval_accuracy']:.4f}  "
                 f"{result['tokens_per_s']:,.0f} tok/s"
+                + "".join(f"  aux_{name} {value.item():.4f}" for name, value in aux_losses.items())
             )
             save_checkpoint(out_dir / CHECKPOINT, model, optimizer, step + 1, experiment)
     metrics_file.close()

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 import yaml
 
@@ -54,3 +55,17 @@ def test_misspelled_key_fails_naming_key_and_file(tmp_path, capsys):
     path = tiny_experiment(tmp_path, warmup=5)
     assert main(["train", path]) == 2
     assert f"{path}: unknown key 'train.warmup'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", ["memory_bank_a_mqar", "memory_bank_b_mqar", "transformer_mqar"])
+def test_memory_bank_variants_and_the_vanilla_control_train_from_their_configs(tmp_path, capsys, config):
+    raw = read_yaml(ROOT / "configs" / f"{config}.yaml")
+    raw["train"].update(steps=4, batch_size=4, eval_every=2, warmup_steps=1, out_dir=str(tmp_path / "run"))
+    raw["eval"].update(num_examples=8, batch_size=8)
+    path = tmp_path / f"{config}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(path)]) == 0
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    has_router = config.startswith("memory_bank")
+    assert ("aux_load_balancing" in metrics[-1]) == has_router and ("aux_router_z" in metrics[-1]) == has_router
+    assert "final:" in capsys.readouterr().out
