@@ -17,7 +17,7 @@ def _train(args) -> int:
 
     experiment = load_experiment(args.config)
     print(experiment.to_yaml())
-    result = train(experiment)
+    result = train(experiment, resume=args.resume)
     print(f"final: eval_loss {result['eval_loss']:.4f}  eval_accuracy {result['eval_accuracy']:.4f}")
     print(f"checkpoint: {experiment.train.out_dir}/checkpoint.pt")
     return 0
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train the model of CONFIG on its task")
     train.add_argument("config")
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in train.out_dir")
     train.set_defaults(run=_train)
     evaluate = commands.add_parser("evaluate", help="evaluate CHECKPOINT on the eval set of CONFIG")
     evaluate.add_argument("config")

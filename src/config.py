@@ -68,7 +68,7 @@ def check_value(value: Any, hint: Any, key: str, file: str) -> Any:
         return [check_value(v, item, f"{key}[{i}]", file) for i, v in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint in (int, float, str, bool) and (type(value) is hint):
+    if hint in (int, float, str, bool, dict) and (type(value) is hint):
         return value
     raise ConfigError(f"{file}: key '{key}' must be of type {_type_name(hint)}, got {value!r}")
 
@@ -132,11 +132,16 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """The `eval` section: how many held-out examples, and their seed (disjoint from training)."""
+    """The `eval` section: how many held-out examples, and their seed (disjoint from training).
+
+    `settings` lists extra evaluation settings as task overrides (e.g. `{length: 256}` to test
+    length extrapolation); each is evaluated besides the training task.
+    """
 
     num_examples: PositiveInt
     batch_size: PositiveInt
     seed: int
+    settings: list[dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -188,4 +193,11 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     if train.betas is not None and len(train.betas) != 2:
         raise ConfigError(f"{file}: key 'train.betas' must have two entries, got {train.betas}")
     evaluation = EvalConfig(**arguments_for(EvalConfig, raw["eval"], "eval", file))
+    for i, override in enumerate(evaluation.settings or []):
+        try:
+            setting = resolve_task_section({**raw["task"], **override}, file)
+        except ConfigError as error:
+            raise ConfigError(f"{file}: key 'eval.settings[{i}]' does not give a valid task: {error}") from error
+        if build_task(setting, file).vocab_size > model["vocab_size"]:
+            raise ConfigError(f"{file}: key 'eval.settings[{i}]' needs a vocabulary larger than model.vocab_size")
     return ExperimentConfig(file, model, task, train, evaluation)

@@ -8,6 +8,7 @@ Every training batch is generated from seed (train.seed, step), so a run is repr
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from torch.utils.checkpoint import checkpoint
 
 from src.config import ExperimentConfig, TrainConfig
 from src.model import PaperModel
-from src.tasks import IGNORE, build_task
+from src.tasks import IGNORE, build_task, held_out
+from src.tasks.text_corpus import TextCorpus
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -77,32 +79,66 @@ def loss_and_accuracy(
     return chunked_loss_and_accuracy(hidden, model.head, targets, train.loss_chunk_tokens)
 
 
+def setting_label(override: dict) -> str:
+    """The name of an evaluation setting: its task overrides, `key=value` joined by commas."""
+    return ",".join(f"{key}={value}" for key, value in override.items())
+
+
 @torch.no_grad()
-def evaluate(model: PaperModel, experiment: ExperimentConfig) -> dict:
-    """Loss and accuracy on `eval.num_examples` held-out examples (seeded by `eval.seed`)."""
-    task = build_task(experiment.task, experiment.file)
+def _evaluate_task(model: PaperModel, task, experiment: ExperimentConfig) -> dict:
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     total_loss = total_correct = total_scored = 0.0
     done = 0
     while done < experiment.eval.num_examples:
         size = min(experiment.eval.batch_size, experiment.eval.num_examples - done)
         inputs, targets = task.sample(size, seed=experiment.eval.seed * 1_000_003 + done)
         inputs, targets = inputs.to(device), targets.to(device)
-        logits = model(inputs)
         scored = (targets != IGNORE).sum().item()
-        loss, accuracy = masked_loss_and_accuracy(logits, targets)
+        loss, accuracy = masked_loss_and_accuracy(model(inputs), targets)
         total_loss += loss.item() * scored
         total_correct += accuracy.item() * scored
         total_scored += scored
         done += size
+    loss = total_loss / total_scored
+    result = {"eval_loss": loss, "eval_accuracy": total_correct / total_scored}
+    if isinstance(task, TextCorpus):  # one token is one byte
+        result |= {"eval_bits_per_byte": loss / math.log(2), "eval_perplexity": math.exp(loss)}
+    return result
+
+
+def evaluate(model: PaperModel, experiment: ExperimentConfig) -> dict:
+    """Loss and accuracy on `eval.num_examples` held-out examples (seeded by `eval.seed`).
+
+    The training task's metrics are `eval_loss`, `eval_accuracy` (and bits per byte and perplexity
+    for text); each `eval.settings` entry (task overrides, e.g. a longer length) adds the same
+    metrics with `@<setting>` appended.
+    """
+    was_training = model.training
+    model.eval()
+    settings = [{}, *(experiment.eval.settings or [])]
+    result = {}
+    for override in settings:
+        task = held_out(build_task({**experiment.task, **override}, experiment.file))
+        suffix = f"@{setting_label(override)}" if override else ""
+        result |= {f"{name}{suffix}": value for name, value in _evaluate_task(model, task, experiment).items()}
     model.train(was_training)
-    return {"eval_loss": total_loss / total_scored, "eval_accuracy": total_correct / total_scored}
+    return result
 
 
-def train(experiment: ExperimentConfig, log=print) -> dict:
-    """Train the configured model on the configured task; return the final evaluation."""
+def _progress(step: int, steps: int) -> None:
+    """A one-line progress bar on stderr when it is a terminal."""
+    if sys.stderr.isatty():
+        filled = 30 * step // steps
+        print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {step}/{steps}", end="", file=sys.stderr, flush=True)
+
+
+def train(experiment: ExperimentConfig, log=print, resume: bool = False) -> dict:
+    """Train the configured model on the configured task; return the final evaluation.
+
+    With `resume`, continue from `train.out_dir/checkpoint.pt` (model, optimizer and step; its
+    config must be this one): batches depend only on (seed, step) and the schedule only on the
+    step, so the resumed run repeats the uninterrupted one exactly.
+    """
     cfg = experiment.train
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"{experiment.file}: train.device is 'cuda' but no CUDA device is available")
@@ -115,11 +151,15 @@ def train(experiment: ExperimentConfig, log=print) -> dict:
     )
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics_file = (out_dir / METRICS).open("w")
+    first_step = 0
+    if resume:
+        first_step = load_checkpoint(out_dir / CHECKPOINT, model, optimizer, experiment)
+        log(f"resuming from {out_dir / CHECKPOINT} at step {first_step}")
+    metrics_file = (out_dir / METRICS).open("a" if resume else "w")
     log(f"model: {model.num_parameters():,} parameters; task: {experiment.task['type']}; {cfg.steps} steps")
     started, tokens = time.perf_counter(), 0
     result = {}
-    for step in range(cfg.steps):
+    for step in range(first_step, cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, cfg)
         inputs, targets = task.sample(cfg.batch_size, seed=cfg.seed * 1_000_003 + step)
@@ -131,6 +171,7 @@ def train(experiment: ExperimentConfig, log=print) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         tokens += inputs.numel()
+        _progress(step + 1, cfg.steps)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             elapsed = time.perf_counter() - started
             result = {
@@ -144,13 +185,13 @@ def train(experiment: ExperimentConfig, log=print) -> dict:
             }
             metrics_file.write(json.dumps(result) + "\n")
             metrics_file.flush()
+            save_checkpoint(out_dir / CHECKPOINT, model, optimizer, step + 1, experiment)
             log(
                 f"step {step + 1:>6}/{cfg.steps}  loss {result['loss']:.4f}  "
                 f"eval_loss {result['eval_loss']:.4f}  eval_accuracy {result['eval_accuracy']:.4f}  "
                 f"{result['tokens_per_s']:,.0f} tok/s"
                 + "".join(f"  aux_{name} {value.item():.4f}" for name, value in aux_losses.items())
             )
-            save_checkpoint(out_dir / CHECKPOINT, model, optimizer, step + 1, experiment)
     metrics_file.close()
     return result
 
@@ -166,3 +207,15 @@ def save_checkpoint(path: Path, model: PaperModel, optimizer, step: int, experim
         },
         path,
     )
+
+
+def load_checkpoint(path: Path, model: PaperModel, optimizer, experiment: ExperimentConfig) -> int:
+    """Restore model and optimizer from a checkpoint of this experiment; return its step."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{experiment.file}: no checkpoint to resume at {path}")
+    checkpoint = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
+    if checkpoint["config"] != experiment.to_yaml():
+        raise ValueError(f"{path} was written by a different config than {experiment.file}; refusing to resume")
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    return checkpoint["step"]

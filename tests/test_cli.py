@@ -69,3 +69,52 @@ def test_memory_bank_variants_and_the_vanilla_control_train_from_their_configs(t
     has_router = config.startswith("memory_bank")
     assert ("aux_load_balancing" in metrics[-1]) == has_router and ("aux_router_z" in metrics[-1]) == has_router
     assert "final:" in capsys.readouterr().out
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resuming_from_a_checkpoint_repeats_the_uninterrupted_run(tmp_path):
+    from src.config import load_experiment
+    from src.training import train
+
+    path = tiny_experiment(tmp_path, steps=6, eval_every=2)
+    experiment = load_experiment(path)
+    full = train(experiment, log=lambda line: None)
+    full_metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+
+    def stop_after_step_4(line):
+        if line.startswith("step      4/6"):
+            raise Interrupted  # the process dies right after the step-4 checkpoint
+
+    with pytest.raises(Interrupted):
+        train(experiment, log=stop_after_step_4)
+    resumed = train(experiment, log=lambda line: None, resume=True)
+    resumed_metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    drop_speed = [{k: v for k, v in json.loads(m).items() if k != "tokens_per_s"} for m in resumed_metrics]
+    assert drop_speed == [{k: v for k, v in json.loads(m).items() if k != "tokens_per_s"} for m in full_metrics]
+    assert resumed["eval_loss"] == full["eval_loss"]
+
+
+def test_resume_without_a_checkpoint_is_named(tmp_path):
+    from src.config import load_experiment
+    from src.training import train
+
+    experiment = load_experiment(tiny_experiment(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint to resume at .*checkpoint\.pt"):
+        train(experiment, log=lambda line: None, resume=True)
+
+
+def test_eval_settings_report_each_setting_and_bad_ones_are_named(tmp_path, capsys):
+    raw = read_yaml(tiny_experiment(tmp_path))
+    raw["eval"]["settings"] = [{"num_pairs": 8, "num_queries": 8}]
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(path)]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "eval_accuracy@num_pairs=8,num_queries=8" in metrics and "eval_accuracy" in metrics
+    raw["eval"]["settings"] = [{"num_pairs": 40}]
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(path)]) == 2
+    assert "key 'eval.settings[0]' does not give a valid task" in capsys.readouterr().err

@@ -2,18 +2,27 @@
 
 A task has `vocab_size` and `sample(batch_size, seed) -> (inputs, targets)`, both (batch, length)
 int64; targets hold -100 (IGNORE) wherever the position is not scored, so one masked
-cross-entropy and one accuracy serve every task.
+cross-entropy and one accuracy serve every task. Synthetic tasks hold out by seed (the eval seed
+is disjoint); a task with a held-out split (text) returns it from `held_out()`.
 """
 
 from src.config import ConfigError, arguments_for, build
 from src.tasks.associative_recall import AssociativeRecall
 from src.tasks.common import IGNORE
+from src.tasks.induction_heads import InductionHeads
+from src.tasks.passkey import Passkey
+from src.tasks.selective_copying import SelectiveCopying
+from src.tasks.text_corpus import TextCorpus
 
 TASKS: dict[str, type] = {
     "associative_recall": AssociativeRecall,
+    "selective_copying": SelectiveCopying,
+    "induction_heads": InductionHeads,
+    "passkey": Passkey,
+    "text": TextCorpus,
 }
 
-__all__ = ["IGNORE", "TASKS", "build_task", "resolve_task_section"]
+__all__ = ["IGNORE", "TASKS", "build_task", "held_out", "resolve_task_section"]
 
 
 def resolve_task_section(raw, file: str) -> dict:
@@ -31,3 +40,8 @@ def build_task(spec: dict, file: str = "<config>"):
     """Instantiate the task a resolved `task` section describes."""
     kwargs = {key: value for key, value in spec.items() if key != "type"}
     return build(TASKS[spec["type"]], kwargs, "task", file)
+
+
+def held_out(task):
+    """The task to evaluate on: its held-out split when it has one, else the task itself."""
+    return task.held_out() if hasattr(task, "held_out") else task
