@@ -38,6 +38,30 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _generate(args) -> int:
+    import yaml
+
+    from src.generation import generate
+    from src.model import PaperModel, resolve_model_section
+
+    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    config = yaml.safe_load(checkpoint["config"])
+    model = PaperModel(resolve_model_section(config["model"], args.checkpoint), args.checkpoint)
+    model.load_state_dict(checkpoint["model"])
+    is_text = config["task"]["type"] == "text"
+    if args.prompt_ids is not None:
+        prompt = [int(token) for token in args.prompt_ids.split()]
+    elif is_text:
+        prompt = list(args.prompt.encode("utf-8"))
+    else:
+        raise ConfigError(f"{args.checkpoint}: a {config['task']['type']} model needs --prompt-ids")
+    ids = generate(
+        model, torch.tensor([prompt]), args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed
+    )[0].tolist()
+    print(bytes(ids).decode("utf-8", errors="replace") if is_text else " ".join(map(str, ids)))
+    return 0
+
+
 def _equations(args) -> int:
     from src.catalogue import catalogue, format_table
 
@@ -56,6 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("config")
     evaluate.add_argument("checkpoint")
     evaluate.set_defaults(run=_evaluate)
+    generate = commands.add_parser("generate", help="continue a prompt with the model of CHECKPOINT")
+    generate.add_argument("checkpoint")
+    generate.add_argument("--prompt", default="", help="text prompt (models trained on a text task)")
+    generate.add_argument("--prompt-ids", help="space-separated token ids")
+    generate.add_argument("--max-new-tokens", type=int, default=64)
+    generate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    generate.add_argument("--top-k", type=int)
+    generate.add_argument("--top-p", type=float)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.set_defaults(run=_generate)
     equations = commands.add_parser("equations", help="print the equation catalogue")
     equations.set_defaults(run=_equations)
     args = parser.parse_args(argv)
