@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from src.config import ConfigError, load_experiment
+from src.config import ConfigError, load_comparison, load_experiment, read_yaml
 
 
 def _train(args) -> int:
@@ -20,6 +20,15 @@ def _train(args) -> int:
     result = train(experiment, resume=args.resume)
     print(f"final: eval_loss {result['eval_loss']:.4f}  eval_accuracy {result['eval_accuracy']:.4f}")
     print(f"checkpoint: {experiment.train.out_dir}/checkpoint.pt")
+    return 0
+
+
+def _compare(args) -> int:
+    from src.compare import compare
+
+    raw_out_dir = read_yaml(args.config)["train"].get("out_dir")
+    experiments = load_comparison(args.config)
+    compare(experiments, raw_out_dir)
     return 0
 
 
@@ -76,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("config")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint in train.out_dir")
     train.set_defaults(run=_train)
+    compare = commands.add_parser("compare", help="train every model of CONFIG on one task; print one table")
+    compare.add_argument("config")
+    compare.set_defaults(run=_compare)
     evaluate = commands.add_parser("evaluate", help="evaluate CHECKPOINT on the eval set of CONFIG")
     evaluate.add_argument("config")
     evaluate.add_argument("checkpoint")

@@ -13,7 +13,7 @@ import re
 import types
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -174,21 +174,17 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
-def load_experiment(path: str | Path) -> ExperimentConfig:
-    """Read and validate a whole experiment config (model, task, train, eval)."""
+def _experiment(raw: dict, raw_model: Any, file: str, model_key: str = "model") -> ExperimentConfig:
+    """Validate the model, task, train and eval sections of one experiment."""
     from src.model import resolve_model_section
     from src.tasks import build_task, resolve_task_section
 
-    file = str(path)
-    raw = read_yaml(path)
-    check_keys(raw, {"model": True, "task": True, "train": True, "eval": True}, "<top>", file)
-    model = resolve_model_section(raw["model"], file)
+    model = resolve_model_section(raw_model, file, model_key)
     task = resolve_task_section(raw["task"], file)
     task_vocab = build_task(task, file).vocab_size
     if task_vocab > model["vocab_size"]:
-        raise ConfigError(
-            f"{file}: key 'model.vocab_size' ({model['vocab_size']}) must be >= the task's vocabulary ({task_vocab})"
-        )
+        problem = f"({model['vocab_size']}) must be >= the task's vocabulary ({task_vocab})"
+        raise ConfigError(f"{file}: key '{model_key}.vocab_size' {problem}")
     train = TrainConfig(**arguments_for(TrainConfig, raw["train"], "train", file))
     if train.betas is not None and len(train.betas) != 2:
         raise ConfigError(f"{file}: key 'train.betas' must have two entries, got {train.betas}")
@@ -199,5 +195,33 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
         except ConfigError as error:
             raise ConfigError(f"{file}: key 'eval.settings[{i}]' does not give a valid task: {error}") from error
         if build_task(setting, file).vocab_size > model["vocab_size"]:
-            raise ConfigError(f"{file}: key 'eval.settings[{i}]' needs a vocabulary larger than model.vocab_size")
+            raise ConfigError(f"{file}: key 'eval.settings[{i}]' needs a vocabulary larger than {model_key}.vocab_size")
     return ExperimentConfig(file, model, task, train, evaluation)
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    """Read and validate a whole experiment config (model, task, train, eval)."""
+    file = str(path)
+    raw = read_yaml(path)
+    check_keys(raw, {"model": True, "task": True, "train": True, "eval": True}, "<top>", file)
+    return _experiment(raw, raw["model"], file)
+
+
+def load_comparison(path: str | Path) -> dict[str, ExperimentConfig]:
+    """Read a comparison config: `models` (name -> model section) sharing one task, train and eval.
+
+    Each model trains in `train.out_dir/<name>`; the result maps names to their experiments.
+    """
+    file = str(path)
+    raw = read_yaml(path)
+    check_keys(raw, {"models": True, "task": True, "train": True, "eval": True}, "<top>", file)
+    if not isinstance(raw["models"], dict) or not raw["models"]:
+        raise ConfigError(f"{file}: key 'models' must map model names to model sections")
+    experiments = {}
+    for name, raw_model in raw["models"].items():
+        if not isinstance(raw_model, dict):
+            raise ConfigError(f"{file}: key 'models.{name}' must be a model section")
+        experiment = _experiment(raw, raw_model, file, f"models.{name}")
+        train = replace(experiment.train, out_dir=str(Path(experiment.train.out_dir) / name))
+        experiments[name] = replace(experiment, train=train)
+    return experiments

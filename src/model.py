@@ -73,20 +73,20 @@ def _resolve_component(raw, registry: dict[str, type], where: str, file: str) ->
     return {"type": kind, **arguments_for(registry[kind], rest, where, file, provided=("d_model",))}
 
 
-def resolve_model_section(raw, file: str) -> dict:
-    """Validate the `model` section and return it with every default filled in."""
+def resolve_model_section(raw, file: str, section: str = "model") -> dict:
+    """Validate a model section (key `section` of the file) and return it with every default filled in."""
     check_keys(
         raw,
         {"vocab_size": True, "d_model": True, "tie_embeddings": True, "blocks": True, "norm_eps": False},
-        "model",
+        section,
         file,
     )
     blocks = raw["blocks"]
     if not isinstance(blocks, list) or not blocks:
-        raise ConfigError(f"{file}: key 'model.blocks' must be a non-empty list of blocks")
+        raise ConfigError(f"{file}: key '{section}.blocks' must be a non-empty list of blocks")
     resolved_blocks = []
     for i, block in enumerate(blocks):
-        where = f"model.blocks[{i}]"
+        where = f"{section}.blocks[{i}]"
         check_keys(block, {"mixer": True, "mlp": True, "repeat": False}, where, file)
         mlp = block["mlp"]
         resolved_blocks.append(
@@ -97,10 +97,10 @@ def resolve_model_section(raw, file: str) -> dict:
             }
         )
     return {
-        "vocab_size": check_value(raw["vocab_size"], PositiveInt, "model.vocab_size", file),
-        "d_model": check_value(raw["d_model"], PositiveInt, "model.d_model", file),
-        "tie_embeddings": check_value(raw["tie_embeddings"], bool, "model.tie_embeddings", file),
-        "norm_eps": check_value(raw.get("norm_eps", 1e-5), PositiveFloat, "model.norm_eps", file),
+        "vocab_size": check_value(raw["vocab_size"], PositiveInt, f"{section}.vocab_size", file),
+        "d_model": check_value(raw["d_model"], PositiveInt, f"{section}.d_model", file),
+        "tie_embeddings": check_value(raw["tie_embeddings"], bool, f"{section}.tie_embeddings", file),
+        "norm_eps": check_value(raw.get("norm_eps", 1e-5), PositiveFloat, f"{section}.norm_eps", file),
         "blocks": resolved_blocks,
     }
 

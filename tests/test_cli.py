@@ -1,5 +1,6 @@
 """The memory-models command: train is reproducible from its seed, config errors are clear."""
 
+import importlib.util
 import json
 
 import pytest
@@ -118,3 +119,33 @@ def test_eval_settings_report_each_setting_and_bad_ones_are_named(tmp_path, caps
     path.write_text(yaml.safe_dump(raw))
     assert main(["train", str(path)]) == 2
     assert "key 'eval.settings[0]' does not give a valid task" in capsys.readouterr().err
+
+
+def test_compare_trains_each_model_and_writes_one_table(tmp_path, capsys):
+    raw = read_yaml(tiny_experiment(tmp_path))
+    mamba = read_yaml(ROOT / "configs" / "mamba_tiny.yaml")["model"]
+    mamba.update(d_model=16)
+    mamba["blocks"][0].update(repeat=1)
+    raw = {"models": {"transformer": raw["model"], "mamba": mamba}, **{k: raw[k] for k in ("task", "train", "eval")}}
+    raw["eval"]["settings"] = [{"num_pairs": 6, "num_queries": 6}]
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert main(["compare", str(path)]) == 0
+    out = capsys.readouterr().out
+    table = (tmp_path / "run" / "compare.md").read_text()
+    assert table.splitlines()[0].startswith("| model | parameters | eval loss | accuracy (train setting) |")
+    assert "accuracy @ num_pairs=6,num_queries=6" in table and table in out
+    rows = json.loads((tmp_path / "run" / "compare.json").read_text())
+    assert [row["model"] for row in rows] == ["transformer", "mamba"]
+    assert (tmp_path / "run" / "transformer" / "checkpoint.pt").is_file()
+    assert (tmp_path / "run" / "compare.png").is_file() == (importlib.util.find_spec("matplotlib") is not None)
+
+
+def test_compare_error_names_the_model(tmp_path, capsys):
+    raw = read_yaml(tiny_experiment(tmp_path))
+    raw["model"]["blocks"][0]["mixer"]["n_head"] = 2
+    raw = {"models": {"broken": raw["model"]}, **{k: raw[k] for k in ("task", "train", "eval")}}
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["compare", str(path)]) == 2
+    assert "unknown key 'models.broken.blocks[0].mixer.n_head'" in capsys.readouterr().err
