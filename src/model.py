@@ -20,13 +20,14 @@ from src.layers.feedforward import SwiGLU
 from src.layers.memory_bank import MemoryBankAttention
 from src.layers.neural_memory import NeuralMemory, TitansMAG
 from src.layers.normalization import RMSNorm
-from src.layers.selective_ssm import MambaMixer
+from src.layers.selective_ssm import MambaMixer, S4DMixer
 from src.pretrained import model_section_from_hf_config, read_hf_weights, state_dict_from_hf
 from src.schema import PositiveFloat, PositiveInt
 
 MIXERS: dict[str, type[nn.Module]] = {
     "attention": CausalSelfAttention,
     "selective_ssm": MambaMixer,
+    "lti_ssm": S4DMixer,
     "tensor_memory": TensorMemory,
     "infini_attention": InfiniAttention,
     "neural_memory": NeuralMemory,

@@ -157,7 +157,7 @@ def train(experiment: ExperimentConfig, log=print, resume: bool = False) -> dict
         log(f"resuming from {out_dir / CHECKPOINT} at step {first_step}")
     metrics_file = (out_dir / METRICS).open("a" if resume else "w")
     log(f"model: {model.num_parameters():,} parameters; task: {experiment.task['type']}; {cfg.steps} steps")
-    started, tokens = time.perf_counter(), 0
+    started, tokens, evaluating = time.perf_counter(), 0, 0.0  # evaluation time is not training time
     result = {}
     for step in range(first_step, cfg.steps):
         for group in optimizer.param_groups:
@@ -173,16 +173,18 @@ def train(experiment: ExperimentConfig, log=print, resume: bool = False) -> dict
         tokens += inputs.numel()
         _progress(step + 1, cfg.steps)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            elapsed = time.perf_counter() - started
+            training_seconds = time.perf_counter() - started - evaluating
+            eval_started = time.perf_counter()
             result = {
                 "step": step + 1,
                 "loss": loss.item(),
                 "accuracy": accuracy.item(),
                 "lr": optimizer.param_groups[0]["lr"],
-                "tokens_per_s": tokens / elapsed,
+                "tokens_per_s": tokens / training_seconds,
                 **{f"aux_{name}": value.item() for name, value in aux_losses.items()},
                 **evaluate(model, experiment),
             }
+            evaluating += time.perf_counter() - eval_started
             metrics_file.write(json.dumps(result) + "\n")
             metrics_file.flush()
             save_checkpoint(out_dir / CHECKPOINT, model, optimizer, step + 1, experiment)

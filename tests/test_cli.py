@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 
 import pytest
 import torch
@@ -149,3 +150,37 @@ def test_compare_error_names_the_model(tmp_path, capsys):
     path.write_text(yaml.safe_dump(raw))
     assert main(["compare", str(path)]) == 2
     assert "unknown key 'models.broken.blocks[0].mixer.n_head'" in capsys.readouterr().err
+
+
+def test_generate_continues_a_prompt_from_a_checkpoint(tmp_path, capsys):
+    path = tiny_experiment(tmp_path)
+    assert main(["train", path]) == 0
+    capsys.readouterr()
+    checkpoint = str(tmp_path / "run" / "checkpoint.pt")
+    assert main(["generate", checkpoint, "--prompt-ids", "3 40 5", "--max-new-tokens", "4"]) == 0
+    greedy = capsys.readouterr().out.split()
+    assert greedy[:3] == ["3", "40", "5"] and len(greedy) == 7
+    args = ["generate", checkpoint, "--prompt-ids", "3 40 5", "--max-new-tokens", "4", "--temperature", "1.0"]
+    assert main([*args, "--seed", "1"]) == 0 and main([*args, "--seed", "1"]) == 0
+    first, second = capsys.readouterr().out.splitlines()
+    assert first == second
+    assert main(["generate", checkpoint, "--prompt", "text"]) == 2  # a token task needs ids
+
+
+def test_text_task_reports_bits_per_byte_and_generates_text(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be or not to be, that is the question. " * 40)
+    raw = read_yaml(tiny_experiment(tmp_path))
+    raw["model"]["vocab_size"] = 256
+    raw["task"] = {"type": "text", "path": str(corpus), "length": 32}
+    path = tmp_path / "text.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(path)]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert metrics["eval_bits_per_byte"] == pytest.approx(metrics["eval_loss"] / math.log(2))
+    assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]))
+    capsys.readouterr()
+    assert (
+        main(["generate", str(tmp_path / "run" / "checkpoint.pt"), "--prompt", "to be", "--max-new-tokens", "5"]) == 0
+    )
+    assert capsys.readouterr().out.startswith("to be")

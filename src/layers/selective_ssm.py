@@ -526,7 +526,49 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return y
 
 
-class MambaMixer(nn.Module):
+class _GatedSSMBlock(nn.Module):
+    """The block of Fig. 3 around an SSM: in-projection to x and z, causal depthwise conv, SiLU,
+    the SSM with D skip, the SiLU(z) gate, out-projection. Subclasses supply `_ssm`.
+
+    `step` keeps the last k - 1 conv inputs and the SSM state, so the model generates in constant
+    memory per token; `forward(x)` is `step(x, None)`.
+    """
+
+    def __init__(self, d_model: int, d_state: int, d_conv: int, expand: int):
+        super().__init__()
+        self.d_inner = expand * d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        self.A_log = nn.Parameter(torch.log(-s4d_real_init(self.d_inner, d_state)))
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+
+    def _ssm(self, u, z, h0):
+        """(b, d_inner, T) conv output and gate -> gated SSM output (b, d_inner, T) and last state."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.step(x, None)
+        return y
+
+    def step(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+        """x: (b, T, d_model) next tokens; state {"conv": (b, d_inner, k-1), "ssm": (b, d_inner, N)}."""
+        batch, length, _ = x.shape
+        xz = self.in_proj(x).transpose(1, 2)  # (b, 2 d_inner, T)
+        u, z = xz.chunk(2, dim=1)
+        if state is None:
+            state = {"conv": u.new_zeros(batch, self.d_inner, self.d_conv - 1), "ssm": None}
+        history = torch.cat((state["conv"], u), dim=-1)  # earlier conv inputs, then the new ones
+        weight = self.conv1d.weight[:, 0, :]
+        u = F.silu(causal_conv1d(history, weight, self.conv1d.bias)[..., -length:])
+        y, ssm_state = self._ssm(u, z, state["ssm"])
+        new_state = {"conv": history[..., history.shape[-1] - (self.d_conv - 1) :], "ssm": ssm_state}
+        return self.out_proj(y.transpose(1, 2)), new_state
+
+
+class MambaMixer(_GatedSSMBlock):
     """The Mamba block of Fig. 3, built from the functions above.
 
     Parameter names follow the official `Mamba` module (in_proj, conv1d, x_proj, dt_proj, A_log,
@@ -547,42 +589,56 @@ class MambaMixer(nn.Module):
         dt_init_floor: PositiveFloat = 1e-4,
         scan: Literal["chunked", "sequential"] = "chunked",
     ):
-        super().__init__()
+        super().__init__(d_model, d_state, d_conv, expand)
         self.scan = selective_scan if scan == "chunked" else selective_scan_sequential
-        self.d_inner = expand * d_model
-        self.d_state = d_state
-        self.d_conv = d_conv
         self.dt_rank = dt_rank if dt_rank is not None else math.ceil(d_model / 16)  # Sec. 3.6
-        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
-        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1)
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
-        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
         nn.init.uniform_(self.dt_proj.weight, -(self.dt_rank**-0.5), self.dt_rank**-0.5)
         with torch.no_grad():
             self.dt_proj.bias.copy_(delta_bias_init(self.d_inner, dt_min, dt_max, dt_init_floor))
-        self.A_log = nn.Parameter(torch.log(-s4d_real_init(self.d_inner, d_state)))
-        self.D = nn.Parameter(torch.ones(self.d_inner))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y, _ = self.step(x, None)
-        return y
-
-    def step(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
-        """x: (b, T, d_model) next tokens; state {"conv": (b, d_inner, k-1), "ssm": (b, d_inner, N)}."""
-        batch, length, _ = x.shape
-        xz = self.in_proj(x).transpose(1, 2)  # (b, 2 d_inner, T)
-        u, z = xz.chunk(2, dim=1)
-        if state is None:
-            state = {"conv": u.new_zeros(batch, self.d_inner, self.d_conv - 1), "ssm": None}
-        history = torch.cat((state["conv"], u), dim=-1)  # earlier conv inputs, then the new ones
-        weight = self.conv1d.weight[:, 0, :]
-        u = F.silu(causal_conv1d(history, weight, self.conv1d.bias)[..., -length:])
+    def _ssm(self, u, z, h0):
         s_delta, B, C = selection_functions(u, self.x_proj.weight, self.dt_proj.weight, self.d_state)
         A = -torch.exp(self.A_log)
-        y, ssm_state = self.scan(
+        return self.scan(
             u, s_delta, A, B, C, self.D, z, self.dt_proj.bias, delta_softplus=True,
-            return_last_state=True, initial_state=state["ssm"],
+            return_last_state=True, initial_state=h0,
         )  # fmt: skip
-        new_state = {"conv": history[..., history.shape[-1] - (self.d_conv - 1) :], "ssm": ssm_state}
-        return self.out_proj(y.transpose(1, 2)), new_state
+
+
+class S4DMixer(_GatedSSMBlock):
+    """The non-selective (LTI) baseline of the same block: Δ, B, C do not depend on the input.
+
+    Mamba's S4-style comparison (Sec. 4.1.1, Table 1): Δ = softplus(Δ bias) per channel, B = 1
+    and a learned C per channel and state (S4D-Real A, ZOH, Eq. 4), computed as the convolution of
+    Eq. (3) (`ssm_convolution_kernel`, `ssm_convolution`); a carried state h_0 adds C Ā^{t+1} h_0.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: PositiveInt = 16,
+        d_conv: PositiveInt = 4,
+        expand: PositiveInt = 2,
+        dt_min: PositiveFloat = 0.001,
+        dt_max: PositiveFloat = 0.1,
+        dt_init_floor: PositiveFloat = 1e-4,
+    ):
+        super().__init__(d_model, d_state, d_conv, expand)
+        self.delta_bias = nn.Parameter(delta_bias_init(self.d_inner, dt_min, dt_max, dt_init_floor))
+        self.C = nn.Parameter(torch.randn(self.d_inner, d_state) / math.sqrt(d_state))
+
+    def _ssm(self, u, z, h0):
+        length = u.shape[-1]
+        A = -torch.exp(self.A_log)
+        delta = tau_delta(self.delta_bias[None, :, None])[0, :, 0]  # (d,): one step size per channel
+        A_bar, B_bar = discretize_zoh(delta, A, torch.ones_like(A[0]))  # (d, N)
+        y = ssm_convolution(u, ssm_convolution_kernel(A_bar, B_bar, self.C, length))
+        steps = torch.arange(length, device=u.device, dtype=u.dtype)
+        decay = A_bar[..., None] ** steps  # (d, N, T): Ā^t
+        h_last = torch.einsum("bdt,dnt->bdn", u, decay.flip(-1)) * B_bar  # Σ_t Ā^{T-1-t} B̄ u_t
+        if h0 is not None:
+            y = y + torch.einsum("bdn,dnt,dn->bdt", h0, decay * A_bar[..., None], self.C)
+            h_last = h_last + h0 * A_bar**length
+        return _finish(y, u, self.D, z), h_last

@@ -4,7 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.layers.selective_ssm import MambaMixer, causal_conv1d, selection_functions, selective_scan_sequential
+from src.layers.selective_ssm import (
+    MambaMixer,
+    S4DMixer,
+    causal_conv1d,
+    selection_functions,
+    selective_scan_sequential,
+)
 
 
 def test_forward_equals_the_equations_composed_by_hand():
@@ -55,3 +61,34 @@ def test_sequential_scan_option_gives_the_same_block_and_gradients():
     g_ref = torch.autograd.grad(y_ref.square().sum(), list(reference.parameters()))
     for a, b in zip(g_fast, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_lti_baseline_is_the_time_invariant_recurrence():
+    torch.manual_seed(3)
+    mixer = S4DMixer(d_model=8, d_state=4).double()
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    u, z = mixer.in_proj(x).transpose(1, 2).chunk(2, dim=1)
+    u = F.silu(causal_conv1d(u, mixer.conv1d.weight[:, 0], mixer.conv1d.bias))
+    delta = F.softplus(mixer.delta_bias)[:, None]  # (d, 1)
+    A = -torch.exp(mixer.A_log)
+    A_bar, B_bar = torch.exp(delta * A), torch.expm1(delta * A) / A  # ZOH with B = 1
+    h = torch.zeros(2, 16, 4, dtype=torch.float64)
+    ys = []
+    for t in range(9):  # h_t = Ā h_{t-1} + B̄ x_t, y_t = C h_t + D x_t, gated by SiLU(z)
+        h = A_bar * h + B_bar * u[..., t, None]
+        ys.append(((h * mixer.C).sum(-1) + mixer.D * u[..., t]) * F.silu(z[..., t]))
+    expected = mixer.out_proj(torch.stack(ys, dim=-1).transpose(1, 2))
+    torch.testing.assert_close(mixer(x), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunks", [[1] * 7, [3, 4]])
+def test_lti_step_equals_forward(chunks):
+    torch.manual_seed(4)
+    mixer = S4DMixer(d_model=8, d_state=4).double()
+    x = torch.randn(2, 7, 8, dtype=torch.float64)
+    state, outputs, start = None, [], 0
+    for size in chunks:
+        y, state = mixer.step(x[:, start : start + size], state)
+        outputs.append(y)
+        start += size
+    torch.testing.assert_close(torch.cat(outputs, 1), mixer(x), rtol=1e-10, atol=1e-12)
