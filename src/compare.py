@@ -40,7 +40,8 @@ def plot(rows: list[dict], columns: list[tuple[str, str]], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    accuracy = [(key, title.removeprefix("accuracy @ ")) for key, title in columns if key.startswith("eval_accuracy")]
+    keys = [key for key, _ in columns if key.startswith("eval_accuracy")]
+    accuracy = [(key, key.partition("@")[2] or "train setting") for key in keys]
     figure, axes = plt.subplots(figsize=(7, 4))
     for row in rows:
         axes.plot([label for _, label in accuracy], [row[key] for key, _ in accuracy], marker="o", label=row["model"])
