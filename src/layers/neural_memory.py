@@ -294,20 +294,45 @@ class MLPMemory:
 MEMORIES = {"linear": LinearMemory, "mlp": MLPMemory}
 
 
+def _decay_weights(a: torch.Tensor) -> torch.Tensor:
+    """(b, T) factors in [0, 1] -> (b, T, T + 1) weights [i-1, j] = Π_{j<r<=i} a_r for j <= i, else 0.
+
+    Column 0 is the carried-in state's weight. The products come from a cumprod over a masked
+    matrix, so zero factors are exact (no logarithms).
+    """
+    batch, T = a.shape
+    j = torch.arange(T + 1, device=a.device)[:, None]  # source index, 0 = the carried-in state
+    r = torch.arange(1, T + 1, device=a.device)[None, :]  # factor index
+    factors = a[:, None, :].expand(batch, T + 1, T).masked_fill(r <= j, 1.0)
+    weights = torch.cumprod(factors, dim=-1).transpose(1, 2)
+    return weights.masked_fill(j.T > r.T, 0.0)
+
+
 def _within_chunk(a: torch.Tensor, x0: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """x_i = a_i x_{i-1} + inputs_i for i = 1..T at once: x_i = Σ_{j<=i} (Π_{j<r<=i} a_r) inputs_j.
 
-    a (b, T) factors in [0, 1]; x0 (b, ...); inputs (b, T, ...). The products come from a cumprod
-    over a masked (T + 1, T) matrix, so zero factors are exact (no logarithms). Returns (b, T, ...).
+    a (b, T); x0 (b, ...); inputs (b, T, ...). Returns (b, T, ...).
     """
-    batch, T = a.shape
-    j = torch.arange(T + 1, device=a.device)[:, None]  # source index, 0 = the carried-in x0
-    r = torch.arange(1, T + 1, device=a.device)[None, :]  # factor index
-    factors = a[:, None, :].expand(batch, T + 1, T).masked_fill(r <= j, 1.0)
-    weights = torch.cumprod(factors, dim=-1).transpose(1, 2)  # [i-1, j] = Π_{j<r<=i} a_r
-    weights = weights.masked_fill(j.T > r.T, 0.0)  # only sources j <= i
     sources = torch.cat((x0[:, None], inputs), dim=1)
-    return torch.einsum("bij,bj...->bi...", weights, sources)
+    return torch.einsum("bij,bj...->bi...", _decay_weights(a), sources)
+
+
+def _linear_chunk(q, k, v, alpha, eta, theta, M0, S0):
+    """One chunk of the linear memory without per-token weights (matrix products, Sec. 3.2).
+
+    With errors E_r = k_r M_0 - v_r at the chunk's start, every update is rank one,
+    u_r = -θ_r ∇ℓ_r = k_r^T s_r with s_r = -2 θ_r E_r, so with W[i, r] = Σ_j A[i, j] H[j, r]
+    (A, H the decay weights of 1 - α and η):
+    y_i = A[i, 0] q_i M_0 + c_i q_i S_0 + Σ_r W[i, r] (q_i · k_r) s_r, c_i = Σ_j A[i, j] H[j, 0].
+    """
+    A, H = _decay_weights(1 - alpha), _decay_weights(eta)  # (b, T, T + 1)
+    W = A[:, :, 1:] @ H[:, :, 1:]  # (b, T, T): weight of u_r in M_i
+    c = A[:, :, 1:] @ H[:, :, :1]  # (b, T, 1): weight of S_0 in M_i
+    s = -2 * theta[..., None] * (k @ M0 - v)  # (b, T, d_v)
+    y = A[:, :, :1] * (q @ M0) + c * (q @ S0) + (W * (q @ k.transpose(1, 2))) @ s
+    M = A[:, -1, 0, None, None] * M0 + c[:, -1, :, None] * S0 + k.transpose(1, 2) @ (W[:, -1, :, None] * s)
+    S = H[:, -1, 0, None, None] * S0 + k.transpose(1, 2) @ (H[:, -1, 1:, None] * s)
+    return y, M, S
 
 
 def neural_memory_chunked(
@@ -327,8 +352,8 @@ def neural_memory_chunked(
     Paper: Titans (Behrouz et al. 2024, arXiv:2501.00663), Sec. 3.2, Eq. (16)-(18)
 
     Inside a chunk starting at t' every gradient is taken at the chunk's starting memory
-    \mathcal M_{t'}, so all T gradients come at once (matrix products for the linear memory,
-    vectorised autograd for the MLP); the two linear recurrences then run as weighted sums,
+    \mathcal M_{t'}, so all T gradients come at once (vectorised autograd for the MLP); the two
+    linear recurrences then run as weighted sums,
 
     .. math::
         S_i = \Big(\prod_{r \le i} \eta_r\Big) S_{t'} - \sum_{j \le i} \Big(\prod_{j < r \le i} \eta_r\Big)
@@ -336,7 +361,10 @@ def neural_memory_chunked(
         \mathcal M_i = \Big(\prod_{r \le i} (1-\alpha_r)\Big) \mathcal M_{t'}
               + \sum_{j \le i} \Big(\prod_{j < r \le i} (1-\alpha_r)\Big) S_j
 
-    and y_i = \mathcal M_i(q_i). With chunk_size 1 this is `neural_memory_recurrent` exactly.
+    and y_i = \mathcal M_i(q_i). For the linear memory every update is rank one, k_j^T s_j, so
+    y_i = q_i \mathcal M_i becomes matrix products of (q_i · k_j) weighted by the decays, and no
+    per-token weights are formed (`_linear_chunk`). With chunk_size 1 this is
+    `neural_memory_recurrent` exactly.
 
     Args:
         q, k: (b, L, d_k); v: (b, L, d_v); alpha, eta, theta: (b, L).
@@ -359,6 +387,12 @@ def neural_memory_chunked(
     for start in range(0, sizes["L"], chunk_size):
         chunk = slice(start, start + chunk_size)
         a, e, th = alpha[:, chunk], eta[:, chunk], theta[:, chunk]
+        if memory == "linear":  # rank-one updates: matrix products, no per-token weights
+            y, params["M"], momentum["M"] = _linear_chunk(
+                q[:, chunk], k[:, chunk], v[:, chunk], a, e, th, params["M"], momentum["M"]
+            )
+            outputs.append(y)
+            continue
         grads = rule.gradients(params, k[:, chunk], v[:, chunk])
         weights = {}
         for name, grad in grads.items():
