@@ -17,6 +17,7 @@ M_s, so no token reads itself through memory. M_0 = 0 and z_0 = 0 (the paper lea
 the first segment retrieves exactly zero, because eps only guards the 0 / 0.
 """
 
+from abc import ABC, abstractmethod
 from typing import Literal
 
 import torch
@@ -270,7 +271,7 @@ def memory_gate(A_mem: torch.Tensor, A_dot: torch.Tensor, beta: torch.Tensor) ->
     return gate * A_mem + (1 - gate) * A_dot
 
 
-class _SegmentMemoryLayer(HeadProjections):
+class _SegmentMemoryLayer(HeadProjections, ABC):
     """Multi-head projections and the segment walk shared by both layers.
 
     `step` consumes tokens in order: the tokens of the current segment are read (by `_read`)
@@ -284,8 +285,9 @@ class _SegmentMemoryLayer(HeadProjections):
         super().__init__(d_model, n_heads)  # Q, K, V of Eq. (1), split into heads
         self.segment_size, self.update, self.eps = segment_size, update, eps
 
+    @abstractmethod
     def _read(self, q, segment_k, segment_v, M, z) -> torch.Tensor:
-        raise NotImplementedError
+        """The output of the queries q (b, H, n, d) given the segment so far and the memory (M, z)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, _ = self.step(x, None)

@@ -25,6 +25,7 @@ ZOH to first order in Δ; `discretize_zoh` is the exact Eq. (4), tested on its o
 """
 
 import math
+from abc import ABC, abstractmethod
 from collections import deque
 from typing import Literal
 
@@ -526,7 +527,7 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return y
 
 
-class _GatedSSMBlock(nn.Module):
+class _GatedSSMBlock(nn.Module, ABC):
     """The block of Fig. 3 around an SSM: in-projection to x and z, causal depthwise conv, SiLU,
     the SSM with D skip, the SiLU(z) gate, out-projection. Subclasses supply `_ssm`.
 
@@ -545,9 +546,9 @@ class _GatedSSMBlock(nn.Module):
         self.A_log = nn.Parameter(torch.log(-s4d_real_init(self.d_inner, d_state)))
         self.D = nn.Parameter(torch.ones(self.d_inner))
 
+    @abstractmethod
     def _ssm(self, u, z, h0):
         """(b, d_inner, T) conv output and gate -> gated SSM output (b, d_inner, T) and last state."""
-        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, _ = self.step(x, None)
