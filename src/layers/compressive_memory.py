@@ -147,6 +147,15 @@ def _initial_memory(M0, z0, like_k: torch.Tensor, like_v: torch.Tensor):
     return M0, z0
 
 
+def _sequence_and_initial_memory(sigma_q, sigma_k, v, M0, z0):
+    """Check a sequence's σ(Q), σ(K), V and (M_0, z_0); return its length n and the starting memory."""
+    sizes = check_shapes(
+        sigma_q=(sigma_q, "... n d_k"), sigma_k=(sigma_k, "... n d_k"), v=(v, "... n d_v"),
+        M0=(M0, "... d_k d_v"), z0=(z0, "... d_k"),
+    )  # fmt: skip
+    return (sizes["n"], *_initial_memory(M0, z0, sigma_k, v))
+
+
 def compressive_memory_recurrent(
     sigma_q: torch.Tensor,
     sigma_k: torch.Tensor,
@@ -180,14 +189,10 @@ def compressive_memory_recurrent(
     Returns:
         A_mem (..., n, d_v) and the final (M, z).
     """
-    sizes = check_shapes(
-        sigma_q=(sigma_q, "... n d_k"), sigma_k=(sigma_k, "... n d_k"), v=(v, "... n d_v"),
-        M0=(M0, "... d_k d_v"), z0=(z0, "... d_k"),
-    )  # fmt: skip
     check_positive("segment_size", segment_size)
-    M, z = _initial_memory(M0, z0, sigma_k, v)
+    n, M, z = _sequence_and_initial_memory(sigma_q, sigma_k, v, M0, z0)
     outputs = []
-    for start in range(0, sizes["n"], segment_size):
+    for start in range(0, n, segment_size):
         segment = slice(start, start + segment_size)
         outputs.append(memory_retrieve(sigma_q[..., segment, :], M, z, eps))
         M, z = _update(update, M, z, sigma_k[..., segment, :], v[..., segment, :], eps)
@@ -229,16 +234,12 @@ def linear_memory_chunked(
     Returns:
         A_mem (..., n, d_v) and the final (M, z).
     """
-    sizes = check_shapes(
-        sigma_q=(sigma_q, "... n d_k"), sigma_k=(sigma_k, "... n d_k"), v=(v, "... n d_v"),
-        M0=(M0, "... d_k d_v"), z0=(z0, "... d_k"),
-    )  # fmt: skip
     check_positive("chunk_size", chunk_size)
     check_positive("eps", eps)
-    M, z = _initial_memory(M0, z0, sigma_k, v)
+    n, M, z = _sequence_and_initial_memory(sigma_q, sigma_k, v, M0, z0)
     strictly_lower = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=v.device).tril(-1)
     outputs = []
-    for start in range(0, sizes["n"], chunk_size):
+    for start in range(0, n, chunk_size):
         chunk = slice(start, start + chunk_size)
         q_c, k_c, v_c = sigma_q[..., chunk, :], sigma_k[..., chunk, :], v[..., chunk, :]
         T = q_c.shape[-2]
