@@ -106,20 +106,27 @@ def _evaluate_task(model: PaperModel, task, experiment: ExperimentConfig) -> dic
     return result
 
 
-def evaluate(model: PaperModel, experiment: ExperimentConfig) -> dict:
+def evaluation_tasks(experiment: ExperimentConfig) -> list[tuple[str, object]]:
+    """(metric suffix, held-out task) for the training task ("") and each `eval.settings` entry."""
+    tasks = []
+    for override in [{}, *(experiment.eval.settings or [])]:
+        task = held_out(build_task({**experiment.task, **override}, experiment.file))
+        tasks.append((f"@{setting_label(override)}" if override else "", task))
+    return tasks
+
+
+def evaluate(model: PaperModel, experiment: ExperimentConfig, tasks: list | None = None) -> dict:
     """Loss and accuracy on `eval.num_examples` held-out examples (seeded by `eval.seed`).
 
     The training task's metrics are `eval_loss`, `eval_accuracy` (and bits per byte and perplexity
     for text); each `eval.settings` entry (task overrides, e.g. a longer length) adds the same
-    metrics with `@<setting>` appended.
+    metrics with `@<setting>` appended. `tasks` (from `evaluation_tasks`) saves rebuilding them
+    when evaluating repeatedly.
     """
     was_training = model.training
     model.eval()
-    settings = [{}, *(experiment.eval.settings or [])]
     result = {}
-    for override in settings:
-        task = held_out(build_task({**experiment.task, **override}, experiment.file))
-        suffix = f"@{setting_label(override)}" if override else ""
+    for suffix, task in tasks if tasks is not None else evaluation_tasks(experiment):
         result |= {f"{name}{suffix}": value for name, value in _evaluate_task(model, task, experiment).items()}
     model.train(was_training)
     return result
@@ -146,6 +153,7 @@ def train(experiment: ExperimentConfig, log=print, resume: bool = False) -> dict
     device = torch.device(cfg.device)
     model = PaperModel(experiment.model, experiment.file).to(device)
     task = build_task(experiment.task, experiment.file)
+    eval_tasks = evaluation_tasks(experiment)  # built once: a text task reads its file here
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas or (0.9, 0.999))
     )
@@ -182,7 +190,7 @@ def train(experiment: ExperimentConfig, log=print, resume: bool = False) -> dict
                 "lr": optimizer.param_groups[0]["lr"],
                 "tokens_per_s": tokens / training_seconds,
                 **{f"aux_{name}": value.item() for name, value in aux_losses.items()},
-                **evaluate(model, experiment),
+                **evaluate(model, experiment, eval_tasks),
             }
             evaluating += time.perf_counter() - eval_started
             metrics_file.write(json.dumps(result) + "\n")

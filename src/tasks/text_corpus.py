@@ -6,6 +6,7 @@ bytes of its split (inputs the first `length`, targets the last `length`: every 
 scored). Loss in nats per byte gives bits per byte = loss / ln 2 and perplexity = e^loss.
 """
 
+import copy
 from pathlib import Path
 from typing import Literal
 
@@ -28,17 +29,23 @@ class TextCorpus:
         file = Path(path)
         if not file.is_file():
             raise ValueError(f"path {path!r} is not a file (relative paths start at the working directory)")
-        data = torch.frombuffer(bytearray(file.read_bytes()), dtype=torch.uint8).long()
-        cut = int(len(data) * (1 - eval_fraction))
-        self.data = data[:cut] if split == "train" else data[cut:]
-        if len(self.data) < length + 1:
-            raise ValueError(f"the {split} split of {path!r} has {len(self.data)} bytes, fewer than length + 1")
-        self.path, self.length, self.eval_fraction, self.split = path, length, eval_fraction, split
+        corpus = torch.frombuffer(bytearray(file.read_bytes()), dtype=torch.uint8).long()
+        cut = int(len(corpus) * (1 - eval_fraction))
+        self._splits = {"train": corpus[:cut], "eval": corpus[cut:]}
+        self.path, self.length, self.eval_fraction = path, length, eval_fraction
         self.vocab_size = 256
+        self._use(split)
+
+    def _use(self, split: str) -> None:
+        self.split, self.data = split, self._splits[split]
+        if len(self.data) < self.length + 1:
+            raise ValueError(f"the {split} split of {self.path!r} has {len(self.data)} bytes, fewer than length + 1")
 
     def held_out(self) -> "TextCorpus":
-        """The same corpus reading its evaluation split."""
-        return TextCorpus(self.path, self.length, self.eval_fraction, split="eval")
+        """The same corpus reading its evaluation split (the file is not read again)."""
+        held = copy.copy(self)
+        held._use("eval")
+        return held
 
     def sample(self, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (inputs, targets), each (batch_size, length) int64: targets are inputs shifted by one."""
