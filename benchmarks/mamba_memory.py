@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from src.config import TrainConfig, load_experiment
-from src.model import PaperModel
+from src.model import PaperModel, count_parameters
 from src.training import loss_and_accuracy
 
 GiB = 2**30
@@ -37,8 +37,7 @@ GiB = 2**30
 
 def estimate_bytes(model_section: dict, batch: int, length: int, loss_chunk: int) -> dict:
     """Analytical peak memory (bytes) of one checkpointed AdamW step, by component."""
-    with torch.device("meta"):
-        parameters = PaperModel(model_section).num_parameters()
+    parameters = count_parameters(model_section)
     d_model, vocab = model_section["d_model"], model_section["vocab_size"]
     blocks = [spec for spec in model_section["blocks"] for _ in range(spec["repeat"])]
     mixer = blocks[0]["mixer"]

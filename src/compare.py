@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from src.config import ExperimentConfig
-from src.model import PaperModel
+from src.model import count_parameters
 from src.training import setting_label, train
 
 
@@ -62,7 +62,7 @@ def compare(experiments: dict[str, ExperimentConfig], out_dir: str | Path, log=p
     for name, experiment in experiments.items():
         log(f"== {name}")
         result = train(experiment, log=lambda line, name=name: log(f"[{name}] {line}"))
-        rows.append({"model": name, "parameters": PaperModel(experiment.model).num_parameters(), **result})
+        rows.append({"model": name, "parameters": count_parameters(experiment.model), **result})
     columns = _columns(next(iter(experiments.values())))
     table = format_table(rows, columns)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -226,3 +226,9 @@ class PaperModel(nn.Module):
     def num_parameters(self) -> int:
         """Number of distinct parameters (a tied head counts once)."""
         return sum(p.numel() for p in self.parameters())
+
+
+def count_parameters(config: dict) -> int:
+    """Parameters of the model a resolved model section describes, counted on the meta device (no memory)."""
+    with torch.device("meta"):
+        return PaperModel(config).num_parameters()

@@ -5,7 +5,7 @@ import torch
 import yaml
 
 from src.config import ConfigError
-from src.model import PaperModel
+from src.model import PaperModel, count_parameters
 from tests.conftest import ROOT
 
 TINY = {
@@ -97,3 +97,9 @@ def test_token_by_token_step_equals_forward_in_float32(config):
         logits, state = model.step(ids[:, t : t + 1], state)
         steps.append(logits)
     torch.testing.assert_close(torch.cat(steps, 1), model(ids), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("config", ["transformer_mqar", "mamba_tiny", "titans_mag_mqar", "memory_bank_a_mqar"])
+def test_count_parameters_on_the_meta_device_equals_the_built_model(config):
+    model = PaperModel.from_config(ROOT / "configs" / f"{config}.yaml")
+    assert count_parameters(model.config) == model.num_parameters()
