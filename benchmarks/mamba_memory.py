@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from src.config import TrainConfig, load_experiment
-from src.model import PaperModel, count_parameters
+from src.config import TrainConfig, count_parameters, load_experiment
+from src.model import PaperModel
 from src.training import loss_and_accuracy
 
 GiB = 2**30

@@ -50,8 +50,9 @@ def _evaluate(args) -> int:
 def _generate(args) -> int:
     import yaml
 
+    from src.config import resolve_model_section
     from src.generation import generate
-    from src.model import PaperModel, resolve_model_section
+    from src.model import PaperModel
 
     checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     config = yaml.safe_load(checkpoint["config"])

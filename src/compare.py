@@ -9,8 +9,7 @@ metric) and, with the `plots` extra, `compare.png` (accuracy per evaluation sett
 import json
 from pathlib import Path
 
-from src.config import ExperimentConfig
-from src.model import count_parameters
+from src.config import ExperimentConfig, count_parameters
 from src.training import setting_label, train
 
 

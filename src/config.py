@@ -2,13 +2,15 @@
 
 A config has four sections: `model` (vocabulary, width and the explicit list of blocks), `task`,
 `train` and `eval`. Every mapping is checked against the signature of the callable it feeds (a
-layer constructor, a task class, the train/eval dataclasses): an unknown key, a missing key, a
-wrong type or an out-of-range value raises `ConfigError` naming the key and the file. Defaults
-exist only where the callable declares them (hyper-parameters the paper fixes), and
-`ExperimentConfig.to_yaml` prints them back so the resolved experiment is visible.
+mixer or MLP constructor, a task class, the train/eval dataclasses): an unknown key, a missing
+key, a wrong type, a non-finite number or an out-of-range value raises `ConfigError` naming the
+key and the file. Defaults exist only where the callable declares them (hyper-parameters the paper
+fixes), and `ExperimentConfig.to_yaml` prints them back so the resolved experiment is visible.
+All validation lives here; `src.model` builds from what this module resolved.
 """
 
 import inspect
+import math
 import re
 import types
 import typing
@@ -17,9 +19,30 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import torch
 import yaml
+from torch import nn
 
-from src.schema import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, UnitFloat
+from src.layers import MIXERS
+from src.layers.block import Block
+from src.layers.feedforward import SwiGLU
+from src.schema import (
+    BelowOneFloat,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+    Seed,
+    UnitFloat,
+)
+from src.tasks import TASKS, build_task
+
+MLPS: dict[str, type[nn.Module]] = {"swiglu": SwiGLU}
+NO_MLP = "none"
+MAX_BLOCKS = 1024  # blocks after `repeat`; far above any published model of this kind
+MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32 weights; counted before anything is built
+MAX_INT = 2**32 - 1  # no size, count or seed of an experiment is larger
 
 
 class ConfigError(ValueError):
@@ -68,6 +91,10 @@ def check_value(value: Any, hint: Any, key: str, file: str) -> Any:
         return [check_value(v, item, f"{key}[{i}]", file) for i, v in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and type(value) is float and not math.isfinite(value):
+        raise ConfigError(f"{file}: key '{key}' must be a finite number, got {value!r}")
+    if hint is int and type(value) is int and abs(value) > MAX_INT:
+        raise ConfigError(f"{file}: key '{key}' must lie in [-{MAX_INT}, {MAX_INT}], got {value}")
     if hint in (int, float, str, bool, dict) and (type(value) is hint):
         return value
     raise ConfigError(f"{file}: key '{key}' must be of type {_type_name(hint)}, got {value!r}")
@@ -120,11 +147,11 @@ class TrainConfig:
     warmup_steps: NonNegativeInt
     weight_decay: NonNegativeFloat
     grad_clip: PositiveFloat
-    seed: int
+    seed: Seed
     out_dir: str
     eval_every: PositiveInt
     min_lr_ratio: UnitFloat = 0.1
-    betas: list[UnitFloat] | None = None
+    betas: list[BelowOneFloat] | None = None
     device: Literal["cpu", "cuda"] = "cpu"
     checkpoint_blocks: bool = False
     loss_chunk_tokens: PositiveInt | None = None
@@ -140,7 +167,7 @@ class EvalConfig:
 
     num_examples: PositiveInt
     batch_size: PositiveInt
-    seed: int
+    seed: Seed
     settings: list[dict] | None = None
 
 
@@ -174,14 +201,109 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
+def _resolve_component(raw, registry: dict[str, type], where: str, file: str) -> dict:
+    if not isinstance(raw, dict) or "type" not in raw:
+        raise ConfigError(f"{file}: key '{where}' must be a mapping with a 'type' key, one of {sorted(registry)}")
+    kind = raw["type"]
+    if not isinstance(kind, str) or kind not in registry:
+        raise ConfigError(f"{file}: key '{where}.type' must be one of {sorted(registry)}, got {kind!r}")
+    rest = {key: value for key, value in raw.items() if key != "type"}
+    return {"type": kind, **arguments_for(registry[kind], rest, where, file, provided=("d_model",))}
+
+
+def _build_component(spec: dict, registry: dict[str, type], where: str, file: str, d_model: int) -> nn.Module:
+    kwargs = {key: value for key, value in spec.items() if key != "type"}
+    return build(registry[spec["type"]], kwargs, where, file, d_model=d_model)
+
+
+def build_block(spec: dict, where: str, file: str, d_model: int, norm_eps: float) -> Block:
+    """One block of a resolved model section: its mixer (from `MIXERS`) and MLP (from `MLPS`)."""
+    mixer = _build_component(spec["mixer"], MIXERS, f"{where}.mixer", file, d_model)
+    mlp = None if spec["mlp"] == NO_MLP else _build_component(spec["mlp"], MLPS, f"{where}.mlp", file, d_model)
+    return Block(d_model, mixer, mlp, norm_eps)
+
+
+def count_parameters(model: dict, file: str = "<config>") -> int:
+    """Parameters of the model a resolved model section describes, without building it.
+
+    One block of each spec is built on the meta device (no memory) and counted `repeat` times;
+    the embedding, the head (unless tied) and the final norm are added. Equal to
+    `PaperModel(model).num_parameters()` (tested for every config).
+    """
+    d_model, vocab_size = model["d_model"], model["vocab_size"]
+    total = vocab_size * d_model * (1 if model["tie_embeddings"] else 2) + d_model
+    with torch.device("meta"):
+        for i, spec in enumerate(model["blocks"]):
+            where = f"model.blocks[{i}]"
+            try:
+                block = build_block(spec, where, file, d_model, model["norm_eps"])
+            except (RuntimeError, OverflowError) as error:  # sizes too large to describe a tensor
+                raise ConfigError(f"{file}: key '{where}' cannot be built: {str(error).splitlines()[0]}") from error
+            total += spec["repeat"] * sum(p.numel() for p in block.parameters())
+    return total
+
+
+def resolve_model_section(raw, file: str, section: str = "model") -> dict:
+    """Validate a model section (key `section` of the file) and return it with every default filled in.
+
+    The model's size is bounded before anything is built: at most `MAX_BLOCKS` blocks and
+    `MAX_PARAMETERS` parameters (the error gives the count).
+    """
+    check_keys(
+        raw,
+        {"vocab_size": True, "d_model": True, "tie_embeddings": True, "blocks": True, "norm_eps": False},
+        section,
+        file,
+    )
+    blocks = raw["blocks"]
+    if not isinstance(blocks, list) or not blocks:
+        raise ConfigError(f"{file}: key '{section}.blocks' must be a non-empty list of blocks")
+    resolved_blocks, n_blocks = [], 0
+    for i, block in enumerate(blocks):
+        where = f"{section}.blocks[{i}]"
+        check_keys(block, {"mixer": True, "mlp": True, "repeat": False}, where, file)
+        mlp = block["mlp"]
+        repeat = check_value(block.get("repeat", 1), PositiveInt, f"{where}.repeat", file)
+        n_blocks += repeat
+        if n_blocks > MAX_BLOCKS:
+            raise ConfigError(f"{file}: key '{where}.repeat' makes {n_blocks} blocks, more than {MAX_BLOCKS}")
+        resolved_blocks.append(
+            {
+                "mixer": _resolve_component(block["mixer"], MIXERS, f"{where}.mixer", file),
+                "mlp": NO_MLP if mlp == NO_MLP else _resolve_component(mlp, MLPS, f"{where}.mlp", file),
+                "repeat": repeat,
+            }
+        )
+    model = {
+        "vocab_size": check_value(raw["vocab_size"], PositiveInt, f"{section}.vocab_size", file),
+        "d_model": check_value(raw["d_model"], PositiveInt, f"{section}.d_model", file),
+        "tie_embeddings": check_value(raw["tie_embeddings"], bool, f"{section}.tie_embeddings", file),
+        "norm_eps": check_value(raw.get("norm_eps", 1e-5), PositiveFloat, f"{section}.norm_eps", file),
+        "blocks": resolved_blocks,
+    }
+    if (parameters := count_parameters(model, file)) > MAX_PARAMETERS:
+        raise ConfigError(
+            f"{file}: key '{section}' describes a model of {parameters:,} parameters, more than {MAX_PARAMETERS:,}"
+        )
+    return model
+
+
+def resolve_task_section(raw, file: str) -> dict:
+    """Validate the `task` section against its task class; return it with defaults filled in."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("type"), str) or raw["type"] not in TASKS:
+        raise ConfigError(f"{file}: key 'task.type' must be one of {sorted(TASKS)}, got {raw!r}")
+    kind = raw["type"]
+    rest = {key: value for key, value in raw.items() if key != "type"}
+    resolved = {"type": kind, **arguments_for(TASKS[kind], rest, "task", file)}
+    build(TASKS[kind], {key: value for key, value in resolved.items() if key != "type"}, "task", file)  # cross-field
+    return resolved
+
+
 def _experiment(raw: dict, raw_model: Any, file: str, model_key: str = "model") -> ExperimentConfig:
     """Validate the model, task, train and eval sections of one experiment."""
-    from src.model import resolve_model_section
-    from src.tasks import build_task, resolve_task_section
-
     model = resolve_model_section(raw_model, file, model_key)
     task = resolve_task_section(raw["task"], file)
-    task_vocab = build_task(task, file).vocab_size
+    task_vocab = build_task(task).vocab_size
     if task_vocab > model["vocab_size"]:
         problem = f"({model['vocab_size']}) must be >= the task's vocabulary ({task_vocab})"
         raise ConfigError(f"{file}: key '{model_key}.vocab_size' {problem}")
@@ -194,7 +316,7 @@ def _experiment(raw: dict, raw_model: Any, file: str, model_key: str = "model") 
             setting = resolve_task_section({**raw["task"], **override}, file)
         except ConfigError as error:
             raise ConfigError(f"{file}: key 'eval.settings[{i}]' does not give a valid task: {error}") from error
-        if build_task(setting, file).vocab_size > model["vocab_size"]:
+        if build_task(setting).vocab_size > model["vocab_size"]:
             raise ConfigError(f"{file}: key 'eval.settings[{i}]' needs a vocabulary larger than {model_key}.vocab_size")
     return ExperimentConfig(file, model, task, train, evaluation)
 
@@ -205,6 +327,9 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     raw = read_yaml(path)
     check_keys(raw, {"model": True, "task": True, "train": True, "eval": True}, "<top>", file)
     return _experiment(raw, raw["model"], file)
+
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def load_comparison(path: str | Path) -> dict[str, ExperimentConfig]:
@@ -219,6 +344,11 @@ def load_comparison(path: str | Path) -> dict[str, ExperimentConfig]:
         raise ConfigError(f"{file}: key 'models' must map model names to model sections")
     experiments = {}
     for name, raw_model in raw["models"].items():
+        if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{file}: key 'models.{name}': a model name becomes a directory name, so it must be letters, "
+                "digits, '_', '-' or '.' and start with a letter or digit"
+            )
         if not isinstance(raw_model, dict):
             raise ConfigError(f"{file}: key 'models.{name}' must be a model section")
         experiment = _experiment(raw, raw_model, file, f"models.{name}")

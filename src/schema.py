@@ -17,13 +17,14 @@ class Range:
     low: float | None = None
     high: float | None = None
     low_open: bool = False
+    high_open: bool = False
 
     def violation(self, value: float) -> str | None:
         """Return a description of how `value` falls outside the range, or None."""
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return f"must be {'>' if self.low_open else '>='} {self.low}, got {value}"
-        if self.high is not None and value > self.high:
-            return f"must be <= {self.high}, got {value}"
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return f"must be {'<' if self.high_open else '<='} {self.high}, got {value}"
         return None
 
 
@@ -32,3 +33,5 @@ NonNegativeInt = Annotated[int, Range(low=0)]
 PositiveFloat = Annotated[float, Range(low=0, low_open=True)]
 NonNegativeFloat = Annotated[float, Range(low=0)]
 UnitFloat = Annotated[float, Range(low=0, high=1)]
+BelowOneFloat = Annotated[float, Range(low=0, high=1, high_open=True)]  # e.g. Adam's betas
+Seed = Annotated[int, Range(low=0, high=2**32 - 1)]  # kept small: seeds are combined as seed * 1_000_003 + step

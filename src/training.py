@@ -110,7 +110,7 @@ def evaluation_tasks(experiment: ExperimentConfig) -> list[tuple[str, object]]:
     """(metric suffix, held-out task) for the training task ("") and each `eval.settings` entry."""
     tasks = []
     for override in [{}, *(experiment.eval.settings or [])]:
-        task = held_out(build_task({**experiment.task, **override}, experiment.file))
+        task = held_out(build_task({**experiment.task, **override}))
         tasks.append((f"@{setting_label(override)}" if override else "", task))
     return tasks
 
@@ -152,7 +152,7 @@ def train(experiment: ExperimentConfig, log=print, resume: bool = False) -> dict
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     model = PaperModel(experiment.model, experiment.file).to(device)
-    task = build_task(experiment.task, experiment.file)
+    task = build_task(experiment.task)
     eval_tasks = evaluation_tasks(experiment)  # built once: a text task reads its file here
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas or (0.9, 0.999))

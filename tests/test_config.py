@@ -1,9 +1,11 @@
 """Config validation: every error names the key and the file."""
 
+import re
+
 import pytest
 import yaml
 
-from src.config import ConfigError, load_experiment, read_yaml
+from src.config import ConfigError, load_comparison, load_experiment, read_yaml
 from tests.conftest import ROOT
 
 QUICKSTART = ROOT / "configs" / "transformer_mqar.yaml"
@@ -96,3 +98,47 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match=f"{bad}: not valid YAML"):
         load_experiment(bad)
+
+
+@pytest.mark.parametrize(
+    "key, change, message",
+    [
+        ("train.lr", lambda raw: raw["train"].update(lr=float("inf")), "must be a finite number, got inf"),
+        ("train.lr", lambda raw: raw["train"].update(lr=float("nan")), "must be a finite number, got nan"),
+        ("model.norm_eps", lambda raw: raw["model"].update(norm_eps=float("nan")), "must be a finite number"),
+        ("train.betas[1]", lambda raw: raw["train"].update(betas=[0.9, 1.0]), "must be < 1, got 1.0"),
+        ("train.seed", lambda raw: raw["train"].update(seed=2**70), "must lie in [-4294967295, 4294967295]"),
+        ("eval.seed", lambda raw: raw["eval"].update(seed=-1), "must be >= 0"),
+        (
+            "model.blocks[0].mlp.d_hidden",
+            lambda raw: raw["model"]["blocks"][0].update(mlp={"type": "swiglu", "d_hidden": 0}),
+            "must be >= 1",
+        ),
+    ],
+)
+def test_non_finite_and_out_of_range_values_are_named(tmp_path, key, change, message):
+    path = with_change(tmp_path, change)
+    with pytest.raises(ConfigError, match=rf"^{path}: key '{re.escape(key)}' {re.escape(message)}"):
+        load_experiment(path)
+
+
+def test_a_huge_repeat_is_refused_before_anything_is_built(tmp_path):
+    path = with_change(tmp_path, lambda raw: raw["model"]["blocks"][0].update(repeat=10_000_000))
+    with pytest.raises(ConfigError, match=rf"{path}: key 'model.blocks\[0\].repeat' makes 10000000 blocks"):
+        load_experiment(path)
+
+
+def test_a_model_over_the_parameter_bound_is_refused_with_its_count(tmp_path):
+    path = with_change(tmp_path, lambda raw: raw["model"].update(vocab_size=2_000_000, d_model=1024))
+    with pytest.raises(ConfigError, match=rf"{path}: key 'model' describes a model of [\d,]+ parameters, more than"):
+        load_experiment(path)
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", ".hidden", "", "with space"])
+def test_comparison_model_names_must_be_safe_directory_names(tmp_path, name):
+    raw = read_yaml(ROOT / "configs" / "compare_mqar.yaml")
+    raw["models"] = {name: next(iter(raw["models"].values()))}
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=rf"{path}: key 'models.{re.escape(name)}': a model name becomes a directory"):
+        load_comparison(path)

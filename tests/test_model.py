@@ -4,8 +4,8 @@ import pytest
 import torch
 import yaml
 
-from src.config import ConfigError
-from src.model import PaperModel, count_parameters
+from src.config import ConfigError, count_parameters
+from src.model import PaperModel
 from tests.conftest import ROOT
 
 TINY = {

@@ -1,4 +1,4 @@
-"""The Q, K, V and output projections of multi-head attention, shared by every layer that has heads.
+"""The Q, K, V and output projections of multi-head attention, shared by every mixer that has heads.
 
 Vaswani et al. 2017 (arXiv:1706.03762), Sec. 3.2.2: head_i uses Q W_i^Q, K W_i^K, V W_i^V; the
 h heads are one d_model x d_model projection each, split into h slices of d_model / h.
@@ -7,12 +7,14 @@ h heads are one d_model x d_model projection each, split into h slices of d_mode
 import torch
 from torch import nn
 
+from src.layers.mixer import Mixer
 
-class HeadProjections(nn.Module):
-    """W_q, W_k, W_v, W_o (no bias) and the split of a projection into heads."""
+
+class HeadProjections(Mixer):
+    """A mixer with W_q, W_k, W_v, W_o (no bias) and the split of a projection into heads."""
 
     def __init__(self, d_model: int, n_heads: int):
-        super().__init__()
+        super().__init__(d_model)
         if d_model % n_heads:
             raise ValueError(f"n_heads={n_heads} must divide d_model={d_model}")
         self.n_heads = n_heads

@@ -12,11 +12,15 @@ Glossary (code -> paper):
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 from src.layers._checks import check_positive, check_shapes
 from src.layers._heads import HeadProjections
+from src.layers.mixer import register_mixer
 from src.schema import PositiveFloat, PositiveInt
 
 
@@ -61,6 +65,52 @@ def scaled_dot_product_attention(
             )
         scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.softmax(scores, dim=-1) @ v
+
+
+def fused_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True, allowed: torch.Tensor | None = None
+) -> torch.Tensor:
+    r"""Fast form of Eq. (1): the same attention through `torch.nn.functional.scaled_dot_product_attention`.
+
+    Paper: Attention Is All You Need (Vaswani et al. 2017, arXiv:1706.03762), Sec. 3.2.1, Eq. (1), fused form
+
+    .. math::
+        \mathrm{Attention}(Q, K, V) = \mathrm{softmax}\!\left(\frac{Q K^\top}{\sqrt{d_k}}\right) V
+
+    Equal to `scaled_dot_product_attention` (the reference) with the same arguments and mask
+    conventions: the queries are the last L_q of the L_k key positions. Without `allowed`, PyTorch
+    picks a fused kernel (flash or memory-efficient attention on GPU, a blocked flash form on CPU)
+    that never holds the (L_q, L_k) scores, so memory grows as O(L); `allowed` is an explicit
+    (L_q, L_k) mask and costs that much memory.
+
+    Args:
+        q: (..., L_q, d_k) queries.
+        k: (..., L_k, d_k) keys, L_k >= L_q when causal.
+        v: (..., L_k, d_v) values.
+        causal: apply the causal mask (bottom-right aligned when L_q < L_k).
+        allowed: (L_q, L_k) bool, True where query i may attend to key j; None allows all.
+
+    Returns:
+        (..., L_q, d_v) attention output.
+    """
+    sizes = check_shapes(q=(q, "... L_q d_k"), k=(k, "... L_k d_k"), v=(v, "... L_k d_v"))
+    L_q, L_k = sizes["L_q"], sizes["L_k"]
+    if causal and L_k < L_q:
+        raise ValueError(f"k has {L_k} positions but q has {L_q}; causal attention needs L_k >= L_q")
+    if allowed is not None:
+        if allowed.shape != (L_q, L_k) or allowed.dtype != torch.bool:
+            raise ValueError(
+                f"allowed must be a bool tensor of shape ({L_q}, {L_k}), got {allowed.dtype} {tuple(allowed.shape)}"
+            )
+        if causal:
+            key = torch.arange(L_k, device=q.device)
+            allowed = allowed & (key[None, :] <= key[L_k - L_q :, None])
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    if not causal or L_q == 1:  # one query at the end sees every key
+        return F.scaled_dot_product_attention(q, k, v)
+    if L_q == L_k:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(L_q, L_k))
 
 
 def concat_heads(heads: torch.Tensor, W_O: torch.Tensor) -> torch.Tensor:
@@ -121,12 +171,27 @@ def rotary_embedding(x: torch.Tensor, offset: int = 0, base: float = 10000.0) ->
     return x * torch.cos(angle) + x_rotated * torch.sin(angle)
 
 
+@dataclass(frozen=True)
+class KVCache:
+    """Keys (after rotation) and values of every token so far, each (batch, heads, T, d_head).
+
+    It grows by one row per token: attention is the one mixer whose state is not constant.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+
+@register_mixer("attention")
 class CausalSelfAttention(HeadProjections):
     """Multi-head causal self-attention (Vaswani et al. 2017, Sec. 3.2.2) with RoPE on Q and K.
 
-    `step` takes the next tokens and a KV cache {"k", "v"} of shape (batch, heads, T, d_head),
-    holding keys after rotation, so one-token decoding never recomputes the prefix.
+    Computed by `fused_attention` (no L x L score tensor); `step` takes the next tokens and a
+    `KVCache`, so one-token decoding never recomputes the prefix.
     """
+
+    State = KVCache
+    constant_state = False
 
     def __init__(self, d_model: int, n_heads: PositiveInt, rope_base: PositiveFloat = 10000.0):
         super().__init__(d_model, n_heads)
@@ -134,17 +199,12 @@ class CausalSelfAttention(HeadProjections):
             raise ValueError(f"d_model / n_heads = {d_model // n_heads} must be even for rotary pairs")
         self.rope_base = rope_base
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y, _ = self.step(x, None)
-        return y
-
-    def step(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
-        """x: (batch, T, d_model) new tokens; state: KV cache or None. Returns (y, new cache)."""
-        offset = 0 if state is None else state["k"].shape[-2]
+    def _step(self, x: torch.Tensor, state: KVCache | None) -> tuple[torch.Tensor, KVCache]:
+        offset = 0 if state is None else state.k.shape[-2]
         q, k, v = self._heads(x)
         q, k = rotary_embedding(q, offset, self.rope_base), rotary_embedding(k, offset, self.rope_base)
         if state is not None:
-            k = torch.cat((state["k"], k), dim=-2)
-            v = torch.cat((state["v"], v), dim=-2)
-        y = scaled_dot_product_attention(q, k, v, causal=True)  # (batch, heads, T, d_head)
-        return concat_heads(y, self.W_o.weight), {"k": k, "v": v}
+            k = torch.cat((state.k, k), dim=-2)
+            v = torch.cat((state.v, v), dim=-2)
+        y = fused_attention(q, k, v, causal=True)  # (batch, heads, T, d_head)
+        return concat_heads(y, self.W_o.weight), KVCache(k, v)

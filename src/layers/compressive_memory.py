@@ -18,6 +18,7 @@ the first segment retrieves exactly zero, because eps only guards the 0 / 0.
 """
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -25,7 +26,8 @@ from torch import nn
 
 from src.layers._checks import check_positive, check_shapes
 from src.layers._heads import HeadProjections
-from src.layers.attention import concat_heads, scaled_dot_product_attention
+from src.layers.attention import concat_heads, fused_attention
+from src.layers.mixer import register_mixer
 from src.schema import PositiveFloat, PositiveInt
 
 Update = Literal["linear", "delta"]
@@ -272,14 +274,24 @@ def memory_gate(A_mem: torch.Tensor, A_dot: torch.Tensor, beta: torch.Tensor) ->
     return gate * A_mem + (1 - gate) * A_dot
 
 
+@dataclass(frozen=True)
+class CompressiveMemoryState:
+    """Per head: the memory M (b, H, d_k, d_v) and normaliser z (b, H, d_k) of the completed
+    segments, and the raw keys and values (b, H, n, d) of the current, incomplete segment
+    (n < segment_size, so the state's size is constant)."""
+
+    M: torch.Tensor
+    z: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+
+
 class _SegmentMemoryLayer(HeadProjections, ABC):
     """Multi-head projections and the segment walk shared by both layers.
 
     `step` consumes tokens in order: the tokens of the current segment are read (by `_read`)
     against the memory of the earlier segments, and when a segment is complete it is written
-    into the memory. The state {"M", "z", "k", "v"} holds the memory and the raw keys and values
-    of the current, incomplete segment: at most segment_size tokens, so its size is constant.
-    `forward(x)` is `step(x, None)`, so the two cannot disagree.
+    into the memory (retrieve first, then update).
     """
 
     def __init__(self, d_model: int, n_heads: int, segment_size: int, update: str, eps: float):
@@ -290,17 +302,12 @@ class _SegmentMemoryLayer(HeadProjections, ABC):
     def _read(self, q, segment_k, segment_v, M, z) -> torch.Tensor:
         """The output of the queries q (b, H, n, d) given the segment so far and the memory (M, z)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y, _ = self.step(x, None)
-        return y
-
-    def step(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
-        """x: (batch, T, d_model) next tokens; state as in the class docstring, or None."""
+    def _step(self, x: torch.Tensor, state: CompressiveMemoryState | None):
         q, k, v = self._heads(x)
         if state is None:
             M, z = _initial_memory(None, None, k, v)
-            state = {"M": M, "z": z, "k": k[..., :0, :], "v": v[..., :0, :]}
-        M, z, segment_k, segment_v = state["M"], state["z"], state["k"], state["v"]
+            state = self.State(M, z, k[..., :0, :], v[..., :0, :])
+        M, z, segment_k, segment_v = state.M, state.z, state.k, state.v
         outputs, start = [], 0
         while start < x.shape[1]:
             stop = min(x.shape[1], start + self.segment_size - segment_k.shape[-2])
@@ -312,9 +319,18 @@ class _SegmentMemoryLayer(HeadProjections, ABC):
                 segment_k, segment_v = segment_k[..., :0, :], segment_v[..., :0, :]
             start = stop
         y = concat_heads(torch.cat(outputs, dim=-2), self.W_o.weight)
-        return y, {"M": M, "z": z, "k": segment_k, "v": segment_v}
+        return y, self.State(M, z, segment_k, segment_v)
 
 
+class TensorMemoryState(CompressiveMemoryState):
+    """The state of `TensorMemory`."""
+
+
+class InfiniAttentionState(CompressiveMemoryState):
+    """The state of `InfiniAttention`."""
+
+
+@register_mixer("tensor_memory")
 class TensorMemory(_SegmentMemoryLayer):
     """Memory-only layer: project to Q, K, V, retrieve from the past memory, update, project out.
 
@@ -323,6 +339,8 @@ class TensorMemory(_SegmentMemoryLayer):
     update runs in the chunked form (`linear_memory_chunked`); the delta update and segment-level
     memory run the segment recurrence: the delta rule's normalised retrieval has no chunked form here.
     """
+
+    State = TensorMemoryState
 
     def __init__(
         self,
@@ -339,22 +357,25 @@ class TensorMemory(_SegmentMemoryLayer):
     def _read(self, q, segment_k, segment_v, M, z) -> torch.Tensor:
         return memory_retrieve(elu_plus_one(q), M, z, self.eps)
 
-    def step(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+    def _step(self, x: torch.Tensor, state: TensorMemoryState | None):
         if self.update != "linear" or self.segment_size != 1:
-            return super().step(x, state)
+            return super()._step(x, state)
         q, k, v = self._heads(x)
-        M0, z0 = (None, None) if state is None else (state["M"], state["z"])
+        M0, z0 = (None, None) if state is None else (state.M, state.z)
         A_mem, M, z = linear_memory_chunked(elu_plus_one(q), elu_plus_one(k), v, self.chunk_size, M0, z0, self.eps)
-        return concat_heads(A_mem, self.W_o.weight), {"M": M, "z": z, "k": k[..., :0, :], "v": v[..., :0, :]}
+        return concat_heads(A_mem, self.W_o.weight), self.State(M, z, k[..., :0, :], v[..., :0, :])
 
 
+@register_mixer("infini_attention")
 class InfiniAttention(_SegmentMemoryLayer):
     """Gated Infini-attention (Sec. 2.1, Fig. 1): local causal attention within the segment plus
     memory retrieval from earlier segments, mixed per head by Eq. (6), then Eq. (7).
 
-    Local attention is the scaled dot-product attention of Eq. (2) over the segment's keys so far
-    (no positional encoding: the paper specifies none). β starts at 0, an even mix.
+    Local attention is the scaled dot-product attention of Eq. (2) over the segment's keys so far,
+    computed by `fused_attention` (no positional encoding). β starts at 0, an even mix.
     """
+
+    State = InfiniAttentionState
 
     def __init__(
         self,
@@ -368,6 +389,6 @@ class InfiniAttention(_SegmentMemoryLayer):
         self.beta = nn.Parameter(torch.zeros(n_heads))
 
     def _read(self, q, segment_k, segment_v, M, z) -> torch.Tensor:
-        A_dot = scaled_dot_product_attention(q, segment_k, segment_v, causal=True)
+        A_dot = fused_attention(q, segment_k, segment_v, causal=True)
         A_mem = memory_retrieve(elu_plus_one(q), M, z, self.eps)
         return memory_gate(A_mem, A_dot, self.beta)

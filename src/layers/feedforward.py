@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.layers._checks import check_shapes
+from src.schema import PositiveInt
 
 
 def swiglu(x: torch.Tensor, W: torch.Tensor, V: torch.Tensor, W2: torch.Tensor) -> torch.Tensor:
@@ -35,7 +36,7 @@ def swiglu(x: torch.Tensor, W: torch.Tensor, V: torch.Tensor, W2: torch.Tensor) 
 class SwiGLU(nn.Module):
     """The MLP of a block: `swiglu` with learned W, V, W2 (stored as nn.Linear, weight = W^T)."""
 
-    def __init__(self, d_model: int, d_hidden: int):
+    def __init__(self, d_model: int, d_hidden: PositiveInt):
         super().__init__()
         self.W = nn.Linear(d_model, d_hidden, bias=False)
         self.V = nn.Linear(d_model, d_hidden, bias=False)

@@ -14,12 +14,15 @@ Glossary (code -> paper):
 """
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
 from src.layers._checks import check_shapes
+from src.layers.attention import fused_attention
+from src.layers.mixer import Mixer, register_mixer
 from src.layers.quantization import (
     dequantize_blockwise_4bit,
     dequantize_int8,
@@ -68,29 +71,52 @@ def memory_cross_attention(
         check_shapes(H=(H, "... L d"), M=(M, "... N m"), W_k=(W_k, "a m"))
     if sizes["a"] % n_heads:
         raise ValueError(f"n_heads={n_heads} must divide the attention width {sizes['a']}")
-    d_k = sizes["a"] // n_heads
-
-    def heads(y: torch.Tensor) -> torch.Tensor:  # (..., T, a) -> (..., h, T, d_k)
-        return y.unflatten(-1, (n_heads, d_k)).transpose(-3, -2)
-
-    Q, K, V = heads(H @ W_q.T), heads(M @ W_k.T), heads(M @ W_v.T)
-    attended = torch.softmax(Q @ K.transpose(-2, -1) / math.sqrt(d_k), dim=-1) @ V
-    return attended.transpose(-3, -2).flatten(-2) @ W_o.T
+    Q, K, V = _split_heads(H @ W_q.T, n_heads), _split_heads(M @ W_k.T, n_heads), _split_heads(M @ W_v.T, n_heads)
+    attended = torch.softmax(Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1]), dim=-1) @ V
+    return _merge_heads(attended) @ W_o.T
 
 
-class MemoryBankAttention(nn.Module):
+def _split_heads(y: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(..., T, a) -> (..., h, T, a / h)."""
+    return y.unflatten(-1, (n_heads, y.shape[-1] // n_heads)).transpose(-3, -2)
+
+
+def _merge_heads(y: torch.Tensor) -> torch.Tensor:
+    """(..., h, T, d_k) -> (..., T, h d_k): Concat(head_1, ..., head_h)."""
+    return y.transpose(-3, -2).flatten(-2)
+
+
+@dataclass(frozen=True)
+class MemoryBankState:
+    """Routing state: the tokens seen, the sum of their inputs (b, d_model) for causal sequence
+    routing, and the first call's choice (b, k) and gates (b, k) for `sequence_noncausal`."""
+
+    position: int
+    prefix_sum: torch.Tensor | None = None
+    chosen: torch.Tensor | None = None
+    gates: torch.Tensor | None = None
+
+
+@register_mixer("memory_bank")
+class MemoryBankAttention(Mixer):
     """Cross-attention to a learnable memory bank, optionally routed to `top_k` of `chapters`.
 
     Banks: "standard" M (N_m, d_model); "factorized" M = A B^T with A (N_m, rank), B (d_model,
-    rank); "reduced" M (N_m, rank) with attention computed in the rank-dimensional space.
-    Routing (chapters > 1): router logits from each hidden state ("token") or from the mean hidden
-    state of the whole input ("sequence": one choice per sequence, so it reads later tokens; `step`
-    keeps the choice its first call made). Only the chosen chapters' rows are gathered, so only
-    they are read and only they get gradient; the k chapter reads are mixed by the renormalised
-    gates. After each routed call `aux_losses` holds the Switch load-balancing loss (times
-    `balance_alpha`) and the ST-MoE z-loss (times `z_loss_coef`); the training loop adds them.
-    `quantize(bits)` stores the bank as int8 or 4-bit codes for inference.
+    rank); "reduced" M (N_m, rank) with attention computed in the rank-dimensional space. The read
+    is `memory_cross_attention` computed through `fused_attention`.
+    Routing (chapters > 1) picks each token's chapters from router logits of
+    - "token": the token's own hidden state;
+    - "sequence": the mean hidden state of the tokens so far (token t uses tokens <= t: causal);
+    - "sequence_noncausal": the mean of the whole input, one choice per sequence. It reads later
+      tokens, so it is for encoders, not language models; `step` keeps its first call's choice.
+    Only the chosen chapters' rows are gathered, so only they are read and only they get gradient;
+    the k chapter reads are mixed by the renormalised gates. After each routed call `aux_losses`
+    holds the Switch load-balancing loss (times `balance_alpha`) and the ST-MoE z-loss (times
+    `z_loss_coef`). `quantize(bits)` stores the bank as int8 or 4-bit codes in buffers (saved in
+    `state_dict`, moved by `.to`) that every later read uses.
     """
+
+    State = MemoryBankState
 
     def __init__(
         self,
@@ -101,11 +127,11 @@ class MemoryBankAttention(nn.Module):
         rank: PositiveInt | None = None,
         chapters: PositiveInt = 1,
         top_k: PositiveInt = 1,
-        routing: Literal["token", "sequence"] = "token",
+        routing: Literal["token", "sequence", "sequence_noncausal"] = "token",
         balance_alpha: NonNegativeFloat = 0.01,
         z_loss_coef: NonNegativeFloat = 0.001,
     ):
-        super().__init__()
+        super().__init__(d_model)
         if bank != "standard" and rank is None:
             raise ValueError(f"bank={bank!r} needs rank")
         if n_memory % chapters:
@@ -128,12 +154,15 @@ class MemoryBankAttention(nn.Module):
         else:
             self.M = nn.Parameter(torch.randn(n_memory, d_mem))
         self.router = nn.Linear(d_model, chapters, bias=False) if chapters > 1 else None
-        self.quantized: dict | None = None
-        self.aux_losses: dict[str, torch.Tensor] = {}
+        self.bank_shape = (n_memory, d_mem)
+        # the quantised bank, None until quantize(): codes, scales and the bit width (a 0-dim tensor)
+        self.register_buffer("quantized_codes", None)
+        self.register_buffer("quantized_scale", None)
+        self.register_buffer("quantized_bits", None)
 
     def memory_rows(self, index: torch.Tensor | None = None) -> torch.Tensor:
         """The bank's rows (all, or M[index] for an int64 index of any shape): (..., d_mem)."""
-        if self.quantized is not None:
+        if self.quantized_codes is not None:
             M = self._dequantized()
             return M if index is None else M[index]
         if self.bank == "factorized":
@@ -143,54 +172,69 @@ class MemoryBankAttention(nn.Module):
 
     def quantize(self, bits: Literal[4, 8]) -> None:
         """Store the bank quantised (int8 absmax per row, or 4-bit blockwise, block 64) for inference."""
+        if bits not in (4, 8):
+            raise ValueError(f"bits must be 4 or 8, got {bits}")
         with torch.no_grad():
             M = self.memory_rows()
-            if bits == 8:
-                codes, scale = quantize_absmax_int8(M)
-            elif bits == 4:
-                codes, scale = quantize_blockwise_4bit(M)
-            else:
-                raise ValueError(f"bits must be 4 or 8, got {bits}")
-        self.quantized = {"bits": bits, "codes": codes, "scale": scale, "shape": tuple(M.shape)}
+            codes, scale = quantize_absmax_int8(M) if bits == 8 else quantize_blockwise_4bit(M)
+        self.quantized_codes, self.quantized_scale = codes, scale
+        self.quantized_bits = torch.tensor(bits, device=codes.device)
 
     def _dequantized(self) -> torch.Tensor:
-        q = self.quantized
-        if q["bits"] == 8:
-            return dequantize_int8(q["codes"], q["scale"])
-        return dequantize_blockwise_4bit(q["codes"], q["scale"], q["shape"])
+        if int(self.quantized_bits) == 8:
+            M = dequantize_int8(self.quantized_codes, self.quantized_scale)
+        else:
+            M = dequantize_blockwise_4bit(self.quantized_codes, self.quantized_scale, self.bank_shape)
+        return M.to(self.W_q.weight.dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a checkpoint of a quantised bank fills the buffers even when this bank is not quantised yet
+        for name in ("quantized_codes", "quantized_scale", "quantized_bits"):
+            if prefix + name in state_dict and getattr(self, name) is None:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _read(self, H: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-        W = (self.W_q.weight, self.W_k.weight, self.W_v.weight, self.W_o.weight)
-        return memory_cross_attention(H, M, *W, self.n_heads)
+        """`memory_cross_attention(H, M, W_q, W_k, W_v, W_o, n_heads)` through `fused_attention`."""
+        Q = _split_heads(self.W_q(H), self.n_heads)  # (..., h, L, d_k)
+        K, V = _split_heads(self.W_k(M), self.n_heads), _split_heads(self.W_v(M), self.n_heads)
+        K, V = K.expand(*Q.shape[:-2], *K.shape[-2:]), V.expand(*Q.shape[:-2], *V.shape[-2:])
+        return self.W_o(_merge_heads(fused_attention(Q, K, V, causal=False)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y, _ = self.step(x, None)
-        return y
-
-    def step(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict | None]:
-        """x: (b, T, d_model). State: None, or {"chosen", "gates"} for sequence routing."""
+    def _step(self, x: torch.Tensor, state: MemoryBankState | None) -> tuple[torch.Tensor, MemoryBankState]:
+        position = (0 if state is None else state.position) + x.shape[1]
         if self.router is None:
-            return self._read(x, self.memory_rows()), state
-        rows_per_chapter = self.n_memory // self.chapters
-        offsets = torch.arange(rows_per_chapter, device=x.device)
+            return self._read(x, self.memory_rows()), MemoryBankState(position)
+        if self.routing == "sequence_noncausal":
+            return self._route_whole_sequence(x, state, position)
         if self.routing == "token":
-            logits = self.router(x)  # (b, T, C)
-            probs = router_probs(logits)
-            chosen, gates = top_k_chapters(probs, self.top_k)  # (b, T, k)
-            M = self.memory_rows(chosen[..., None] * rows_per_chapter + offsets)  # (b, T, k, n_c, d_mem)
-            y = self._read(x[:, :, None, None, :].expand(-1, -1, self.top_k, 1, -1), M)[..., 0, :]
-            y = (gates[..., None] * y).sum(dim=2)
-            self._record_aux_losses(logits.flatten(0, 1), probs.flatten(0, 1), chosen.flatten(0, 1))
-            return y, state
+            router_input, new_state = x, MemoryBankState(position)
+        else:  # causal sequence routing: the mean of the tokens so far
+            sums = torch.cumsum(x, dim=1) + (0 if state is None else state.prefix_sum[:, None])
+            counts = torch.arange(position - x.shape[1] + 1, position + 1, device=x.device, dtype=x.dtype)
+            router_input, new_state = sums / counts[:, None], MemoryBankState(position, sums[:, -1])
+        logits = self.router(router_input)  # (b, T, C)
+        probs = router_probs(logits)
+        chosen, gates = top_k_chapters(probs, self.top_k)  # (b, T, k)
+        M = self.memory_rows(chosen[..., None] * (self.n_memory // self.chapters) + self._chapter_rows(x))
+        y = self._read(x[:, :, None, None, :].expand(-1, -1, self.top_k, 1, -1), M)[..., 0, :]  # (b, T, k, d)
+        self._record_aux_losses(logits.flatten(0, 1), probs.flatten(0, 1), chosen.flatten(0, 1))
+        return (gates[..., None] * y).sum(dim=2), new_state
+
+    def _route_whole_sequence(self, x, state, position) -> tuple[torch.Tensor, MemoryBankState]:
         if state is None:
-            logits = self.router(x.mean(dim=1))  # (b, C): one choice per sequence
+            logits = self.router(x.mean(dim=1))  # (b, C): one choice per sequence, from every token
             probs = router_probs(logits)
             chosen, gates = top_k_chapters(probs, self.top_k)  # (b, k)
             self._record_aux_losses(logits, probs, chosen)
-            state = {"chosen": chosen, "gates": gates}
-        M = self.memory_rows(state["chosen"][..., None] * rows_per_chapter + offsets)  # (b, k, n_c, d_mem)
+        else:
+            chosen, gates = state.chosen, state.gates
+        M = self.memory_rows(chosen[..., None] * (self.n_memory // self.chapters) + self._chapter_rows(x))
         y = self._read(x[:, None].expand(-1, self.top_k, -1, -1), M)  # (b, k, T, d_model)
-        return (state["gates"][..., None, None] * y).sum(dim=1), state
+        return (gates[..., None, None] * y).sum(dim=1), MemoryBankState(position, chosen=chosen, gates=gates)
+
+    def _chapter_rows(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.arange(self.n_memory // self.chapters, device=x.device)
 
     def _record_aux_losses(self, logits, probs, chosen) -> None:
         self.aux_losses = {

@@ -15,6 +15,7 @@ projections are the model's parameters, trained by the outer loop through everyt
 """
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -23,7 +24,8 @@ from torch import nn
 
 from src.layers._checks import check_positive, check_shapes
 from src.layers._heads import HeadProjections
-from src.layers.attention import concat_heads, rotary_embedding, scaled_dot_product_attention
+from src.layers.attention import concat_heads, fused_attention, rotary_embedding
+from src.layers.mixer import Mixer, register_mixer
 from src.layers.normalization import RMSNorm
 from src.schema import NonNegativeInt, PositiveFloat, PositiveInt
 
@@ -405,15 +407,28 @@ def neural_memory_chunked(
     return torch.cat(outputs, dim=1), params, momentum
 
 
-class NeuralMemory(nn.Module):
+@dataclass(frozen=True)
+class NeuralMemoryState:
+    """The memory's weights at the current chunk's start (the gradient point), its weights now and
+    the momentum (dicts of (b, ...) tensors, as `params` in the glossary), and the tokens seen."""
+
+    start: dict
+    params: dict
+    momentum: dict
+    position: int
+
+
+@register_mixer("neural_memory")
+class NeuralMemory(Mixer):
     """Long-term memory layer (Sec. 3): persistent tokens, then the memory read at every token.
 
     The input gets `n_persistent` learnable tokens prepended (Sec. 3.3), the memory is trained on
     the whole sequence in the chunked form, and each position returns W_O y_t (the persistent
     positions are dropped). `step` streams tokens through the same chunk boundaries: within a
     chunk each token's gradient is taken at the chunk's starting weights, so step equals forward.
-    State: {"start", "params", "momentum"} weight dicts and {"position"} (tokens seen).
     """
+
+    State = NeuralMemoryState
 
     def __init__(
         self,
@@ -424,7 +439,7 @@ class NeuralMemory(nn.Module):
         d_hidden: PositiveInt | None = None,
         theta_max: PositiveFloat = 0.5,
     ):
-        super().__init__()
+        super().__init__(d_model)
         if memory not in MEMORIES:
             raise ValueError(f"memory must be one of {sorted(MEMORIES)}, got {memory!r}")
         self.memory, self.chunk_size, self.theta_max = memory, chunk_size, theta_max
@@ -450,36 +465,29 @@ class NeuralMemory(nn.Module):
         alpha, eta, theta = data_dependent_gates(x, self.gates.weight, self.gates.bias, self.theta_max)
         return q, k, v, alpha, eta, theta
 
-    def _start(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def _start(self, x: torch.Tensor) -> tuple[torch.Tensor, NeuralMemoryState]:
         batch = x.shape[0]
         params = {name: p.expand(batch, *p.shape) for name, p in self.initial.items()}
         zeros = {name: torch.zeros_like(p) for name, p in params.items()}
-        state = {"start": params, "params": params, "momentum": zeros, "position": 0}
+        state = NeuralMemoryState(params, params, zeros, 0)
         return torch.cat((self.persistent.expand(batch, *self.persistent.shape), x), dim=1), state
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y, _ = self.step(x, None)
-        return y
-
-    def step(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
-        """x: (b, T, d_model) next tokens; state as in the class docstring, or None.
-
-        From no state, the whole chunks run in the chunked form; the tokens after the last chunk
-        boundary (and every later call) run token by token with the same gradient points.
-        """
+    def _step(self, x: torch.Tensor, state: NeuralMemoryState | None) -> tuple[torch.Tensor, NeuralMemoryState]:
+        """From no state, the whole chunks run in the chunked form; the tokens after the last chunk
+        boundary (and every later call) run token by token with the same gradient points."""
         n_new, outputs = x.shape[1], []
         if state is None:
             x, state = self._start(x)
             full = x.shape[1] - x.shape[1] % self.chunk_size
             if full:
                 y, params, momentum = neural_memory_chunked(
-                    *self._inputs(x[:, :full]), self.chunk_size, state["params"], None, self.memory
+                    *self._inputs(x[:, :full]), self.chunk_size, state.params, None, self.memory
                 )
                 outputs.append(y)
-                state = {"start": params, "params": params, "momentum": momentum, "position": full}
+                state = NeuralMemoryState(params, params, momentum, full)
             x = x[:, full:]
         rule = MEMORIES[self.memory]
-        start, params, momentum, position = state["start"], state["params"], state["momentum"], state["position"]
+        start, params, momentum, position = state.start, state.params, state.momentum, state.position
         q, k, v, alpha, eta, theta = self._inputs(x)
         for t in range(x.shape[1]):
             grads = rule.gradients(start, k[:, t : t + 1], v[:, t : t + 1])  # at the chunk's start weights
@@ -490,7 +498,7 @@ class NeuralMemory(nn.Module):
             if position % self.chunk_size == 0:
                 start = params
         y = self.W_O(torch.cat(outputs, dim=1)[:, -n_new:])
-        return y, {"start": start, "params": params, "momentum": momentum, "position": position}
+        return y, NeuralMemoryState(start, params, momentum, position)
 
 
 def sliding_window_allowed(L_q: int, L_k: int, window: int, n_persistent: int) -> torch.Tensor:
@@ -518,15 +526,73 @@ def sliding_window_allowed(L_q: int, L_k: int, window: int, n_persistent: int) -
     return (key < n_persistent) | (position - key < window)
 
 
+def sliding_window_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, n_persistent: int, block: int = 256
+) -> torch.Tensor:
+    r"""Fast form of SW-Attn*: causal attention to the persistent tokens and the last `window` tokens, banded.
+
+    Paper: Titans (Behrouz et al. 2024, arXiv:2501.00663), Sec. 4.2, SW-Attn* of Eq. (26)-(28), banded form
+
+    .. math::
+        y_i = \mathrm{softmax}_{j \in \mathcal{A}_i}\!\left(\frac{q_i k_j^\top}{\sqrt{d_k}}\right) v_j, \qquad
+        \mathcal{A}_i = \{ j \le p_i : j < N_p \ \lor\ p_i - j < w \}, \quad p_i = L_k - L_q + i
+
+    Equal to `scaled_dot_product_attention(q, k, v, causal=True, allowed=sliding_window_allowed(...))`,
+    the reference, but computed `block` queries at a time against only the keys they can see (the
+    persistent ones and a band of window + block - 1), each block through `fused_attention`: time and
+    memory grow as O(L (N_p + w + block)), never O(L^2).
+
+    Args:
+        q: (..., L_q, d_k) queries, the last L_q of the L_k positions.
+        k: (..., L_k, d_k) keys; the first n_persistent are the persistent tokens'.
+        v: (..., L_k, d_v) values.
+        window: w >= 1, how many most recent tokens (the query's own included) a query sees.
+        n_persistent: N_p >= 0, the leading positions every query sees.
+        block: queries per block (a speed knob; the result does not depend on it).
+
+    Returns:
+        (..., L_q, d_v).
+    """
+    sizes = check_shapes(q=(q, "... L_q d_k"), k=(k, "... L_k d_k"), v=(v, "... L_k d_v"))
+    L_q, L_k = sizes["L_q"], sizes["L_k"]
+    check_positive("window", window)
+    check_positive("block", block)
+    if L_k < L_q or not 0 <= n_persistent <= L_k - L_q:
+        raise ValueError(f"need L_k >= L_q + n_persistent, got L_q={L_q}, L_k={L_k}, n_persistent={n_persistent}")
+    outputs = []
+    for first in range(0, L_q, block):
+        last = min(L_q, first + block)  # queries [first, last) sit at positions L_k - L_q + [first, last)
+        begin, end = L_k - L_q + first, L_k - L_q + last
+        band = torch.arange(max(n_persistent, begin - window + 1), end)
+        keys = torch.cat((torch.arange(n_persistent), band)).to(q.device)
+        position = torch.arange(begin, end, device=q.device)[:, None]
+        allowed = (keys[None, :] <= position) & ((keys[None, :] < n_persistent) | (position - keys[None, :] < window))
+        outputs.append(fused_attention(q[..., first:last, :], k[..., keys, :], v[..., keys, :], False, allowed))
+    return torch.cat(outputs, dim=-2)
+
+
+@dataclass(frozen=True)
+class MAGState:
+    """The persistent keys and values and those of the last window - 1 tokens (b, H, n, d_head),
+    the position in x̃ = [persistent; x], and the neural memory's state: constant size."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    position: int
+    memory: NeuralMemoryState
+
+
+@register_mixer("titans_mag")
 class TitansMAG(HeadProjections):
     """Titans, memory as a gate (MAG, Sec. 4.2, Eq. 26-28): sliding-window attention and the neural
     memory read the same sequence x̃ = [persistent tokens; x]; o = y ⊗ M(x̃).
 
     ⊗ follows the paper's description: both branches are normalised with learnable vector-valued
     weights (RMSNorm) and the memory branch passes a sigmoid, o = norm(y) ⊙ σ(norm(M(x̃))). Attention
-    uses RoPE over the positions of x̃. State: the neural memory state, the persistent keys and
-    values and those of the last window - 1 tokens, and the position: constant size.
+    uses RoPE over the positions of x̃ and runs banded (`sliding_window_attention`).
     """
+
+    State = MAGState
 
     def __init__(
         self,
@@ -547,32 +613,19 @@ class TitansMAG(HeadProjections):
         self.attention_norm = RMSNorm(d_model)
         self.memory_norm = RMSNorm(d_model)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y, _ = self.step(x, None)
-        return y
-
-    def step(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
-        """x: (b, T, d_model) next tokens; state as in the class docstring, or None."""
+    def _step(self, x: torch.Tensor, state: MAGState | None) -> tuple[torch.Tensor, MAGState]:
         n_p = self.neural_memory.persistent.shape[0]
-        memory_out, memory_state = self.neural_memory.step(x, None if state is None else state["memory"])
+        memory_out, memory_state = self.neural_memory.step(x, None if state is None else state.memory)
+        offset = 0 if state is None else state.position
         if state is None:  # attention sees x̃ = [persistent; x]
             x = torch.cat((self.neural_memory.persistent.expand(x.shape[0], -1, -1), x), dim=1)
-            state = {"k": None, "v": None, "position": 0}
-        offset = state["position"]
         q, k, v = self._heads(x)
         q, k = rotary_embedding(q, offset), rotary_embedding(k, offset)
-        if state["k"] is not None:
-            k, v = torch.cat((state["k"], k), dim=-2), torch.cat((state["v"], v), dim=-2)
+        if state is not None:
+            k, v = torch.cat((state.k, k), dim=-2), torch.cat((state.v, v), dim=-2)
         # keys held: the persistent ones first, then the most recent ones, contiguous up to the queries
-        allowed = sliding_window_allowed(x.shape[1], k.shape[-2], self.window, n_p)
-        attended = scaled_dot_product_attention(q, k, v, causal=True, allowed=allowed.to(x.device))
-        attended = concat_heads(attended, self.W_o.weight)[:, -memory_out.shape[1] :]
-        out = self.attention_norm(attended) * torch.sigmoid(self.memory_norm(memory_out))
+        queries = q[..., -memory_out.shape[1] :, :]  # the persistent positions' own outputs are dropped
+        attended = sliding_window_attention(queries, k, v, self.window, n_p)
+        out = self.attention_norm(concat_heads(attended, self.W_o.weight)) * torch.sigmoid(self.memory_norm(memory_out))
         keep = torch.cat((torch.arange(n_p), torch.arange(max(n_p, k.shape[-2] - self.window + 1), k.shape[-2])))
-        new_state = {
-            "k": k[..., keep, :],
-            "v": v[..., keep, :],
-            "position": offset + x.shape[1],
-            "memory": memory_state,
-        }
-        return out, new_state
+        return out, MAGState(k[..., keep, :], v[..., keep, :], offset + x.shape[1], memory_state)

@@ -27,6 +27,7 @@ ZOH to first order in Δ; `discretize_zoh` is the exact Eq. (4), tested on its o
 import math
 from abc import ABC, abstractmethod
 from collections import deque
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.layers._checks import check_positive, check_shapes
+from src.layers.mixer import Mixer, register_mixer
 from src.schema import PositiveFloat, PositiveInt
 
 
@@ -527,16 +529,24 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return y
 
 
-class _GatedSSMBlock(nn.Module, ABC):
+@dataclass(frozen=True)
+class GatedSSMState:
+    """The last k - 1 conv inputs (b, d_inner, k - 1) and the SSM state h (b, d_inner, N)."""
+
+    conv: torch.Tensor
+    ssm: torch.Tensor
+
+
+class _GatedSSMBlock(Mixer, ABC):
     """The block of Fig. 3 around an SSM: in-projection to x and z, causal depthwise conv, SiLU,
     the SSM with D skip, the SiLU(z) gate, out-projection. Subclasses supply `_ssm`.
 
-    `step` keeps the last k - 1 conv inputs and the SSM state, so the model generates in constant
-    memory per token; `forward(x)` is `step(x, None)`.
+    The state keeps the last k - 1 conv inputs and the SSM state, so the model generates in
+    constant memory per token.
     """
 
     def __init__(self, d_model: int, d_state: int, d_conv: int, expand: int):
-        super().__init__()
+        super().__init__(d_model)
         self.d_inner = expand * d_model
         self.d_state = d_state
         self.d_conv = d_conv
@@ -550,25 +560,28 @@ class _GatedSSMBlock(nn.Module, ABC):
     def _ssm(self, u, z, h0):
         """(b, d_inner, T) conv output and gate -> gated SSM output (b, d_inner, T) and last state."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y, _ = self.step(x, None)
-        return y
-
-    def step(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
-        """x: (b, T, d_model) next tokens; state {"conv": (b, d_inner, k-1), "ssm": (b, d_inner, N)}."""
+    def _step(self, x: torch.Tensor, state: GatedSSMState | None) -> tuple[torch.Tensor, GatedSSMState]:
         batch, length, _ = x.shape
         xz = self.in_proj(x).transpose(1, 2)  # (b, 2 d_inner, T)
         u, z = xz.chunk(2, dim=1)
-        if state is None:
-            state = {"conv": u.new_zeros(batch, self.d_inner, self.d_conv - 1), "ssm": None}
-        history = torch.cat((state["conv"], u), dim=-1)  # earlier conv inputs, then the new ones
+        conv_history = u.new_zeros(batch, self.d_inner, self.d_conv - 1) if state is None else state.conv
+        history = torch.cat((conv_history, u), dim=-1)  # earlier conv inputs, then the new ones
         weight = self.conv1d.weight[:, 0, :]
         u = F.silu(causal_conv1d(history, weight, self.conv1d.bias)[..., -length:])
-        y, ssm_state = self._ssm(u, z, state["ssm"])
-        new_state = {"conv": history[..., history.shape[-1] - (self.d_conv - 1) :], "ssm": ssm_state}
+        y, ssm_state = self._ssm(u, z, None if state is None else state.ssm)
+        new_state = self.State(history[..., history.shape[-1] - (self.d_conv - 1) :], ssm_state)
         return self.out_proj(y.transpose(1, 2)), new_state
 
 
+class MambaState(GatedSSMState):
+    """The state of `MambaMixer`."""
+
+
+class S4DState(GatedSSMState):
+    """The state of `S4DMixer`."""
+
+
+@register_mixer("selective_ssm")
 class MambaMixer(_GatedSSMBlock):
     """The Mamba block of Fig. 3, built from the functions above.
 
@@ -577,6 +590,8 @@ class MambaMixer(_GatedSSMBlock):
     loop of Eq. (2), the reference (to time or check the fast form inside the block). `step` keeps
     the last k - 1 conv inputs and the SSM state, so a MambaGPT generates in constant memory per token.
     """
+
+    State = MambaState
 
     def __init__(
         self,
@@ -608,6 +623,7 @@ class MambaMixer(_GatedSSMBlock):
         )  # fmt: skip
 
 
+@register_mixer("lti_ssm")
 class S4DMixer(_GatedSSMBlock):
     """The non-selective (LTI) baseline of the same block: Δ, B, C do not depend on the input.
 
@@ -615,6 +631,8 @@ class S4DMixer(_GatedSSMBlock):
     and a learned C per channel and state (S4D-Real A, ZOH, Eq. 4), computed as the convolution of
     Eq. (3) (`ssm_convolution_kernel`, `ssm_convolution`); a carried state h_0 adds C Ā^{t+1} h_0.
     """
+
+    State = S4DState
 
     def __init__(
         self,

@@ -1,6 +1,5 @@
-"""MambaMixer: the Fig. 3 block composed from the equation functions; step equals forward."""
+"""MambaMixer and S4DMixer: the Fig. 3 block composed from the equation functions; initialisation."""
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -24,20 +23,6 @@ def test_forward_equals_the_equations_composed_by_hand():
         u, s_delta, -torch.exp(mixer.A_log), B, C, mixer.D, z, mixer.dt_proj.bias, delta_softplus=True
     )
     torch.testing.assert_close(mixer(x), mixer.out_proj(y.transpose(1, 2)), rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("chunks", [[1] * 9, [4, 1, 4], [2, 7]])
-def test_step_with_conv_and_ssm_state_equals_forward(chunks):
-    torch.manual_seed(1)
-    mixer = MambaMixer(d_model=16, d_state=8, d_conv=4).double()
-    x = torch.randn(3, 9, 16, dtype=torch.float64)
-    state, outputs, start = None, [], 0
-    for size in chunks:
-        y, state = mixer.step(x[:, start : start + size], state)
-        outputs.append(y)
-        start += size
-    torch.testing.assert_close(torch.cat(outputs, 1), mixer(x), rtol=1e-10, atol=1e-10)
-    assert state["conv"].shape == (3, 32, 3) and state["ssm"].shape == (3, 32, 8)
 
 
 def test_initialisation_follows_the_paper():
@@ -79,16 +64,3 @@ def test_lti_baseline_is_the_time_invariant_recurrence():
         ys.append(((h * mixer.C).sum(-1) + mixer.D * u[..., t]) * F.silu(z[..., t]))
     expected = mixer.out_proj(torch.stack(ys, dim=-1).transpose(1, 2))
     torch.testing.assert_close(mixer(x), expected, rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("chunks", [[1] * 7, [3, 4]])
-def test_lti_step_equals_forward(chunks):
-    torch.manual_seed(4)
-    mixer = S4DMixer(d_model=8, d_state=4).double()
-    x = torch.randn(2, 7, 8, dtype=torch.float64)
-    state, outputs, start = None, [], 0
-    for size in chunks:
-        y, state = mixer.step(x[:, start : start + size], state)
-        outputs.append(y)
-        start += size
-    torch.testing.assert_close(torch.cat(outputs, 1), mixer(x), rtol=1e-10, atol=1e-12)

@@ -1,0 +1,85 @@
+"""The mixer contract: what every sequence mixer of a block provides, and the registry configs name.
+
+A mixer maps (batch, T, d_model) inputs to outputs of the same shape, causally, and can continue a
+sequence from a recurrent state. Every mechanism of `src/layers/` (attention, selective SSM,
+compressive and neural memories, memory banks, ...) derives from `Mixer`:
+
+- `_step(x, state) -> (y, state)` is the one method a mixer writes: the next T tokens given the
+  state after the previous ones (None at the start). `step` checks the input and the state's type
+  and calls it; `forward(x)` is `step(x, None)` without the state, written once here, so a
+  sequence run at once and run piece by piece cannot disagree.
+- `State` is the mixer's state type, a small frozen dataclass of tensors, one type per mixer class
+  (two mixers with the same fields subclass one dataclass), so another mixer's state is refused.
+  Its size does not grow with the sequence, except where `constant_state` is False (attention's
+  KV cache).
+- `aux_losses` holds the auxiliary losses of the last call (router losses), each already scaled by
+  its coefficient; empty for most mixers. The training loop adds their sum to the loss.
+
+A mixer joins `MIXERS` where it is defined, with `@register_mixer("name")`; that name is the
+`type:` a config's block uses, and `tests/test_mixer_contract.py` checks every registered mixer for
+causality, step == forward, batch independence, float64, state size and input errors.
+"""
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+MIXERS: dict[str, type["Mixer"]] = {}
+
+
+def register_mixer(name: str):
+    """Class decorator: make a Mixer subclass available to configs as `type: name`."""
+
+    def register(cls: type["Mixer"]) -> type["Mixer"]:
+        if not (isinstance(cls, type) and issubclass(cls, Mixer)):
+            raise TypeError(f"register_mixer({name!r}) needs a Mixer subclass, got {cls!r}")
+        if name in MIXERS:
+            raise ValueError(f"a mixer named {name!r} is already registered ({MIXERS[name].__qualname__})")
+        MIXERS[name] = cls
+        return cls
+
+    return register
+
+
+class Mixer(nn.Module, ABC):
+    """Base of every sequence mixer; see the module docstring for the contract."""
+
+    State: ClassVar[type]
+    constant_state: ClassVar[bool] = True
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.d_model = d_model
+        self.aux_losses: dict[str, torch.Tensor] = {}
+
+    @abstractmethod
+    def _step(self, x: torch.Tensor, state) -> tuple[torch.Tensor, object]:
+        """The next T tokens x (batch, T, d_model) after `state` (None at the start) -> (y, new state)."""
+
+    def step(self, x: torch.Tensor, state=None) -> tuple[torch.Tensor, object]:
+        """Continue the sequence: x (batch, T >= 1, d_model), state of type `State` or None -> (y, state)."""
+        self._check_input(x)
+        if state is not None and type(state) is not self.State:
+            raise TypeError(
+                f"state must be a {self.State.__name__} (the state of {type(self).__name__}) or None, "
+                f"got {type(state).__name__}"
+            )
+        return self._step(x, state)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, L, d_model) -> (batch, L, d_model), the whole sequence from no state."""
+        y, _ = self.step(x, None)
+        return y
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x must have shape (batch, length, d_model={self.d_model}), got {tuple(x.shape)}")
+        if x.shape[1] == 0:
+            raise ValueError("x must hold at least one position (length >= 1), got length 0")
+        parameter = next(self.parameters(), None)
+        if parameter is not None and x.dtype != parameter.dtype:
+            raise TypeError(f"x has dtype {x.dtype} but {type(self).__name__}'s parameters are {parameter.dtype}")
