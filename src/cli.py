@@ -1,7 +1,8 @@
-"""The `memory-models` command: train, evaluate and list the equations.
+"""The `memory-models` command: train, compare, evaluate, generate and list the equations.
 
 The CLI takes a config path and nothing that changes the experiment; everything an experiment
-is lives in its YAML file.
+is lives in its YAML file. Every expected user error (a config, a checkpoint, a run directory, a
+flag, a diverging run) ends in one line on stderr and exit status 2, never a traceback.
 """
 
 import argparse
@@ -9,15 +10,31 @@ import sys
 
 import torch
 
+from src import training
+from src.checkpoints import CheckpointError, load_state
 from src.config import ConfigError, load_comparison, load_experiment, read_yaml
 
 
-def _train(args) -> int:
-    from src.training import train
+class UsageError(ValueError):
+    """A flag value the command cannot use; the message names the flag."""
 
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _device(args, configured: str, where: str) -> torch.device:
+    """The --device flag if given, else the config's train.device (`where` names it)."""
+    return training.select_device(args.device or configured, "--device" if args.device else where)
+
+
+def _train(args) -> int:
     experiment = load_experiment(args.config)
     print(experiment.to_yaml())
-    result = train(experiment, resume=args.resume)
+    result = training.train(experiment, resume=args.resume, overwrite=args.overwrite)
     print(f"final: eval_loss {result['eval_loss']:.4f}  eval_accuracy {result['eval_accuracy']:.4f}")
     print(f"checkpoint: {experiment.train.out_dir}/checkpoint.pt")
     return 0
@@ -34,41 +51,67 @@ def _compare(args) -> int:
 
 def _evaluate(args) -> int:
     from src.model import PaperModel
-    from src.training import evaluate
 
     experiment = load_experiment(args.config)
-    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    device = _device(args, experiment.train.device, f"{experiment.file}: train.device")
+    checkpoint = training.read_checkpoint(args.checkpoint)
+    training.check_config_matches(args.checkpoint, checkpoint["config"], experiment, ("model", "task"))
     model = PaperModel(experiment.model, experiment.file)
-    model.load_state_dict(checkpoint["model"])
-    result = evaluate(model, experiment)
+    load_state(model, checkpoint["model"], args.checkpoint, "model")
+    result = training.evaluate(model.to(device), experiment)
     print(
         f"step {checkpoint['step']}: eval_loss {result['eval_loss']:.4f}  eval_accuracy {result['eval_accuracy']:.4f}"
     )
     return 0
 
 
-def _generate(args) -> int:
-    import yaml
-
-    from src.config import resolve_model_section
-    from src.generation import generate
-    from src.model import PaperModel
-
-    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    config = yaml.safe_load(checkpoint["config"])
-    model = PaperModel(resolve_model_section(config["model"], args.checkpoint), args.checkpoint)
-    model.load_state_dict(checkpoint["model"])
-    is_text = config["task"]["type"] == "text"
+def _prompt(args, task_type: str, vocab_size: int) -> list[int]:
+    """The prompt's token ids: --prompt-ids, or the UTF-8 bytes of --prompt for a text model."""
     if args.prompt_ids is not None:
-        prompt = [int(token) for token in args.prompt_ids.split()]
-    elif is_text:
+        try:
+            prompt = [int(token) for token in args.prompt_ids.split()]
+        except ValueError as error:
+            raise UsageError(f"--prompt-ids must be space-separated integers, got {args.prompt_ids!r}") from error
+        if outside := [token for token in prompt if not 0 <= token < vocab_size]:
+            raise UsageError(f"--prompt-ids: {outside[0]} is outside the model's vocabulary [0, {vocab_size})")
+    elif task_type == "text":
         prompt = list(args.prompt.encode("utf-8"))
     else:
-        raise ConfigError(f"{args.checkpoint}: a {config['task']['type']} model needs --prompt-ids")
+        raise UsageError(f"{args.checkpoint}: a {task_type} model needs --prompt-ids")
+    if not prompt:
+        raise UsageError("the prompt is empty: give --prompt TEXT (text models) or --prompt-ids IDS")
+    return prompt
+
+
+def _generate(args) -> int:
+    from src.config import resolve_model_section
+    from src.generation import check_sampling, decode_bytes, generate
+    from src.model import PaperModel
+
+    checkpoint = training.read_checkpoint(args.checkpoint)
+    config = checkpoint["config"]
+    model_section = resolve_model_section(config["model"], args.checkpoint)
+    task_type = config["task"].get("type")
+    prompt = _prompt(args, task_type, model_section["vocab_size"])
+    try:
+        check_sampling(
+            args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, model_section["vocab_size"]
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    device = _device(args, config["train"].get("device", "cpu"), f"{args.checkpoint}: train.device")
+    model = PaperModel(model_section, args.checkpoint)
+    load_state(model, checkpoint["model"], args.checkpoint, "model")
     ids = generate(
-        model, torch.tensor([prompt]), args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed
+        model.to(device),
+        torch.tensor([prompt], device=device),
+        args.max_new_tokens,
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        args.seed,
     )[0].tolist()
-    print(bytes(ids).decode("utf-8", errors="replace") if is_text else " ".join(map(str, ids)))
+    print(decode_bytes(ids) if task_type == "text" else " ".join(map(str, ids)))
     return 0
 
 
@@ -80,11 +123,13 @@ def _equations(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="memory-models", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="memory-models", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train the model of CONFIG on its task")
     train.add_argument("config")
-    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in train.out_dir")
+    existing_run = train.add_mutually_exclusive_group()
+    existing_run.add_argument("--resume", action="store_true", help="continue from the checkpoint in train.out_dir")
+    existing_run.add_argument("--overwrite", action="store_true", help="replace the run in train.out_dir")
     train.set_defaults(run=_train)
     compare = commands.add_parser("compare", help="train every model of CONFIG on one task; print one table")
     compare.add_argument("config")
@@ -92,22 +137,25 @@ def main(argv: list[str] | None = None) -> int:
     evaluate = commands.add_parser("evaluate", help="evaluate CHECKPOINT on the eval set of CONFIG")
     evaluate.add_argument("config")
     evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--device", choices=["cpu", "cuda"], help="default: the config's train.device")
     evaluate.set_defaults(run=_evaluate)
     generate = commands.add_parser("generate", help="continue a prompt with the model of CHECKPOINT")
     generate.add_argument("checkpoint")
-    generate.add_argument("--prompt", default="", help="text prompt (models trained on a text task)")
+    generate.add_argument("--prompt", default="", help="text prompt (text models; output ids >= 256 show as <id>)")
     generate.add_argument("--prompt-ids", help="space-separated token ids")
     generate.add_argument("--max-new-tokens", type=int, default=64)
     generate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     generate.add_argument("--top-k", type=int)
     generate.add_argument("--top-p", type=float)
     generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--device", choices=["cpu", "cuda"], help="default: the checkpoint's train.device")
     generate.set_defaults(run=_generate)
     equations = commands.add_parser("equations", help="print the equation catalogue")
     equations.set_defaults(run=_equations)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except ConfigError as error:
-        print(f"config error: {error}", file=sys.stderr)
+    except (ConfigError, CheckpointError, training.RunError, UsageError) as error:
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        print(f"{parser.prog} {args.command}: error: {message}", file=sys.stderr)
         return 2

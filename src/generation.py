@@ -2,8 +2,12 @@
 
 `generate` feeds the prompt once through `PaperModel.step` and then one token at a time with the
 returned state (KV cache, SSM state, memories), so the prefix is never recomputed. Each sampling
-rule is one function on a (batch, vocab) logits tensor.
+rule is one function on a (batch, vocab) logits tensor. Every argument is checked before the
+first token, whatever the temperature.
 """
+
+import itertools
+import math
 
 import torch
 
@@ -22,10 +26,19 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return logits / temperature
 
 
+def _check_top_k(k: int, vocab_size: int) -> None:
+    if not 1 <= k <= vocab_size:
+        raise ValueError(f"top_k must lie in [1, {vocab_size}] (the vocabulary), got {k}")
+
+
+def _check_top_p(p: float) -> None:
+    if not 0 < p <= 1:
+        raise ValueError(f"top_p must lie in (0, 1], got {p}")
+
+
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the k largest logits of each row, set the others to -inf (Fan et al. 2018)."""
-    if not 1 <= k <= logits.shape[-1]:
-        raise ValueError(f"top_k must lie in [1, {logits.shape[-1]}], got {k}")
+    _check_top_k(k, logits.shape[-1])
     threshold = logits.topk(k, dim=-1).values[..., -1:]
     return logits.masked_fill(logits < threshold, float("-inf"))
 
@@ -37,8 +50,7 @@ def nucleus_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     \sum_{x \in V^{(p)}} P(x) >= p and set the other logits to -inf (the kept probabilities are
     renormalised by the softmax that follows).
     """
-    if not 0 < p <= 1:
-        raise ValueError(f"top_p must lie in (0, 1], got {p}")
+    _check_top_p(p)
     probs, order = torch.softmax(logits, dim=-1).sort(dim=-1, descending=True)
     before = probs.cumsum(dim=-1) - probs  # mass of the more probable tokens
     drop_sorted = before >= p  # a token is kept while the mass before it is still below p
@@ -64,6 +76,35 @@ def sample_next(
     return torch.multinomial(torch.softmax(logits.float(), dim=-1), 1, generator=generator)[:, 0]
 
 
+def check_sampling(
+    max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None, seed: int, vocab_size: int
+) -> None:
+    """Raise ValueError naming the first invalid generation argument (also those greedy decoding ignores)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature}")
+    if top_k is not None:
+        _check_top_k(top_k, vocab_size)
+    if top_p is not None:
+        _check_top_p(top_p)
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"seed must lie in [0, 2**63), got {seed}")
+
+
+def decode_bytes(ids: list[int]) -> str:
+    """Byte-level token ids as UTF-8 text; an id >= 256 is no byte and shows as `<id>`.
+
+    (A text model whose vocab_size exceeds 256 has such ids: they never occur in its training data
+    but can still be sampled.)
+    """
+    pieces = []
+    for is_byte, group in itertools.groupby(ids, key=lambda i: i < 256):
+        run = list(group)
+        pieces.append(bytes(run).decode("utf-8", errors="replace") if is_byte else "".join(f"<{i}>" for i in run))
+    return "".join(pieces)
+
+
 @torch.no_grad()
 def generate(
     model: PaperModel,
@@ -74,9 +115,10 @@ def generate(
     top_p: float | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
-    """Continue (batch, T) prompt ids by `max_new_tokens`; returns (batch, T + max_new_tokens)."""
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    """Continue (batch, T >= 1) prompt ids by `max_new_tokens`; returns (batch, T + max_new_tokens)."""
+    check_sampling(max_new_tokens, temperature, top_k, top_p, seed, model.config["vocab_size"])
+    if prompt.dim() != 2 or prompt.shape[1] == 0:
+        raise ValueError(f"prompt must have shape (batch, T) with T >= 1, got {tuple(prompt.shape)}")
     generator = torch.Generator(device=prompt.device).manual_seed(seed)
     was_training = model.training
     model.eval()

@@ -2,20 +2,26 @@
 
 AdamW (Loshchilov & Hutter 2019) with linear warm-up and cosine decay to `min_lr_ratio * lr`,
 gradient-norm clipping, periodic evaluation on a held-out set drawn with its own seed, a JSON-lines
-metrics log and a checkpoint (model, optimizer, step, config) in `train.out_dir`.
-Every training batch is generated from seed (train.seed, step), so a run is reproducible.
+metrics log and a checkpoint (model, optimizer, step, tokens, metrics, config) in `train.out_dir`,
+written atomically (`src.checkpoints`). Every training batch is generated from seed
+(train.seed, step), so a run is reproducible.
 """
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+import yaml
 from torch.utils.checkpoint import checkpoint
 
+from src import checkpoints
+from src.checkpoints import CheckpointError
 from src.config import ExperimentConfig, TrainConfig
 from src.model import PaperModel
 from src.tasks import IGNORE, build_task, held_out
@@ -23,6 +29,13 @@ from src.tasks.text_corpus import TextCorpus
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+SECTIONS = ("model", "task", "train", "eval")
+RUN_CHECKPOINT = {"model": dict, "optimizer": dict, "step": int, "tokens": int, "metrics": dict, "config": str}
+ABSENT = "<absent>"  # a key one of two compared configs does not have
+
+
+class RunError(RuntimeError):
+    """A run cannot start or go on (its directory, its device, a diverging loss); the message says where."""
 
 
 def learning_rate(step: int, train: TrainConfig) -> float:
@@ -139,34 +152,178 @@ def _progress(step: int, steps: int) -> None:
         print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {step}/{steps}", end="", file=sys.stderr, flush=True)
 
 
-def train(experiment: ExperimentConfig, log=print, resume: bool = False) -> dict:
+def select_device(name: str, where: str) -> torch.device:
+    """The torch device `name` ('cpu' or 'cuda'); `where` names its source (config key or flag) in errors."""
+    if name not in ("cpu", "cuda"):
+        raise RunError(f"{where} must be 'cpu' or 'cuda', got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"{where} is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def differing_keys(first: Any, second: Any, key: str) -> list[tuple[str, Any, Any]]:
+    """(dotted key, first value, second value) wherever two parsed configs differ; `key` names the root."""
+    if isinstance(first, dict) and isinstance(second, dict):
+        names = [*first, *(name for name in second if name not in first)]
+        return [
+            difference
+            for name in names
+            for difference in differing_keys(first.get(name, ABSENT), second.get(name, ABSENT), f"{key}.{name}")
+        ]
+    if isinstance(first, list) and isinstance(second, list) and len(first) == len(second):
+        return [
+            difference
+            for i, pair in enumerate(zip(first, second))
+            for difference in differing_keys(*pair, f"{key}[{i}]")
+        ]
+    return [] if first == second else [(key, first, second)]
+
+
+def check_config_matches(
+    path: Path, stored: dict, experiment: ExperimentConfig, sections: tuple[str, ...], allowed: tuple[str, ...] = ()
+) -> None:
+    """Refuse a checkpoint whose stored config differs from `experiment` in `sections` (except `allowed` keys)."""
+    current = yaml.safe_load(experiment.to_yaml())
+    for section in sections:
+        for key, was, now in differing_keys(stored[section], current[section], section):
+            if key not in allowed:
+                raise CheckpointError(f"{path}: was written with {key} = {was!r}, but {experiment.file} has {now!r}")
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint written by `train`, on the CPU, with its stored config parsed into a dict."""
+    checkpoint = checkpoints.load(path, RUN_CHECKPOINT)
+    try:
+        config = yaml.safe_load(checkpoint["config"])
+    except yaml.YAMLError as error:
+        raise CheckpointError(f"{path}: its stored config is not valid YAML") from error
+    if not isinstance(config, dict) or not all(isinstance(config.get(name), dict) for name in SECTIONS):
+        raise CheckpointError(f"{path}: its stored config must have the sections {list(SECTIONS)}")
+    return {**checkpoint, "config": config}
+
+
+def _check_out_dir(out_dir: Path, file: str, resume: bool, overwrite: bool) -> None:
+    """Refuse, before anything is written, a run directory that cannot hold this run."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunError(f"{file}: train.out_dir {out_dir} is a file, not a directory")
+    if resume and overwrite:
+        raise RunError(f"{file}: resume and overwrite exclude each other")
+    if resume and not (out_dir / CHECKPOINT).is_file():
+        raise RunError(f"{file}: nothing to resume: there is no checkpoint at {out_dir / CHECKPOINT}")
+    if not resume and not overwrite and any((out_dir / name).exists() for name in (CHECKPOINT, METRICS)):
+        raise RunError(
+            f"{file}: train.out_dir {out_dir} already holds a run; resume it (--resume) or replace it (--overwrite)"
+        )
+
+
+def _logged_step(line: str) -> int | None:
+    """The step of one metrics line, None for a line cut short by a kill."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _prepare_out_dir(out_dir: Path, file: str, resume_step: int | None) -> None:
+    """Create the run directory (the run is known to start) and check that it takes files.
+
+    On resume, metrics lines past the checkpoint's step (logged just before a kill interrupted the
+    checkpoint) are dropped, so the resumed log equals the uninterrupted one.
+    """
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunError(f"{file}: cannot create train.out_dir {out_dir}: {error.strerror or error}") from error
+    if not os.access(out_dir, os.W_OK):
+        raise RunError(f"{file}: cannot write to train.out_dir {out_dir}: permission denied")
+    metrics = out_dir / METRICS
+    if resume_step is not None and metrics.is_file():
+        lines = metrics.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if (step := _logged_step(line)) is not None and step <= resume_step]
+        if kept != lines:
+            checkpoints.write_atomically(metrics, lambda handle: handle.write("".join(kept).encode()))
+
+
+def _log_metrics(path: Path, result: dict, replace: bool) -> None:
+    """Append one JSON line to the metrics log (`replace`: start the log anew with it)."""
+    with path.open("w" if replace else "a") as file:
+        file.write(json.dumps(result) + "\n")
+
+
+def _check_finite(
+    objectives: list[torch.Tensor], step: int, model: PaperModel, file: str, path: Path, saved_step: int | None
+) -> None:
+    """Stop on a non-finite loss (or parameter) before anything of it is logged or saved."""
+    kept = f"{path} keeps step {saved_step}" if saved_step is not None else "no checkpoint of this run was written"
+    values = torch.stack(objectives)
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad):
+        first = bad[0].item()
+        at = step - len(objectives) + first + 1
+        raise RunError(f"{file}: training diverged: the loss at step {at} is {values[first].item()}; {kept}")
+    if not all(torch.isfinite(parameter).all() for parameter in model.parameters()):
+        raise RunError(f"{file}: training diverged: the update of step {step} made parameters non-finite; {kept}")
+
+
+def _restore(path: Path, model: PaperModel, optimizer, experiment: ExperimentConfig) -> dict:
+    """Load the checkpoint to resume into model and optimizer.
+
+    Its config may differ only in train.steps (extending the run) and train.out_dir (the run was moved).
+    """
+    checkpoint = read_checkpoint(path)
+    check_config_matches(path, checkpoint["config"], experiment, SECTIONS, allowed=("train.steps", "train.out_dir"))
+    if checkpoint["step"] > experiment.train.steps:
+        raise RunError(f"{experiment.file}: train.steps ({experiment.train.steps}) is below the step of {path}")
+    checkpoints.load_state(model, checkpoint["model"], path, "model")
+    checkpoints.load_state(optimizer, checkpoint["optimizer"], path, "optimizer")
+    return checkpoint
+
+
+def _progress_line(result: dict, steps: int) -> str:
+    auxiliary = "".join(f"  {name} {value:.4f}" for name, value in result.items() if name.startswith("aux_"))
+    return (
+        f"step {result['step']:>6}/{steps}  loss {result['loss']:.4f}  eval_loss {result['eval_loss']:.4f}  "
+        f"eval_accuracy {result['eval_accuracy']:.4f}  {result['tokens_per_s']:,.0f} tok/s{auxiliary}"
+    )
+
+
+def train(experiment: ExperimentConfig, log=print, resume: bool = False, overwrite: bool = False) -> dict:
     """Train the configured model on the configured task; return the final evaluation.
 
-    With `resume`, continue from `train.out_dir/checkpoint.pt` (model, optimizer and step; its
-    config must be this one): batches depend only on (seed, step) and the schedule only on the
-    step, so the resumed run repeats the uninterrupted one exactly.
+    Nothing is written before the run is known to start: a `train.out_dir` that already holds a
+    run is refused unless `resume` (continue from its checkpoint) or `overwrite` (replace it; its
+    files are replaced at this run's first evaluation). A resumed checkpoint's config must equal
+    this one except `train.steps` and `train.out_dir`: batches depend only on (seed, step) and the
+    schedule only on the step, so a resumed run repeats the uninterrupted one exactly, and a larger
+    `train.steps` extends a run (its cosine schedule then stretches to the new length). Resuming a finished run
+    returns its final metrics. A non-finite loss stops the run, naming the step, before anything
+    of it is logged or saved.
     """
     cfg = experiment.train
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"{experiment.file}: train.device is 'cuda' but no CUDA device is available")
+    device = select_device(cfg.device, f"{experiment.file}: train.device")
+    out_dir = Path(cfg.out_dir)
+    checkpoint_path = out_dir / CHECKPOINT
+    _check_out_dir(out_dir, experiment.file, resume, overwrite)
     torch.manual_seed(cfg.seed)
-    device = torch.device(cfg.device)
     model = PaperModel(experiment.model, experiment.file).to(device)
     task = build_task(experiment.task)
     eval_tasks = evaluation_tasks(experiment)  # built once: a text task reads its file here
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas or (0.9, 0.999))
     )
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    first_step = 0
+    first_step, tokens, result = 0, 0, {}
     if resume:
-        first_step = load_checkpoint(out_dir / CHECKPOINT, model, optimizer, experiment)
-        log(f"resuming from {out_dir / CHECKPOINT} at step {first_step}")
-    metrics_file = (out_dir / METRICS).open("a" if resume else "w")
+        checkpoint = _restore(checkpoint_path, model, optimizer, experiment)
+        first_step, tokens, result = checkpoint["step"], checkpoint["tokens"], checkpoint["metrics"]
+        if first_step == cfg.steps:
+            log(f"{checkpoint_path} is a finished run of {first_step} steps (raise train.steps to extend it)")
+            return result
+        log(f"resuming from {checkpoint_path} at step {first_step}")
+    _prepare_out_dir(out_dir, experiment.file, first_step if resume else None)
+    saved_step = first_step if resume else None  # the checkpoint a divergence leaves in place
     log(f"model: {model.num_parameters():,} parameters; task: {experiment.task['type']}; {cfg.steps} steps")
-    started, tokens, evaluating = time.perf_counter(), 0, 0.0  # evaluation time is not training time
-    result = {}
+    started, run_tokens, evaluating = time.perf_counter(), 0, 0.0  # evaluation time is not training time
+    objectives = []  # checked for finiteness at each evaluation, so steps need no device sync
     for step in range(first_step, cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, cfg)
@@ -174,58 +331,40 @@ def train(experiment: ExperimentConfig, log=print, resume: bool = False) -> dict
         inputs, targets = inputs.to(device), targets.to(device)
         loss, accuracy = loss_and_accuracy(model, inputs, targets, cfg)
         aux_losses = model.auxiliary_losses()  # router losses, coefficients from the config
+        objective = loss + sum(aux_losses.values())
         optimizer.zero_grad(set_to_none=True)
-        (loss + sum(aux_losses.values())).backward()
+        objective.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
-        tokens += inputs.numel()
+        objectives.append(objective.detach())
+        run_tokens += inputs.numel()
         _progress(step + 1, cfg.steps)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            _check_finite(objectives, step + 1, model, experiment.file, checkpoint_path, saved_step)
+            objectives = []
             training_seconds = time.perf_counter() - started - evaluating
             eval_started = time.perf_counter()
             result = {
                 "step": step + 1,
+                "tokens": tokens + run_tokens,
                 "loss": loss.item(),
                 "accuracy": accuracy.item(),
                 "lr": optimizer.param_groups[0]["lr"],
-                "tokens_per_s": tokens / training_seconds,
+                "tokens_per_s": run_tokens / training_seconds,
                 **{f"aux_{name}": value.item() for name, value in aux_losses.items()},
                 **evaluate(model, experiment, eval_tasks),
             }
             evaluating += time.perf_counter() - eval_started
-            metrics_file.write(json.dumps(result) + "\n")
-            metrics_file.flush()
-            save_checkpoint(out_dir / CHECKPOINT, model, optimizer, step + 1, experiment)
-            log(
-                f"step {step + 1:>6}/{cfg.steps}  loss {result['loss']:.4f}  "
-                f"eval_loss {result['eval_loss']:.4f}  eval_accuracy {result['eval_accuracy']:.4f}  "
-                f"{result['tokens_per_s']:,.0f} tok/s"
-                + "".join(f"  aux_{name} {value.item():.4f}" for name, value in aux_losses.items())
-            )
-    metrics_file.close()
+            # a new run replaces an old log at its first evaluation, not before
+            _log_metrics(out_dir / METRICS, result, replace=saved_step is None)
+            save_checkpoint(checkpoint_path, model, optimizer, result, experiment)
+            saved_step = step + 1
+            log(_progress_line(result, cfg.steps))
     return result
 
 
-def save_checkpoint(path: Path, model: PaperModel, optimizer, step: int, experiment: ExperimentConfig) -> None:
-    """Write model and optimizer state, the step reached and the resolved config."""
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "config": experiment.to_yaml(),
-        },
-        path,
-    )
-
-
-def load_checkpoint(path: Path, model: PaperModel, optimizer, experiment: ExperimentConfig) -> int:
-    """Restore model and optimizer from a checkpoint of this experiment; return its step."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{experiment.file}: no checkpoint to resume at {path}")
-    checkpoint = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
-    if checkpoint["config"] != experiment.to_yaml():
-        raise ValueError(f"{path} was written by a different config than {experiment.file}; refusing to resume")
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    return checkpoint["step"]
+def save_checkpoint(path: Path, model: PaperModel, optimizer, metrics: dict, experiment: ExperimentConfig) -> None:
+    """Write, atomically, model and optimizer state, the step and tokens reached, their metrics and the config."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+    metadata = {"step": metrics["step"], "tokens": metrics["tokens"], "metrics": metrics}
+    checkpoints.save({**state, **metadata, "config": experiment.to_yaml()}, path)

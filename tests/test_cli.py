@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from src.cli import main
-from src.config import read_yaml
+from src.config import load_experiment, read_yaml
 from tests.conftest import ROOT
 
 
@@ -34,14 +34,18 @@ def test_train_twice_from_one_seed_gives_the_same_final_metric(tmp_path, capsys)
     path = tiny_experiment(tmp_path)
     assert main(["train", path]) == 0
     first = capsys.readouterr().out
-    assert main(["train", path]) == 0
+    assert main(["train", path, "--overwrite"]) == 0
     second = capsys.readouterr().out
     assert final_line(first) == final_line(second)
     assert "step      6/6" in first  # progress lines
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == [3, 6]
+    assert [m["step"] for m in metrics] == [3, 6]  # the second run replaced the first one's log
+    task = load_experiment(path).task
+    length = 2 * task["num_pairs"] + 2 * task["num_queries"]
+    assert [m["tokens"] for m in metrics] == [3 * 4 * length, 6 * 4 * length]  # steps x batch x length
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert checkpoint["step"] == 6 and "model" in checkpoint and "optimizer" in checkpoint
+    assert checkpoint["metrics"] == metrics[-1] and checkpoint["tokens"] == metrics[-1]["tokens"]
     assert yaml.safe_load(checkpoint["config"])["train"]["steps"] == 6
 
 
@@ -78,7 +82,6 @@ class Interrupted(Exception):
 
 
 def test_resuming_from_a_checkpoint_repeats_the_uninterrupted_run(tmp_path):
-    from src.config import load_experiment
     from src.training import train
 
     path = tiny_experiment(tmp_path, steps=6, eval_every=2)
@@ -91,21 +94,12 @@ def test_resuming_from_a_checkpoint_repeats_the_uninterrupted_run(tmp_path):
             raise Interrupted  # the process dies right after the step-4 checkpoint
 
     with pytest.raises(Interrupted):
-        train(experiment, log=stop_after_step_4)
+        train(experiment, log=stop_after_step_4, overwrite=True)
     resumed = train(experiment, log=lambda line: None, resume=True)
     resumed_metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     drop_speed = [{k: v for k, v in json.loads(m).items() if k != "tokens_per_s"} for m in resumed_metrics]
     assert drop_speed == [{k: v for k, v in json.loads(m).items() if k != "tokens_per_s"} for m in full_metrics]
     assert resumed["eval_loss"] == full["eval_loss"]
-
-
-def test_resume_without_a_checkpoint_is_named(tmp_path):
-    from src.config import load_experiment
-    from src.training import train
-
-    experiment = load_experiment(tiny_experiment(tmp_path))
-    with pytest.raises(FileNotFoundError, match=r"no checkpoint to resume at .*checkpoint\.pt"):
-        train(experiment, log=lambda line: None, resume=True)
 
 
 def test_eval_settings_report_each_setting_and_bad_ones_are_named(tmp_path, capsys):

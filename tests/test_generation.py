@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from src.generation import apply_temperature, generate, greedy, nucleus_filter, sample_next, top_k_filter
+from src.generation import (
+    apply_temperature,
+    decode_bytes,
+    generate,
+    greedy,
+    nucleus_filter,
+    sample_next,
+    top_k_filter,
+)
 from src.model import PaperModel
 from tests.conftest import ROOT
 
@@ -58,3 +66,32 @@ def test_sampling_with_a_seed_is_reproducible(model):
     first = generate(model, prompt, 8, temperature=1.0, top_k=10, top_p=0.9, seed=7)
     assert torch.equal(first, generate(model, prompt, 8, temperature=1.0, top_k=10, top_p=0.9, seed=7))
     assert not torch.equal(first, generate(model, prompt, 8, temperature=1.0, seed=8))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"max_new_tokens": 0}, r"max_new_tokens must be >= 1, got 0"),
+        ({"temperature": -1.0}, r"temperature must be a finite number >= 0"),
+        ({"temperature": float("nan")}, r"temperature must be a finite number >= 0"),
+        ({"top_k": -3}, r"top_k must lie in \[1, 64\]"),
+        ({"top_k": 65}, r"top_k must lie in \[1, 64\]"),
+        ({"top_p": -5.0}, r"top_p must lie in \(0, 1\], got -5.0"),
+        ({"top_p": 1.5}, r"top_p must lie in \(0, 1\], got 1.5"),
+        ({"seed": 2**70}, r"seed must lie in \[0, 2\*\*63\)"),
+    ],
+)
+def test_every_argument_is_checked_also_when_decoding_greedily(model, arguments, message):
+    with pytest.raises(ValueError, match=message):
+        generate(model, torch.tensor([[1, 2]]), **{"max_new_tokens": 2, "temperature": 0.0, **arguments})
+
+
+def test_an_empty_prompt_is_refused(model):
+    with pytest.raises(ValueError, match=r"prompt must have shape \(batch, T\) with T >= 1, got \(1, 0\)"):
+        generate(model, torch.zeros(1, 0, dtype=torch.long), 3)
+
+
+def test_decode_bytes_shows_ids_that_are_no_byte():
+    assert decode_bytes(list("héllo".encode())) == "héllo"
+    assert decode_bytes([104, 300, 105, 256, 257]) == "h<300>i<256><257>"
+    assert decode_bytes([0xC3, 104]) == "\ufffdh"  # a cut UTF-8 sequence
