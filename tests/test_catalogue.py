@@ -1,4 +1,4 @@
-"""The equation convention of DESIGN.md section 2, checked for every function in src/layers."""
+"""The equation convention (ARCHITECTURE.md section 2), checked for every function in src/layers."""
 
 import inspect
 
