@@ -31,12 +31,32 @@ def _device(args, configured: str, where: str) -> torch.device:
     return training.select_device(args.device or configured, "--device" if args.device else where)
 
 
+def _example(experiment, checkpoint_path: str, shown: int = 8) -> str:
+    """One held-out example and the trained model's answers at its first `shown` scored positions."""
+    from src.model import PaperModel
+    from src.tasks import IGNORE, build_task, held_out
+
+    model = PaperModel(experiment.model, experiment.file).eval()
+    load_state(model, training.read_checkpoint(checkpoint_path)["model"], checkpoint_path, "model")
+    inputs, targets = held_out(build_task(experiment.task)).sample(1, seed=experiment.eval.seed)
+    with torch.no_grad():
+        predicted = model(inputs).argmax(-1)[0].tolist()
+    inputs, targets = inputs[0].tolist(), targets[0].tolist()
+    scored = [t for t, target in enumerate(targets) if target != IGNORE][:shown]
+    context = " ".join(map(str, inputs[: scored[0]][-48:]))
+    answers = [f"{inputs[t]} -> {predicted[t]} ({'right' if predicted[t] == targets[t] else f'expected {targets[t]}'})"
+               for t in scored]  # fmt: skip
+    return f"example (held-out): context {context}\n  query -> model's answer: " + ", ".join(answers)
+
+
 def _train(args) -> int:
     experiment = load_experiment(args.config)
     print(experiment.to_yaml())
     result = training.train(experiment, resume=args.resume, overwrite=args.overwrite)
+    checkpoint = f"{experiment.train.out_dir}/checkpoint.pt"
+    print(_example(experiment, checkpoint))
+    print(f"checkpoint: {checkpoint}")
     print(f"final: eval_loss {result['eval_loss']:.4f}  eval_accuracy {result['eval_accuracy']:.4f}")
-    print(f"checkpoint: {experiment.train.out_dir}/checkpoint.pt")
     return 0
 
 

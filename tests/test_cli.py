@@ -10,6 +10,7 @@ import yaml
 
 from src.cli import main
 from src.config import load_experiment, read_yaml
+from src.tasks.associative_recall import AssociativeRecall
 from tests.conftest import ROOT
 
 
@@ -178,3 +179,19 @@ def test_text_task_reports_bits_per_byte_and_generates_text(tmp_path, capsys):
         main(["generate", str(tmp_path / "run" / "checkpoint.pt"), "--prompt", "to be", "--max-new-tokens", "5"]) == 0
     )
     assert capsys.readouterr().out.startswith("to be")
+
+
+def test_train_ends_with_a_held_out_example_and_the_final_metrics(tmp_path, capsys):
+    path = tiny_experiment(tmp_path)
+    assert main(["train", path]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("final: eval_loss ") and "eval_accuracy" in lines[-1]
+    example = next(i for i, line in enumerate(lines) if line.startswith("example (held-out): context "))
+    answers = lines[example + 1].removeprefix("  query -> model's answer: ").split(", ")
+    task = load_experiment(path).task
+    assert len(answers) == task["num_queries"]  # one answer per MQAR query
+    assert all(answer.endswith(("(right)", ")")) and " -> " in answer for answer in answers)
+    seed = load_experiment(path).eval.seed
+    inputs, targets = AssociativeRecall(task["vocab_size"], task["num_pairs"], task["num_queries"]).sample(1, seed)
+    queries = [inputs[0, t].item() for t in range(inputs.shape[1]) if targets[0, t] >= 0]
+    assert [int(answer.split(" -> ")[0]) for answer in answers] == queries  # the eval seed's first example
