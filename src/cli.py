@@ -135,6 +135,17 @@ def _generate(args) -> int:
     return 0
 
 
+def _estimate(args) -> int:
+    from src.estimate import estimate_training_memory
+
+    experiment = load_experiment(args.config)
+    for flag, value in (("--batch", args.batch), ("--length", args.length)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    print(estimate_training_memory(experiment, args.batch, args.length).table())
+    return 0
+
+
 def _equations(args) -> int:
     from src.catalogue import catalogue, format_table
 
@@ -170,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--device", choices=["cpu", "cuda"], help="default: the checkpoint's train.device")
     generate.set_defaults(run=_generate)
+    estimate = commands.add_parser("estimate", help="peak memory of one training step of CONFIG, without a GPU")
+    estimate.add_argument("config")
+    estimate.add_argument("--batch", type=int, help="default: train.batch_size")
+    estimate.add_argument("--length", type=int, help="default: the task's sequence length")
+    estimate.set_defaults(run=_estimate)
     equations = commands.add_parser("equations", help="print the equation catalogue")
     equations.set_defaults(run=_equations)
     args = parser.parse_args(argv)

@@ -155,6 +155,7 @@ class TrainConfig:
     device: Literal["cpu", "cuda"] = "cpu"
     checkpoint_blocks: bool = False
     loss_chunk_tokens: PositiveInt | None = None
+    precision: Literal["float32", "bfloat16"] = "float32"
 
 
 @dataclass(frozen=True)

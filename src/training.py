@@ -73,8 +73,8 @@ def chunked_loss_and_accuracy(
 def masked_loss_and_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy and accuracy over the scored positions (targets != IGNORE)."""
     loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
-    scored = targets != IGNORE
-    accuracy = (logits.argmax(-1) == targets)[scored].float().mean()
+    scored = targets != IGNORE  # counted, not indexed: no shape depends on the values (src.estimate)
+    accuracy = ((logits.argmax(-1) == targets) & scored).sum() / scored.sum()
     return loss, accuracy
 
 
@@ -92,6 +92,32 @@ def loss_and_accuracy(
     return chunked_loss_and_accuracy(hidden, model.head, targets, train.loss_chunk_tokens)
 
 
+def precision(train: TrainConfig, device: torch.device):
+    """The autocast context of `train.precision`: bfloat16 mixed precision, or plain float32.
+
+    Parameters, gradients and optimizer state stay float32; under bfloat16 the matrix products of
+    the MLPs, the head, attention and Mamba's projections run in bfloat16, while recurrent states,
+    reductions and the mixers that do not opt in (`Mixer.autocast`) compute in float32.
+    """
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.precision == "bfloat16")
+
+
+def training_step(model: PaperModel, optimizer, inputs: torch.Tensor, targets: torch.Tensor, train: TrainConfig):
+    """One optimisation step: the objective (loss plus the mixers' auxiliary losses), clipped AdamW.
+
+    Returns the loss, the accuracy, the auxiliary losses and the objective, none synchronised.
+    """
+    with precision(train, inputs.device):
+        loss, accuracy = loss_and_accuracy(model, inputs, targets, train)
+        aux_losses = model.auxiliary_losses()  # router losses, coefficients from the config
+        objective = loss + sum(aux_losses.values())
+    optimizer.zero_grad(set_to_none=True)
+    objective.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+    optimizer.step()
+    return loss, accuracy, aux_losses, objective
+
+
 def setting_label(override: dict) -> str:
     """The name of an evaluation setting: its task overrides, `key=value` joined by commas."""
     return ",".join(f"{key}={value}" for key, value in override.items())
@@ -107,7 +133,8 @@ def _evaluate_task(model: PaperModel, task, experiment: ExperimentConfig) -> dic
         inputs, targets = task.sample(size, seed=experiment.eval.seed * 1_000_003 + done)
         inputs, targets = inputs.to(device), targets.to(device)
         scored = (targets != IGNORE).sum().item()
-        loss, accuracy = masked_loss_and_accuracy(model(inputs), targets)
+        with precision(experiment.train, device):
+            loss, accuracy = masked_loss_and_accuracy(model(inputs), targets)
         total_loss += loss.item() * scored
         total_correct += accuracy.item() * scored
         total_scored += scored
@@ -329,13 +356,7 @@ def train(experiment: ExperimentConfig, log=print, resume: bool = False, overwri
             group["lr"] = learning_rate(step, cfg)
         inputs, targets = task.sample(cfg.batch_size, seed=cfg.seed * 1_000_003 + step)
         inputs, targets = inputs.to(device), targets.to(device)
-        loss, accuracy = loss_and_accuracy(model, inputs, targets, cfg)
-        aux_losses = model.auxiliary_losses()  # router losses, coefficients from the config
-        objective = loss + sum(aux_losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        loss, accuracy, aux_losses, objective = training_step(model, optimizer, inputs, targets, cfg)
         objectives.append(objective.detach())
         run_tokens += inputs.numel()
         _progress(step + 1, cfg.steps)

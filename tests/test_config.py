@@ -25,7 +25,7 @@ def test_quickstart_config_loads_and_echoes_defaults():
     assert echoed["model"]["blocks"][0]["mixer"] == {"type": "attention", "n_heads": 4, "rope_base": 10000.0}
     assert echoed["model"]["norm_eps"] == 1e-5
     assert echoed["train"]["min_lr_ratio"] == 0.1
-    assert experiment.train.lr == 1e-3
+    assert experiment.train.lr == 3e-3 and experiment.train.precision == "float32"
 
 
 def test_misspelled_key_is_named_with_the_file(tmp_path):

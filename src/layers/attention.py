@@ -192,6 +192,7 @@ class CausalSelfAttention(HeadProjections):
 
     State = KVCache
     constant_state = False
+    autocast = True
 
     def __init__(self, d_model: int, n_heads: PositiveInt, rope_base: PositiveFloat = 10000.0):
         super().__init__(d_model, n_heads)
@@ -207,4 +208,4 @@ class CausalSelfAttention(HeadProjections):
             k = torch.cat((state.k, k), dim=-2)
             v = torch.cat((state.v, v), dim=-2)
         y = fused_attention(q, k, v, causal=True)  # (batch, heads, T, d_head)
-        return concat_heads(y, self.W_o.weight), KVCache(k, v)
+        return concat_heads(y, self.W_o.weight.to(y.dtype)), KVCache(k, v)  # .to: autocast's dtype

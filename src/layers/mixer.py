@@ -12,6 +12,11 @@ compressive and neural memories, memory banks, ...) derives from `Mixer`:
   (two mixers with the same fields subclass one dataclass), so another mixer's state is refused.
   Its size does not grow with the sequence, except where `constant_state` is False (attention's
   KV cache).
+- `autocast`: whether the mixer computes under an enclosing `torch.autocast` (mixed precision,
+  `train.precision: bfloat16`). Those that do not (the default) run in float32 with autocast off:
+  their recurrences and equation functions keep one dtype. Those that do cast their parameters to
+  the activations' dtype where an equation function needs one dtype, and keep recurrent states and
+  reductions in float32.
 - `aux_losses` holds the auxiliary losses of the last call (router losses), each already scaled by
   its coefficient; empty for most mixers. The training loop adds their sum to the loss.
 
@@ -48,6 +53,7 @@ class Mixer(nn.Module, ABC):
 
     State: ClassVar[type]
     constant_state: ClassVar[bool] = True
+    autocast: ClassVar[bool] = False
 
     def __init__(self, d_model: int):
         super().__init__()
@@ -66,6 +72,9 @@ class Mixer(nn.Module, ABC):
                 f"state must be a {self.State.__name__} (the state of {type(self).__name__}) or None, "
                 f"got {type(state).__name__}"
             )
+        if not self.autocast and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return self._step(x, state)
         return self._step(x, state)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -88,7 +88,8 @@ def load_balancing_loss(probs: torch.Tensor, chosen: torch.Tensor, num_chapters:
         raise ValueError(f"chosen must be an int64 (T, k) tensor with T = {probs.shape[0]}, got {found}")
     if probs.shape[1] != num_chapters:
         raise ValueError(f"probs has {probs.shape[1]} chapters, num_chapters is {num_chapters}")
-    f = torch.bincount(chosen.flatten(), minlength=num_chapters).to(probs.dtype) / chosen.numel()
+    counts = probs.new_zeros(num_chapters).index_add_(0, chosen.flatten(), probs.new_ones(chosen.numel()))
+    f = counts / chosen.numel()  # f_i: the fraction of routed items sent to chapter i
     P = probs.mean(dim=0)
     return alpha * num_chapters * (f * P).sum()
 

@@ -542,8 +542,11 @@ class _GatedSSMBlock(Mixer, ABC):
     the SSM with D skip, the SiLU(z) gate, out-projection. Subclasses supply `_ssm`.
 
     The state keeps the last k - 1 conv inputs and the SSM state, so the model generates in
-    constant memory per token.
+    constant memory per token. Under autocast the projections and the conv run in the autocast dtype
+    and the SSM in float32.
     """
+
+    autocast = True
 
     def __init__(self, d_model: int, d_state: int, d_conv: int, expand: int):
         super().__init__(d_model)
@@ -566,9 +569,11 @@ class _GatedSSMBlock(Mixer, ABC):
         u, z = xz.chunk(2, dim=1)
         conv_history = u.new_zeros(batch, self.d_inner, self.d_conv - 1) if state is None else state.conv
         history = torch.cat((conv_history, u), dim=-1)  # earlier conv inputs, then the new ones
-        weight = self.conv1d.weight[:, 0, :]
-        u = F.silu(causal_conv1d(history, weight, self.conv1d.bias)[..., -length:])
-        y, ssm_state = self._ssm(u, z, None if state is None else state.ssm)
+        weight, bias = self.conv1d.weight[:, 0, :].to(u.dtype), self.conv1d.bias.to(u.dtype)  # autocast's dtype
+        u = F.silu(causal_conv1d(history, weight, bias)[..., -length:])
+        with torch.autocast(x.device.type, enabled=False):  # the scan and its state: float32 at least
+            dtype = torch.promote_types(u.dtype, torch.float32)
+            y, ssm_state = self._ssm(u.to(dtype), z.to(dtype), None if state is None else state.ssm)
         new_state = self.State(history[..., history.shape[-1] - (self.d_conv - 1) :], ssm_state)
         return self.out_proj(y.transpose(1, 2)), new_state
 

@@ -1,0 +1,88 @@
+"""`memory-models estimate` against torch.cuda.max_memory_allocated, for every config in configs/.
+
+    PYTHONPATH=. python3 benchmarks/memory_estimate.py [--out benchmarks/results/memory_estimate_<gpu>.md]
+
+For each experiment (each model of a comparison config) it estimates the peak of one training
+step (src/estimate.py: FakeTensorMode, no allocation) and then runs the same step on CUDA: two
+warm-up steps (the first allocates the AdamW moments), the peak statistics reset, two measured
+steps; the table gives both peaks, their ratio and tokens/s. MambaGPT-130m is also measured at
+batch 4 x 2048, the budget the design states (< 12 GB).
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from src.config import load_comparison, load_experiment, read_yaml
+from src.estimate import estimate_training_memory
+from src.model import PaperModel
+from src.tasks import build_task
+from src.training import training_step
+
+GiB = 2**30
+
+
+def experiments() -> list[tuple[str, object, int | None, int | None]]:
+    """(label, experiment, batch, length) for every config; None = the config's own."""
+    rows = []
+    for path in sorted(Path("configs").glob("*.yaml")):
+        if "models" in read_yaml(path):
+            rows += [(f"{path.stem}/{name}", exp, None, None) for name, exp in load_comparison(path).items()]
+        else:
+            rows.append((path.stem, load_experiment(path), None, None))
+    rows.append(("mamba_130m @ 4 x 2048", load_experiment("configs/mamba_130m.yaml"), 4, 2048))
+    return rows
+
+
+def measure(experiment, batch: int, length: int) -> tuple[int, float]:
+    """Peak CUDA bytes and tokens/s of the training step on the estimate's batch."""
+    inputs, targets = build_task(experiment.task).sample(batch, seed=experiment.train.seed)
+    repeats = -(-length // inputs.shape[1])
+    inputs = inputs.repeat(1, repeats)[:, :length].cuda()
+    targets = targets.repeat(1, repeats)[:, :length].cuda()
+    torch.manual_seed(0)
+    model = PaperModel(experiment.model, experiment.file).cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=experiment.train.lr)
+
+    for _ in range(2):  # the first allocates the AdamW moments
+        training_step(model, optimizer, inputs, targets, experiment.train)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(2):
+        training_step(model, optimizer, inputs, targets, experiment.train)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated(), 2 * batch * length / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="also write the table here")
+    args = parser.parse_args()
+    lines = [
+        f"# memory-models estimate vs torch.cuda.max_memory_allocated ({torch.cuda.get_device_name()}, "
+        f"torch {torch.__version__})",
+        "",
+        "`PYTHONPATH=. python3 benchmarks/memory_estimate.py`",
+        "",
+        "| config | batch x length | estimate (MiB) | measured (MiB) | estimate / measured | tokens/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, experiment, batch, length in experiments():
+        estimate = estimate_training_memory(experiment, batch, length)
+        measured, tokens_per_s = measure(experiment, estimate.batch, estimate.length)
+        torch.cuda.empty_cache()
+        ratio = estimate.peak_bytes / measured
+        lines.append(
+            f"| {label} | {estimate.batch} x {estimate.length} | {estimate.peak_bytes / 2**20:,.1f} | "
+            f"{measured / 2**20:,.1f} | {ratio:.3f} | {tokens_per_s:,.0f} |"
+        )
+        print(lines[-1], flush=True)
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

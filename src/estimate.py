@@ -1,0 +1,127 @@
+"""Peak memory of one training step for any config, computed without allocating a tensor.
+
+`memory-models estimate CONFIG [--batch B --length L]` runs the training step of
+`memory-models train` (`src.training.training_step`: the config's `train.checkpoint_blocks` and
+`train.loss_chunk_tokens`, clipped AdamW)
+twice under torch's FakeTensorMode: every tensor has its shape, dtype and storage but no memory, so
+a CPU-only machine estimates a GPU run of any size in seconds to minutes. A dispatch mode records
+each storage when an operation creates it and forgets it when Python frees it (autograd's saved
+tensors, recomputation under checkpointing and the optimizer's state are all honoured), so the
+largest sum of live storages is the peak that `torch.cuda.max_memory_allocated` reports, up to the
+caching allocator's rounding and the workspaces of fused GPU kernels. The second step is the one
+reported: AdamW allocates its moments during the first.
+"""
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.weak import WeakIdKeyDictionary
+
+from src.config import ExperimentConfig, count_parameters
+from src.model import PaperModel
+from src.tasks import build_task
+from src.training import training_step
+
+
+class _LiveStorage(TorchDispatchMode):
+    """Bytes of the storages created inside the mode that are still alive, and their maximum."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._seen = WeakIdKeyDictionary()
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        if storage in self._seen:  # a view of a storage already counted
+            return
+        size = storage.nbytes()
+        self._seen[storage] = size
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._free, size)
+
+    def _free(self, size: int) -> None:
+        self.live -= size
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for value in tree_flatten(out)[0]:
+            if isinstance(value, torch.Tensor):
+                self._track(value)
+        return out
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes of one training step: the persistent parts, and the peak with activations on top."""
+
+    batch: int
+    length: int
+    parameters: int  # count
+    parameter_bytes: int
+    gradient_bytes: int
+    optimizer_bytes: int
+    peak_bytes: int
+
+    @property
+    def activation_bytes(self) -> int:
+        """Activations and temporaries at the peak: the peak less parameters, gradients and AdamW state."""
+        return self.peak_bytes - self.parameter_bytes - self.gradient_bytes - self.optimizer_bytes
+
+    def table(self) -> str:
+        gib = 2**30
+        rows = [
+            ("parameters", f"{self.parameters:,}", self.parameter_bytes),
+            ("gradients", "", self.gradient_bytes),
+            ("AdamW moments", "", self.optimizer_bytes),
+            ("activations and temporaries at the peak", "", self.activation_bytes),
+            ("peak of one training step", "", self.peak_bytes),
+        ]
+        lines = [f"training step at batch {self.batch} x length {self.length}:"]
+        lines += [f"  {name:<42} {count:>14}  {size / gib:8.3f} GiB" for name, count, size in rows]
+        return "\n".join(lines)
+
+
+def estimate_training_memory(experiment: ExperimentConfig, batch: int | None = None, length: int | None = None):
+    """The peak memory of one AdamW training step of `experiment` (default: its batch and task length).
+
+    The token ids are a real batch of the config's task (cut or tiled to `length`), so the step
+    is exactly the one training runs; only the model, its activations and the optimizer are fake.
+    """
+    batch = batch or experiment.train.batch_size
+    inputs, targets = build_task(experiment.task).sample(batch, seed=experiment.train.seed)
+    length = length or inputs.shape[1]
+    repeats = -(-length // inputs.shape[1])
+    inputs, targets = inputs.repeat(1, repeats)[:, :length], targets.repeat(1, repeats)[:, :length]
+    fake_mode = FakeTensorMode()
+    with fake_mode:
+        tracker = _LiveStorage()
+        with tracker:
+            model = PaperModel(experiment.model, experiment.file)
+            parameter_bytes = tracker.live
+            optimizer = torch.optim.AdamW(model.parameters(), lr=experiment.train.lr)
+            fake_inputs, fake_targets = fake_mode.from_tensor(inputs), fake_mode.from_tensor(targets)
+            for _ in range(2):
+                tracker.peak = tracker.live  # report the second step's peak
+                training_step(model, optimizer, fake_inputs, fake_targets, experiment.train)
+            gradient_bytes = sum(p.grad.untyped_storage().nbytes() for p in model.parameters() if p.grad is not None)
+            optimizer_bytes = sum(
+                value.untyped_storage().nbytes()
+                for state in optimizer.state.values()
+                for value in state.values()
+                if isinstance(value, torch.Tensor)
+            )
+    return MemoryEstimate(
+        batch=batch,
+        length=length,
+        parameters=count_parameters(experiment.model, experiment.file),
+        parameter_bytes=parameter_bytes,
+        gradient_bytes=gradient_bytes,
+        optimizer_bytes=optimizer_bytes,
+        peak_bytes=tracker.peak,
+    )

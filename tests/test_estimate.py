@@ -1,0 +1,66 @@
+"""memory-models estimate: exact persistent parts, and the fake step equals the same step run for real."""
+
+import pytest
+import torch
+
+from src.cli import main
+from src.config import load_experiment
+from src.estimate import _LiveStorage, estimate_training_memory
+from src.model import PaperModel
+from src.tasks import build_task
+from src.training import training_step
+from tests.conftest import ROOT
+
+CONFIGS = ["transformer_mqar", "mamba_tiny", "memory_bank_a_mqar", "titans_mag_mqar", "infini_attention_mqar"]
+
+
+def real_peak(experiment) -> int:
+    """The same two AdamW steps on real tensors, storages counted by the same rule."""
+    inputs, targets = build_task(experiment.task).sample(experiment.train.batch_size, seed=experiment.train.seed)
+    tracker = _LiveStorage()
+    with tracker:
+        model = PaperModel(experiment.model, experiment.file)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=experiment.train.lr)
+        for _ in range(2):
+            tracker.peak = tracker.live
+            training_step(model, optimizer, inputs, targets, experiment.train)
+    return tracker.peak
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_fake_step_peak_equals_the_real_step(name):
+    experiment = load_experiment(ROOT / "configs" / f"{name}.yaml")
+    estimate = estimate_training_memory(experiment)
+    assert estimate.peak_bytes == pytest.approx(real_peak(experiment), rel=0.01)
+
+
+def test_persistent_parts_are_exact_for_float32_adamw():
+    experiment = load_experiment(ROOT / "configs" / "transformer_mqar.yaml")
+    model = PaperModel(experiment.model)
+    parameters = list(model.parameters())  # a tied head is one tensor
+    count = sum(p.numel() for p in parameters)
+    estimate = estimate_training_memory(experiment)
+    assert estimate.parameters == count
+    assert estimate.parameter_bytes == estimate.gradient_bytes == 4 * count
+    assert estimate.optimizer_bytes == 8 * count + 4 * len(parameters)  # exp_avg, exp_avg_sq, a float32 step each
+    assert estimate.activation_bytes > 0
+    assert estimate.peak_bytes == (
+        estimate.parameter_bytes + estimate.gradient_bytes + estimate.optimizer_bytes + estimate.activation_bytes
+    )
+
+
+def test_batch_and_length_override_the_config():
+    experiment = load_experiment(ROOT / "configs" / "mamba_tiny.yaml")
+    small = estimate_training_memory(experiment, batch=2, length=40)
+    large = estimate_training_memory(experiment, batch=8, length=40)
+    assert (small.batch, small.length, large.batch) == (2, 40, 8)
+    assert 3.0 < large.activation_bytes / small.activation_bytes < 4.5  # activations grow with the batch
+
+
+def test_cli_prints_the_table_and_refuses_bad_flags(capsys):
+    config = str(ROOT / "configs" / "mamba_tiny.yaml")
+    assert main(["estimate", config, "--batch", "2", "--length", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "training step at batch 2 x length 24:" in out and "peak of one training step" in out
+    assert main(["estimate", config, "--batch", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "memory-models estimate: error: --batch must be >= 1, got 0"
