@@ -380,3 +380,34 @@ def test_generate_takes_the_device_from_the_checkpoint_or_the_flag(trained, caps
         capsys, "generate", checkpoint, "--prompt-ids", "3 40", "--max-new-tokens", "5", "--device", "cpu"
     )
     assert code == 0 and from_flag == from_config, err
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda raw: raw["train"].update(lr=float("inf")), "key 'train.lr' must be a finite number, got inf"),
+        (lambda raw: raw["train"].update(lr=float("nan")), "key 'train.lr' must be a finite number, got nan"),
+        (lambda raw: raw["train"].update(betas=[0.9, 1.0]), "key 'train.betas[1]' must be < 1, got 1.0"),
+        (lambda raw: raw["model"].update(norm_eps=float("nan")), "key 'model.norm_eps' must be a finite number"),
+        (lambda raw: raw["model"]["blocks"][0].update(repeat=10_000_000), "makes 10000000 blocks, more than 1024"),
+        (lambda raw: raw["train"].update(seed=2**70), "key 'train.seed' must lie in"),
+        (lambda raw: raw["model"]["blocks"][0]["mixer"].update(type=["attention"]), "key 'model.blocks[0].mixer.type'"),
+    ],
+)
+def test_a_bad_config_value_is_one_line_and_writes_nothing(tmp_path, capsys, change, message):
+    config = tiny_experiment(tmp_path)
+    raw = read_yaml(config)
+    change(raw)
+    write_config(raw, Path(config))
+    assert message in one_error_line(capsys, "train", config)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "a/b", ".hidden"])
+def test_a_comparison_model_name_outside_out_dir_is_refused(tmp_path, capsys, name):
+    config = tiny_experiment(tmp_path)
+    raw = read_yaml(config)
+    comparison = {"models": {name: raw["model"]}, **{key: raw[key] for key in ("task", "train", "eval")}}
+    path = write_config(comparison, tmp_path / "compare.yaml")
+    assert "a model name becomes a directory name" in one_error_line(capsys, "compare", path)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["compare.yaml", "tiny.yaml"]
