@@ -12,6 +12,7 @@ import torch
 
 from src import training
 from src.checkpoints import CheckpointError, load_state
+from src.compare import ComparisonError, compare
 from src.config import ConfigError, load_comparison, load_experiment, read_yaml
 
 
@@ -61,11 +62,9 @@ def _train(args) -> int:
 
 
 def _compare(args) -> int:
-    from src.compare import compare
-
     raw_out_dir = read_yaml(args.config)["train"].get("out_dir")
     experiments = load_comparison(args.config)
-    compare(experiments, raw_out_dir)
+    compare(experiments, raw_out_dir, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -162,9 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     existing_run.add_argument("--resume", action="store_true", help="continue from the checkpoint in train.out_dir")
     existing_run.add_argument("--overwrite", action="store_true", help="replace the run in train.out_dir")
     train.set_defaults(run=_train)
-    compare = commands.add_parser("compare", help="train every model of CONFIG on one task; print one table")
-    compare.add_argument("config")
-    compare.set_defaults(run=_compare)
+    comparison = commands.add_parser("compare", help="train every model of CONFIG on one task; print one table")
+    comparison.add_argument("config")
+    existing_runs = comparison.add_mutually_exclusive_group()
+    existing_runs.add_argument(
+        "--resume", action="store_true", help="continue each model's run (finished ones are read)"
+    )
+    existing_runs.add_argument("--overwrite", action="store_true", help="replace the models' runs in train.out_dir")
+    comparison.set_defaults(run=_compare)
     evaluate = commands.add_parser("evaluate", help="evaluate CHECKPOINT on the eval set of CONFIG")
     evaluate.add_argument("config")
     evaluate.add_argument("checkpoint")
@@ -191,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ConfigError, CheckpointError, training.RunError, UsageError) as error:
+    except (ConfigError, CheckpointError, training.RunError, UsageError, ComparisonError) as error:
         message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
         print(f"{parser.prog} {args.command}: error: {message}", file=sys.stderr)
         return 2
