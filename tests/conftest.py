@@ -1,7 +1,13 @@
-"""Shared test settings: hypothesis profiles and small helpers."""
+"""Shared test settings: Triton's interpreter without a GPU, hypothesis profiles, small helpers."""
 
 import os
+import shutil
 from pathlib import Path
+
+# Without a GPU the Triton kernels (src/kernels) run in Triton's interpreter on CPU tensors; the
+# switch is read when triton is imported, so it is set before any test module imports it.
+if shutil.which("nvidia-smi") is None:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from hypothesis import settings
 

@@ -20,6 +20,7 @@ EXAMPLES = {
     "attention": ("attention", {"n_heads": 2}),
     "selective_ssm": ("selective_ssm", {"d_state": 4}),
     "selective_ssm-sequential": ("selective_ssm", {"d_state": 4, "scan": "sequential"}),
+    "selective_ssm-triton": ("selective_ssm", {"d_state": 4, "scan": "triton"}),
     "lti_ssm": ("lti_ssm", {"d_state": 4}),
     "tensor_memory": ("tensor_memory", {"n_heads": 2, "chunk_size": 4}),
     "tensor_memory-delta": ("tensor_memory", {"n_heads": 2, "update": "delta"}),
@@ -43,7 +44,7 @@ LONG_SIZES = {"chunk_size": 64, "segment_size": 256}
 LONG = {
     name: (kind, {key: LONG_SIZES.get(key, value) for key, value in kwargs.items()})
     for name, (kind, kwargs) in EXAMPLES.items()
-    if not name.endswith(("-sequential", "-delta"))  # the literal loops, references for the fast forms
+    if not name.endswith(("-sequential", "-delta", "-triton"))  # literal loops; the interpreted kernel
 }
 
 

@@ -113,8 +113,8 @@ def tau_delta(s_delta: torch.Tensor, delta_bias: torch.Tensor | None = None) -> 
     return F.softplus(s_delta)
 
 
-def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
-    """Shared argument checks of the two scans; returns Δ and h_0 (zeros when not given)."""
+def _prepare_checks(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
+    """The argument checks every form of the selective scan shares (this module's and the kernels')."""
     check_shapes(
         u=(u, "b d l"),
         delta=(delta, "b d l"),
@@ -126,6 +126,11 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
         delta_bias=(delta_bias, "d"),
         initial_state=(initial_state, "b d N"),
     )
+
+
+def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+    """Shared argument checks of the two scans; returns Δ and h_0 (zeros when not given)."""
+    _prepare_checks(u, delta, A, B, C, D, z, delta_bias, initial_state)
     if delta_softplus:
         delta = tau_delta(delta, delta_bias)
     elif delta_bias is not None:
@@ -591,9 +596,11 @@ class MambaMixer(_GatedSSMBlock):
     """The Mamba block of Fig. 3, built from the functions above.
 
     Parameter names follow the official `Mamba` module (in_proj, conv1d, x_proj, dt_proj, A_log,
-    D, out_proj) so checkpoints map one to one. `scan` picks the chunked fast form or the literal
-    loop of Eq. (2), the reference (to time or check the fast form inside the block). `step` keeps
-    the last k - 1 conv inputs and the SSM state, so a MambaGPT generates in constant memory per token.
+    D, out_proj) so checkpoints map one to one. `scan` picks the form of Eq. (2): "triton" (the fused
+    kernel of `src.kernels.selective_scan`, CUDA), "chunked" (the PyTorch fast form), "sequential"
+    (the literal loop, the reference, to time or check the others inside the block), or "auto":
+    triton on CUDA tensors, chunked elsewhere. `step` keeps the last k - 1 conv inputs and the SSM
+    state, so a MambaGPT generates in constant memory per token.
     """
 
     State = MambaState
@@ -608,10 +615,10 @@ class MambaMixer(_GatedSSMBlock):
         dt_min: PositiveFloat = 0.001,
         dt_max: PositiveFloat = 0.1,
         dt_init_floor: PositiveFloat = 1e-4,
-        scan: Literal["chunked", "sequential"] = "chunked",
+        scan: Literal["auto", "triton", "chunked", "sequential"] = "auto",
     ):
         super().__init__(d_model, d_state, d_conv, expand)
-        self.scan = selective_scan if scan == "chunked" else selective_scan_sequential
+        self.scan = scan
         self.dt_rank = dt_rank if dt_rank is not None else math.ceil(d_model / 16)  # Sec. 3.6
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
@@ -619,10 +626,18 @@ class MambaMixer(_GatedSSMBlock):
         with torch.no_grad():
             self.dt_proj.bias.copy_(delta_bias_init(self.d_inner, dt_min, dt_max, dt_init_floor))
 
+    def _scan_function(self, device: torch.device):
+        kind = self.scan if self.scan != "auto" else ("triton" if device.type == "cuda" else "chunked")
+        if kind == "triton":
+            from src.kernels.selective_scan import selective_scan_triton  # imports triton, which CUDA needs
+
+            return selective_scan_triton
+        return selective_scan if kind == "chunked" else selective_scan_sequential
+
     def _ssm(self, u, z, h0):
         s_delta, B, C = selection_functions(u, self.x_proj.weight, self.dt_proj.weight, self.d_state)
         A = -torch.exp(self.A_log)
-        return self.scan(
+        return self._scan_function(u.device)(
             u, s_delta, A, B, C, self.D, z, self.dt_proj.bias, delta_softplus=True,
             return_last_state=True, initial_state=h0,
         )  # fmt: skip
@@ -635,6 +650,8 @@ class S4DMixer(_GatedSSMBlock):
     Mamba's S4-style comparison (Sec. 4.1.1, Table 1): Δ = softplus(Δ bias) per channel, B = 1
     and a learned C per channel and state (S4D-Real A, ZOH, Eq. 4), computed as the convolution of
     Eq. (3) (`ssm_convolution_kernel`, `ssm_convolution`); a carried state h_0 adds C Ā^{t+1} h_0.
+    It has no `scan` option: the Triton selective scan takes C_t shared by the channels, this C is
+    per channel, and the FFT convolution is already one pass over the sequence.
     """
 
     State = S4DState

@@ -1,0 +1,117 @@
+"""The Triton selective scan equals the literal recurrence of Eq. (2a)-(2b), in value and in every gradient.
+
+On a machine without a GPU the kernels run in Triton's interpreter on CPU tensors (tests/conftest.py
+sets TRITON_INTERPRET=1), at small shapes; the `cuda` tests repeat the comparison at the size of
+MambaGPT-130m's scan on a GPU.
+"""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from src.kernels.selective_scan import CHUNK, selective_scan_triton
+from src.layers.selective_ssm import selective_scan, selective_scan_sequential
+
+GRADIENT_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+
+
+def scan_inputs(b, d, N, L, dtype, device="cpu", seed=0, D=True, z=True, bias=True, h0=True):
+    g = torch.Generator(device=device).manual_seed(seed)
+
+    def randn(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g, device=device, dtype=dtype)).requires_grad_()
+
+    A = (-torch.rand(d, N, generator=g, device=device, dtype=dtype) - 0.1).requires_grad_()
+    return {
+        "u": randn(b, d, L),
+        "delta": randn(b, d, L, scale=0.5),
+        "A": A,
+        "B": randn(b, N, L),
+        "C": randn(b, N, L),
+        "D": randn(d) if D else None,
+        "z": randn(b, d, L) if z else None,
+        "delta_bias": randn(d, scale=0.1) if bias else None,
+        "initial_state": randn(b, d, N) if h0 else None,
+    }
+
+
+def check_equal(inputs, rtol, atol, softplus=True, scan=selective_scan_sequential):
+    """Outputs, last states and the gradients of every given input agree with the reference."""
+    y, last = selective_scan_triton(**inputs, delta_softplus=softplus, return_last_state=True)
+    y_ref, last_ref = scan(**inputs, delta_softplus=softplus, return_last_state=True)
+    torch.testing.assert_close(y, y_ref, rtol=rtol, atol=atol)
+    torch.testing.assert_close(last, last_ref, rtol=rtol, atol=atol)
+    g = torch.Generator(device=y.device).manual_seed(1)
+    dy = torch.randn(y.shape, generator=g, device=y.device, dtype=y.dtype)
+    dlast = torch.randn(last.shape, generator=g, device=y.device, dtype=y.dtype)
+    given_inputs = {name: t for name, t in inputs.items() if t is not None}
+    grads = torch.autograd.grad((y * dy).sum() + (last * dlast).sum(), list(given_inputs.values()))
+    grads_ref = torch.autograd.grad((y_ref * dy).sum() + (last_ref * dlast).sum(), list(given_inputs.values()))
+    for name, got, want in zip(given_inputs, grads, grads_ref):
+        torch.testing.assert_close(got, want, rtol=rtol, atol=atol, msg=lambda m, name=name: f"d{name}: {m}")
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    b=st.integers(1, 2),
+    d=st.integers(1, 6),
+    N=st.integers(1, 5),
+    L=st.integers(1, CHUNK + 9),
+    options=st.lists(st.booleans(), min_size=5, max_size=5),
+)
+def test_equals_the_recurrence_in_float64_for_any_shape_and_options(b, d, N, L, options):
+    D, z, bias, h0, softplus = options
+    inputs = scan_inputs(b, d, N, L, torch.float64, D=D, z=z, bias=bias, h0=h0)
+    check_equal(inputs, rtol=1e-10, atol=1e-12, softplus=softplus)
+
+
+def test_float32_within_1e_5_across_two_and_a_half_chunks():
+    inputs = scan_inputs(2, 3, 4, 2 * CHUNK + CHUNK // 2, torch.float32, seed=3)
+    check_equal(inputs, rtol=1e-5, atol=1e-5)
+
+
+def test_without_any_optional_argument_and_only_the_output():
+    inputs = scan_inputs(1, 2, 3, 10, torch.float64, D=False, z=False, bias=False, h0=False)
+    y = selective_scan_triton(**inputs)
+    torch.testing.assert_close(y, selective_scan_sequential(**inputs), rtol=1e-12, atol=1e-12)
+    (du,) = torch.autograd.grad(y.sum(), inputs["u"])
+    (du_ref,) = torch.autograd.grad(selective_scan_sequential(**inputs).sum(), inputs["u"])
+    torch.testing.assert_close(du, du_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_hand_worked_single_channel():
+    # d = N = 1, A = -1, Δ = log 2 (softplus off), B = C = 1: Ā = 1/2, h_t = h_{t-1} / 2 + log(2) u_t
+    u = torch.tensor([[[1.0, 0.0, 2.0]]], dtype=torch.float64)
+    delta = torch.full_like(u, torch.log(torch.tensor(2.0, dtype=torch.float64)).item())
+    ones = torch.ones(1, 1, 3, dtype=torch.float64)
+    y = selective_scan_triton(u, delta, -torch.ones(1, 1, dtype=torch.float64), ones, ones)
+    log2 = torch.log(torch.tensor(2.0, dtype=torch.float64)).item()
+    expected = torch.tensor([[[log2, log2 / 2, log2 / 4 + 2 * log2]]], dtype=torch.float64)
+    torch.testing.assert_close(y, expected, rtol=1e-14, atol=1e-14)
+
+
+def test_bad_arguments_are_named():
+    inputs = {k: v.detach() if v is not None else None for k, v in scan_inputs(1, 2, 3, 5, torch.float64).items()}
+    with pytest.raises(ValueError, match="B must have shape"):
+        selective_scan_triton(**{**inputs, "B": inputs["B"][0]})
+    with pytest.raises(TypeError, match=r"delta has dtype torch\.float32"):
+        selective_scan_triton(**{**inputs, "delta": inputs["delta"].float()})
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_on_a_gpu_at_the_size_of_mambagpt_130m():
+    inputs = scan_inputs(4, 1536, 16, 2048, torch.float32, device="cuda")
+    inputs["delta"] = (inputs["delta"].detach() - 4.0).requires_grad_()  # Δ ~ softplus(-4): the trained range
+    check_equal(inputs, rtol=1e-4, atol=1e-4, scan=selective_scan)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_on_a_gpu_against_the_literal_loop():
+    inputs = scan_inputs(2, 64, 16, 300, torch.float64, device="cuda")
+    check_equal(inputs, rtol=1e-10, atol=1e-10)
