@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from mambapy.lm import LM
-from mambapy.mamba import MambaConfig
+from mambapy.mamba import Mamba, MambaConfig, RMSNorm
+from torch import nn
 
 from src.config import load_experiment, resolve_model_section
 from src.model import PaperModel
@@ -25,6 +25,24 @@ from src.tasks.induction_heads import InductionHeads
 from src.training import training_step
 
 STEPS, BATCH, VOCAB, LENGTH = 1600, 64, 16, 256
+
+
+class LM(nn.Module):
+    """mambapy's Mamba stack as a language model: embedding, the layers, RMSNorm, tied head (as ours).
+
+    (mambapy's own `lm.LM` imports its Mamba-2, which needs mamba_ssm.)
+    """
+
+    def __init__(self, config: MambaConfig, vocab_size: int):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, config.d_model)
+        self.mamba = Mamba(config)
+        self.norm = RMSNorm(config.d_model)
+        self.head = nn.Linear(config.d_model, vocab_size, bias=False)
+        self.head.weight = self.embedding.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.mamba(self.embedding(tokens))))
 
 
 def small_ours(batches, train) -> tuple[float, float]:

@@ -186,11 +186,16 @@ def _check_device(device: torch.device) -> None:
         )
 
 
-def _blocks(batch: int, dim: int, N: int) -> tuple[int, int]:
-    """(BLOCK_D, BLOCK_N): channels per program, fewer when the batch is small so more programs run."""
-    BLOCK_N = triton.next_power_of_2(N)
-    BLOCK_D = 32 if batch * dim >= 32 * 256 else 16
-    return min(BLOCK_D, triton.next_power_of_2(dim)), BLOCK_N
+def _launch(batch: int, dim: int, N: int) -> tuple[int, int, int]:
+    """(BLOCK_D, BLOCK_N, num_warps): channels and states per program, and its warps.
+
+    Each program walks the sequence step after step, so many small programs hide each other's
+    latency. Chosen from a sweep on an H100 at d 1536, N 16, L 2048 (fastest forward + backward:
+    4 channels and 1 warp at batch 1, 8 channels and 2 warps at batch 4); unrolling the step loop
+    by 8 gave nothing there.
+    """
+    BLOCK_D, num_warps = (4, 1) if batch * dim <= 2048 else (8, 2)
+    return min(BLOCK_D, triton.next_power_of_2(dim)), triton.next_power_of_2(N), num_warps
 
 
 class _SelectiveScan(torch.autograd.Function):
@@ -199,14 +204,14 @@ class _SelectiveScan(torch.autograd.Function):
         batch, dim, L = u.shape
         N = A.shape[1]
         n_chunks = triton.cdiv(L, CHUNK)
-        BLOCK_D, BLOCK_N = _blocks(batch, dim, N)
+        BLOCK_D, BLOCK_N, num_warps = _launch(batch, dim, N)
         out = torch.empty_like(u)
         states = u.new_empty(batch, n_chunks, dim, N)
         last = u.new_empty(batch, dim, N)
         _scan_forward[(batch, triton.cdiv(dim, BLOCK_D))](
             u, delta, A, B, C, D, z, delta_bias, h0, out, states, last, L, dim, N, n_chunks,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-            HAS_H0=h0 is not None, CHUNK_SIZE=CHUNK, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N,
+            HAS_H0=h0 is not None, CHUNK_SIZE=CHUNK, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, num_warps=num_warps,
         )  # fmt: skip
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
         ctx.delta_softplus, ctx.has_h0 = delta_softplus, h0 is not None
@@ -219,7 +224,7 @@ class _SelectiveScan(torch.autograd.Function):
         batch, dim, L = u.shape
         N = A.shape[1]
         n_chunks = states.shape[1]
-        BLOCK_D, BLOCK_N = _blocks(batch, dim, N)
+        BLOCK_D, BLOCK_N, num_warps = _launch(batch, dim, N)
         n_blocks = triton.cdiv(dim, BLOCK_D)
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dz = torch.empty_like(z) if z is not None else None
@@ -235,6 +240,7 @@ class _SelectiveScan(torch.autograd.Function):
             du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part, dh0, buffer, L, dim, N, n_chunks, n_blocks,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
             HAS_DLAST=dlast is not None, CHUNK_SIZE=CHUNK, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N,
+            num_warps=num_warps,
         )  # fmt: skip
         return (
             du,
