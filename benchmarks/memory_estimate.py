@@ -11,6 +11,7 @@ batch 4 x 2048, the budget the design states (< 12 GB).
 
 import argparse
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -71,7 +72,16 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     for label, experiment, batch, length in experiments():
-        estimate = estimate_training_memory(experiment, batch, length)
+        try:
+            estimate = estimate_training_memory(experiment, batch, length)
+        except Exception as error:  # recorded in the table: which config, and where the fake run stopped
+            frames = [f"{f.filename.split('/')[-1]}:{f.lineno}" for f in traceback.extract_tb(error.__traceback__)]
+            inside = [frame for frame in frames if not frame.startswith(("_", "fake", "eval_frame", "_ops"))]
+            lines.append(
+                f"| {label} | – | estimate failed: {type(error).__name__} at {' < '.join(inside[-4:][::-1])} | |||"
+            )
+            print(lines[-1], flush=True)
+            continue
         measured, tokens_per_s = measure(experiment, estimate.batch, estimate.length)
         torch.cuda.empty_cache()
         ratio = estimate.peak_bytes / measured

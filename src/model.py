@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils.checkpoint import checkpoint
 
 from src.config import ConfigError, build_block, read_yaml, resolve_model_section
+from src.layers._checks import has_values
 from src.layers.normalization import RMSNorm
 from src.pretrained import model_section_from_hf_config, read_hf_weights, state_dict_from_hf
 
@@ -71,9 +71,7 @@ class PaperModel(nn.Module):
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must have shape (batch, length >= 1), got {tuple(input_ids.shape)}")
         vocab_size = self.config["vocab_size"]
-        if isinstance(input_ids, FakeTensor):  # shapes only (src.estimate): there are no values to check
-            return
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
+        if has_values(input_ids) and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
             raise ValueError(
                 f"input_ids must lie in [0, {vocab_size}), got range [{input_ids.min()}, {input_ids.max()}]"
             )

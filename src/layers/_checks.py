@@ -6,6 +6,7 @@ surfacing later as a broadcasting accident.
 """
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 
 def check_shapes(**arguments: tuple[torch.Tensor | None, str]) -> dict[str, int]:
@@ -62,3 +63,9 @@ def check_positive(name: str, value: float) -> None:
     """Raise a ValueError naming `name` unless `value` is a positive number."""
     if not value > 0:
         raise ValueError(f"{name} must be positive, got {value}")
+
+
+def has_values(x: torch.Tensor) -> bool:
+    """False for a fake tensor (shapes without values, as `src.estimate` runs a model): a check of
+    the values, not the shape, is skipped for it."""
+    return not isinstance(x, FakeTensor)

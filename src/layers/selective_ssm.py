@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.layers._checks import check_positive, check_shapes
+from src.layers._checks import check_positive, check_shapes, has_values
 from src.layers.mixer import Mixer, register_mixer
 from src.schema import PositiveFloat, PositiveInt
 
@@ -58,7 +58,7 @@ def discretize_zoh(delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> tup
         (A_bar, B_bar), each (..., d, N).
     """
     check_shapes(delta=(delta, "... d"), A=(A, "d N"), B=(B, "... N"))
-    if (A == 0).any():
+    if has_values(A) and (A == 0).any():
         raise ValueError("A must be non-zero for the zero-order hold (it divides by A)")
     delta_A = delta[..., :, None] * A  # (..., d, N)
     A_bar = torch.exp(delta_A)
