@@ -141,7 +141,9 @@ def _estimate(args) -> int:
     for flag, value in (("--batch", args.batch), ("--length", args.length)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
-    print(estimate_training_memory(experiment, args.batch, args.length).table())
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device here (the CUDA code paths need one present)")
+    print(estimate_training_memory(experiment, args.batch, args.length, args.device).table())
     return 0
 
 
@@ -189,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     estimate.add_argument("config")
     estimate.add_argument("--batch", type=int, help="default: train.batch_size")
     estimate.add_argument("--length", type=int, help="default: the task's sequence length")
+    estimate.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="whose code paths to run (cuda needs a GPU present)"
+    )
     estimate.set_defaults(run=_estimate)
     equations = commands.add_parser("equations", help="print the equation catalogue")
     equations.set_defaults(run=_equations)

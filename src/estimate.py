@@ -60,6 +60,7 @@ class _LiveStorage(TorchDispatchMode):
 class MemoryEstimate:
     """Bytes of one training step: the persistent parts, and the peak with activations on top."""
 
+    device: str  # whose code paths ran
     batch: int
     length: int
     parameters: int  # count
@@ -82,18 +83,27 @@ class MemoryEstimate:
             ("activations and temporaries at the peak", "", self.activation_bytes),
             ("peak of one training step", "", self.peak_bytes),
         ]
-        lines = [f"training step at batch {self.batch} x length {self.length}:"]
+        lines = [f"training step at batch {self.batch} x length {self.length} ({self.device} code paths):"]
         lines += [f"  {name:<42} {count:>14}  {size / gib:8.3f} GiB" for name, count, size in rows]
         return "\n".join(lines)
 
 
-def estimate_training_memory(experiment: ExperimentConfig, batch: int | None = None, length: int | None = None):
+def estimate_training_memory(
+    experiment: ExperimentConfig, batch: int | None = None, length: int | None = None, device: str = "cpu"
+):
     """The peak memory of one AdamW training step of `experiment` (default: its batch and task length).
 
     The token ids are a real batch of the config's task (cut or tiled to `length`), so the step
     is exactly the one training runs; only the model, its activations and the optimizer are fake.
+    `device` picks the code paths: "cpu" (the default, on any machine) runs the CPU forms (the
+    chunked scan where training on CUDA would take the Triton kernel); "cuda" runs the CUDA forms
+    and needs a CUDA device to be present (autograd's backward asks for its context), but not the
+    memory the step would take.
     """
     batch = batch or experiment.train.batch_size
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("estimating the CUDA code paths needs a CUDA device here; use device 'cpu'")
     inputs, targets = build_task(experiment.task).sample(batch, seed=experiment.train.seed)
     length = length or inputs.shape[1]
     repeats = -(-length // inputs.shape[1])
@@ -102,10 +112,12 @@ def estimate_training_memory(experiment: ExperimentConfig, batch: int | None = N
     with fake_mode:
         tracker = _LiveStorage()
         with tracker:
-            model = PaperModel(experiment.model, experiment.file)
+            with device:  # built where it trains (moving it after would copy every parameter)
+                model = PaperModel(experiment.model, experiment.file)
             parameter_bytes = tracker.live
             optimizer = torch.optim.AdamW(model.parameters(), lr=experiment.train.lr)
-            fake_inputs, fake_targets = fake_mode.from_tensor(inputs), fake_mode.from_tensor(targets)
+            fake_inputs = fake_mode.from_tensor(inputs).to(device)
+            fake_targets = fake_mode.from_tensor(targets).to(device)
             for _ in range(2):
                 tracker.peak = tracker.live  # report the second step's peak
                 training_step(model, optimizer, fake_inputs, fake_targets, experiment.train)
@@ -117,6 +129,7 @@ def estimate_training_memory(experiment: ExperimentConfig, batch: int | None = N
                 if isinstance(value, torch.Tensor)
             )
     return MemoryEstimate(
+        device=device.type,
         batch=batch,
         length=length,
         parameters=count_parameters(experiment.model, experiment.file),

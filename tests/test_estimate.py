@@ -61,6 +61,6 @@ def test_cli_prints_the_table_and_refuses_bad_flags(capsys):
     config = str(ROOT / "configs" / "mamba_tiny.yaml")
     assert main(["estimate", config, "--batch", "2", "--length", "24"]) == 0
     out = capsys.readouterr().out
-    assert "training step at batch 2 x length 24:" in out and "peak of one training step" in out
+    assert "training step at batch 2 x length 24 (cpu code paths):" in out and "peak of one training step" in out
     assert main(["estimate", config, "--batch", "0"]) == 2
     assert capsys.readouterr().err.strip() == "memory-models estimate: error: --batch must be >= 1, got 0"

@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from src.layers._checks import has_values
 from src.layers.selective_ssm import _prepare_checks
 
 CHUNK = 64  # steps between saved states: backward recomputes at most CHUNK states per program
@@ -208,11 +209,12 @@ class _SelectiveScan(torch.autograd.Function):
         out = torch.empty_like(u)
         states = u.new_empty(batch, n_chunks, dim, N)
         last = u.new_empty(batch, dim, N)
-        _scan_forward[(batch, triton.cdiv(dim, BLOCK_D))](
-            u, delta, A, B, C, D, z, delta_bias, h0, out, states, last, L, dim, N, n_chunks,
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-            HAS_H0=h0 is not None, CHUNK_SIZE=CHUNK, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, num_warps=num_warps,
-        )  # fmt: skip
+        if has_values(u):  # fake tensors (src.estimate) only need the allocations above
+            _scan_forward[(batch, triton.cdiv(dim, BLOCK_D))](
+                u, delta, A, B, C, D, z, delta_bias, h0, out, states, last, L, dim, N, n_chunks,
+                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+                HAS_H0=h0 is not None, CHUNK_SIZE=CHUNK, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, num_warps=num_warps,
+            )  # fmt: skip
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
         ctx.delta_softplus, ctx.has_h0 = delta_softplus, h0 is not None
         ctx.mark_non_differentiable(states)
@@ -234,14 +236,16 @@ class _SelectiveScan(torch.autograd.Function):
         dbias_part = u.new_empty(batch, dim) if delta_bias is not None else None
         dh0 = u.new_empty(batch, dim, N)
         buffer = u.new_empty(batch, n_blocks, CHUNK + 1, BLOCK_D, BLOCK_N)
-        _scan_backward[(batch, n_blocks)](
-            u, delta, A, B, C, D, z, delta_bias, states, dout.contiguous(),
-            dlast.contiguous() if dlast is not None else None,
-            du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part, dh0, buffer, L, dim, N, n_chunks, n_blocks,
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
-            HAS_DLAST=dlast is not None, CHUNK_SIZE=CHUNK, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N,
-            num_warps=num_warps,
-        )  # fmt: skip
+        if has_values(u):
+            _scan_backward[(batch, n_blocks)](
+                u, delta, A, B, C, D, z, delta_bias, states, dout.contiguous(),
+                dlast.contiguous() if dlast is not None else None,
+                du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part, dh0, buffer,
+                L, dim, N, n_chunks, n_blocks,
+                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
+                HAS_DLAST=dlast is not None, CHUNK_SIZE=CHUNK, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N,
+                num_warps=num_warps,
+            )  # fmt: skip
         return (
             du,
             ddelta,
