@@ -49,22 +49,28 @@ def scaled_dot_product_attention(
     Returns:
         (..., L_q, d_v) attention output.
     """
-    sizes = check_shapes(q=(q, "... L_q d_k"), k=(k, "... L_k d_k"), v=(v, "... L_k d_v"))
-    L_q, L_k = sizes["L_q"], sizes["L_k"]
-    if causal and L_k < L_q:
-        raise ValueError(f"k has {L_k} positions but q has {L_q}; causal attention needs L_k >= L_q")
-    scores = q @ k.transpose(-2, -1) / math.sqrt(sizes["d_k"])
+    L_q, L_k = _check_attention_arguments(q, k, v, causal, allowed)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     if causal:
         query_pos = torch.arange(L_k - L_q, L_k, device=q.device)[:, None]
         key_pos = torch.arange(L_k, device=q.device)[None, :]
         scores = scores.masked_fill(key_pos > query_pos, float("-inf"))
     if allowed is not None:
-        if allowed.shape != (L_q, L_k) or allowed.dtype != torch.bool:
-            raise ValueError(
-                f"allowed must be a bool tensor of shape ({L_q}, {L_k}), got {allowed.dtype} {tuple(allowed.shape)}"
-            )
         scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.softmax(scores, dim=-1) @ v
+
+
+def _check_attention_arguments(q, k, v, causal: bool, allowed) -> tuple[int, int]:
+    """The checks both forms of Eq. (1) share; returns (L_q, L_k)."""
+    sizes = check_shapes(q=(q, "... L_q d_k"), k=(k, "... L_k d_k"), v=(v, "... L_k d_v"))
+    L_q, L_k = sizes["L_q"], sizes["L_k"]
+    if causal and L_k < L_q:
+        raise ValueError(f"k has {L_k} positions but q has {L_q}; causal attention needs L_k >= L_q")
+    if allowed is not None and (allowed.shape != (L_q, L_k) or allowed.dtype != torch.bool):
+        raise ValueError(
+            f"allowed must be a bool tensor of shape ({L_q}, {L_k}), got {allowed.dtype} {tuple(allowed.shape)}"
+        )
+    return L_q, L_k
 
 
 def fused_attention(
@@ -93,15 +99,8 @@ def fused_attention(
     Returns:
         (..., L_q, d_v) attention output.
     """
-    sizes = check_shapes(q=(q, "... L_q d_k"), k=(k, "... L_k d_k"), v=(v, "... L_k d_v"))
-    L_q, L_k = sizes["L_q"], sizes["L_k"]
-    if causal and L_k < L_q:
-        raise ValueError(f"k has {L_k} positions but q has {L_q}; causal attention needs L_k >= L_q")
+    L_q, L_k = _check_attention_arguments(q, k, v, causal, allowed)
     if allowed is not None:
-        if allowed.shape != (L_q, L_k) or allowed.dtype != torch.bool:
-            raise ValueError(
-                f"allowed must be a bool tensor of shape ({L_q}, {L_k}), got {allowed.dtype} {tuple(allowed.shape)}"
-            )
         if causal:
             key = torch.arange(L_k, device=q.device)
             allowed = allowed & (key[None, :] <= key[L_k - L_q :, None])
