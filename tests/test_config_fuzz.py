@@ -48,7 +48,7 @@ def mutate(raw, path, kind, value):
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[path.stem for path in CONFIGS])
-@settings(max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_mutated_config_is_a_named_config_error_or_loads(config, tmp_path, data):
     raw = read_yaml(config)

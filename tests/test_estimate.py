@@ -11,7 +11,7 @@ from src.tasks import build_task
 from src.training import training_step
 from tests.conftest import ROOT
 
-CONFIGS = ["transformer_mqar", "mamba_tiny", "memory_bank_a_mqar", "titans_mag_mqar", "infini_attention_mqar"]
+CONFIGS = ["transformer_mqar", "mamba_tiny", "titans_mag_mqar"]  # attention, scan, neural memory
 
 
 def real_peak(experiment) -> int:

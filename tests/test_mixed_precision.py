@@ -11,11 +11,11 @@ from src.layers import MIXERS
 from src.training import train
 from tests.test_mixer_contract import EXAMPLES, inputs, make
 
-TOLERANCE = 0.01  # nats; measured differences are about 5e-4 on losses of 2.5-2.9 (bfloat16: 8 mantissa bits)
+TOLERANCE = 0.01  # nats; measured differences are about 5e-4 on losses of 2.5-3 (bfloat16: 8 mantissa bits)
 
 
 def hybrid_experiment(tmp_path, precision: str):
-    """Mamba, attention and a Titans block (which computes in float32 inside) on MQAR."""
+    """A Mamba block and an attention block with an MLP (the mixers that opt into autocast) on MQAR."""
     config = {
         "model": {
             "vocab_size": 32,
@@ -24,12 +24,11 @@ def hybrid_experiment(tmp_path, precision: str):
             "blocks": [
                 {"mixer": {"type": "selective_ssm", "d_state": 8}, "mlp": "none"},
                 {"mixer": {"type": "attention", "n_heads": 2}, "mlp": {"type": "swiglu", "d_hidden": 64}},
-                {"mixer": {"type": "neural_memory", "chunk_size": 4}, "mlp": "none"},
             ],
         },
         "task": {"type": "associative_recall", "vocab_size": 32, "num_pairs": 4, "num_queries": 4},
         "train": {
-            "steps": 60, "batch_size": 32, "lr": 3e-3, "warmup_steps": 5, "weight_decay": 0.0, "grad_clip": 1.0,
+            "steps": 40, "batch_size": 32, "lr": 3e-3, "warmup_steps": 5, "weight_decay": 0.0, "grad_clip": 1.0,
             "seed": 0, "out_dir": str(tmp_path / precision), "eval_every": 20, "precision": precision,
         },
         "eval": {"num_examples": 200, "batch_size": 100, "seed": 7},

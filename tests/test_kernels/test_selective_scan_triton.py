@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from src.kernels.selective_scan import CHUNK, selective_scan_triton
-from src.layers.selective_ssm import selective_scan, selective_scan_sequential
+from src.layers.selective_ssm import MambaMixer, selective_scan, selective_scan_sequential
 
 GRADIENT_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
@@ -89,6 +89,24 @@ def test_hand_worked_single_channel():
     log2 = torch.log(torch.tensor(2.0, dtype=torch.float64)).item()
     expected = torch.tensor([[[log2, log2 / 2, log2 / 4 + 2 * log2]]], dtype=torch.float64)
     torch.testing.assert_close(y, expected, rtol=1e-14, atol=1e-14)
+
+
+def test_mamba_block_with_the_triton_scan_equals_the_literal_scan():
+    # the block-level contract (causality, step == forward, ...) runs in tests/test_mixer_contract.py
+    # on the chunked and sequential scans; here the kernel inside the block, forward and gradients
+    torch.manual_seed(0)
+    kernel_block = MambaMixer(d_model=8, d_state=4, scan="triton").double()
+    literal_block = MambaMixer(d_model=8, d_state=4, scan="sequential").double()
+    literal_block.load_state_dict(kernel_block.state_dict())
+    x = torch.randn(2, 11, 8, dtype=torch.float64)
+    y, state = kernel_block.step(x[:, :7], None)
+    y_rest, _ = kernel_block.step(x[:, 7:], state)  # continues from the kernel's last state
+    expected = literal_block(x)
+    torch.testing.assert_close(torch.cat((y, y_rest), dim=1), expected, rtol=1e-10, atol=1e-12)
+    grads = torch.autograd.grad(kernel_block(x).square().sum(), list(kernel_block.parameters()))
+    expected_grads = torch.autograd.grad(literal_block(x).square().sum(), list(literal_block.parameters()))
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
 
 
 def test_bad_arguments_are_named():
