@@ -11,6 +11,7 @@ Infini-attention (segment 64) and the KV cache of causal self-attention.
 """
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -32,7 +33,8 @@ def state_bytes(layer, length: int) -> int:
     """Bytes of the state after `length` - 1 tokens (the gated layer's segment buffer is then fullest)."""
     with torch.no_grad():
         _, state = layer.step(torch.randn(1, length - 1, HEADS * D_HEAD), None)
-    return sum(t.numel() * t.element_size() for t in state.values())
+    tensors = [getattr(state, field.name) for field in dataclasses.fields(state)]  # M, z and the segment's k, v
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def main() -> None:
