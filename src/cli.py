@@ -11,8 +11,9 @@ import sys
 import torch
 
 from src import training
-from src.checkpoints import CheckpointError, load_state
+from src.checkpoints import CheckpointError
 from src.config import ConfigError, load_comparison, load_experiment, read_yaml
+from src.distributed import launched_rank
 
 
 class UsageError(ValueError):
@@ -33,10 +34,13 @@ def _device(args, configured: str, where: str) -> torch.device:
 
 def _train(args) -> int:
     experiment = load_experiment(args.config)
-    print(experiment.to_yaml())
+    main_process = launched_rank() == 0  # under torchrun, rank 0 alone prints
+    if main_process:
+        print(experiment.to_yaml())
     result = training.train(experiment, resume=args.resume, overwrite=args.overwrite)
-    print(f"final: eval_loss {result['eval_loss']:.4f}  eval_accuracy {result['eval_accuracy']:.4f}")
-    print(f"checkpoint: {experiment.train.out_dir}/checkpoint.pt")
+    if main_process:
+        print(f"final: eval_loss {result['eval_loss']:.4f}  eval_accuracy {result['eval_accuracy']:.4f}")
+        print(f"checkpoint: {experiment.train.out_dir}/checkpoint.pt")
     return 0
 
 
@@ -57,7 +61,7 @@ def _evaluate(args) -> int:
     checkpoint = training.read_checkpoint(args.checkpoint)
     training.check_config_matches(args.checkpoint, checkpoint["config"], experiment, ("model", "task"))
     model = PaperModel(experiment.model, experiment.file)
-    load_state(model, checkpoint["model"], args.checkpoint, "model")
+    training.load_model(args.checkpoint, checkpoint, model)
     result = training.evaluate(model.to(device), experiment)
     print(
         f"step {checkpoint['step']}: eval_loss {result['eval_loss']:.4f}  eval_accuracy {result['eval_accuracy']:.4f}"
@@ -101,7 +105,7 @@ def _generate(args) -> int:
         raise UsageError(str(error)) from error
     device = _device(args, config["train"].get("device", "cpu"), f"{args.checkpoint}: train.device")
     model = PaperModel(model_section, args.checkpoint)
-    load_state(model, checkpoint["model"], args.checkpoint, "model")
+    training.load_model(args.checkpoint, checkpoint, model)
     ids = generate(
         model.to(device),
         torch.tensor([prompt], device=device),
