@@ -22,7 +22,7 @@ from torch import nn
 from src.config import load_experiment, resolve_model_section
 from src.model import PaperModel
 from src.tasks.induction_heads import InductionHeads
-from src.training import training_step
+from src.training import TrainingObjective, training_step
 
 STEPS, BATCH, VOCAB, LENGTH = 1600, 64, 16, 256
 
@@ -53,10 +53,11 @@ def small_ours(batches, train) -> tuple[float, float]:
     torch.manual_seed(0)
     model = PaperModel(resolve_model_section(section, "<benchmark>")).cuda()
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr)
+    objective = TrainingObjective(model, train)
     torch.cuda.synchronize()
     start = time.perf_counter()
     for inputs, targets in batches:
-        loss, *_ = training_step(model, optimizer, inputs, targets, train)
+        loss, *_ = training_step(objective, optimizer, inputs, targets, train)
     torch.cuda.synchronize()
     return time.perf_counter() - start, loss.item()
 
@@ -97,7 +98,8 @@ def large_ours(precision: str) -> tuple[float, float]:
     model = PaperModel(experiment.model).cuda()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(experiment.model["vocab_size"], (4, 2049), device="cuda")
-    return throughput(lambda: training_step(model, optimizer, ids[:, :-1], ids[:, 1:], train), 4 * 2048)
+    objective = TrainingObjective(model, train)
+    return throughput(lambda: training_step(objective, optimizer, ids[:, :-1], ids[:, 1:], train), 4 * 2048)
 
 
 def large_mambapy(batch: int) -> str:

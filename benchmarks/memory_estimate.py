@@ -21,7 +21,7 @@ from src.config import load_comparison, load_experiment, read_yaml
 from src.estimate import estimate_training_memory
 from src.model import PaperModel
 from src.tasks import build_task
-from src.training import training_step
+from src.training import TrainingObjective, training_step
 
 GiB = 2**30
 
@@ -47,14 +47,15 @@ def measure(experiment, batch: int, length: int) -> tuple[int, float]:
     torch.manual_seed(0)
     model = PaperModel(experiment.model, experiment.file).cuda()
     optimizer = torch.optim.AdamW(model.parameters(), lr=experiment.train.lr)
+    objective = TrainingObjective(model, experiment.train)
 
     for _ in range(2):  # the first allocates the AdamW moments
-        training_step(model, optimizer, inputs, targets, experiment.train)
+        training_step(objective, optimizer, inputs, targets, experiment.train)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(2):
-        training_step(model, optimizer, inputs, targets, experiment.train)
+        training_step(objective, optimizer, inputs, targets, experiment.train)
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated(), 2 * batch * length / (time.perf_counter() - start)
 

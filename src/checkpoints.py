@@ -1,7 +1,8 @@
 """Files that survive a kill: atomic writes, and loads whose every failure names the file.
 
-`save` writes any torch-serialisable object, `load` reads a mapping back; `load_state` puts a state
-dict into a module or optimizer. Every failure of reading is a `CheckpointError` naming the path.
+`save` writes any torch-serialisable object, `load` reads a mapping back (`check_entries` checks
+its entries); `load_state` puts a state dict into a module or optimizer. Every failure of reading
+is a `CheckpointError` naming the path.
 
 `write_atomically` writes to a temporary file beside the target, flushes and fsyncs it, renames it
 onto the target with `os.replace` (atomic on POSIX and Windows) and fsyncs the directory so the
@@ -76,12 +77,17 @@ def load(path: str | Path, structure: dict[str, type], map_location: str | torch
         ) from error
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: a checkpoint must hold a mapping, this one holds {type(obj).__name__}")
+    check_entries(obj, structure, path)
+    return obj
+
+
+def check_entries(obj: dict, structure: dict[str, type], path: str | Path) -> None:
+    """Require the keys of `structure` in a loaded checkpoint, each of its type (errors name `path`)."""
     for key, kind in structure.items():
         if key not in obj:
             raise CheckpointError(f"{path}: checkpoint has no '{key}' entry (it has {sorted(map(str, obj))})")
         if not isinstance(obj[key], kind) or (kind is int and isinstance(obj[key], bool)):
             raise CheckpointError(f"{path}: checkpoint entry '{key}' must be a {kind.__name__}")
-    return obj
 
 
 def load_state(target: torch.nn.Module | torch.optim.Optimizer, state: dict, path: str | Path, what: str) -> None:

@@ -11,9 +11,10 @@ import sys
 import torch
 
 from src import training
-from src.checkpoints import CheckpointError, load_state
+from src.checkpoints import CheckpointError
 from src.compare import ComparisonError, compare
 from src.config import ConfigError, load_comparison, load_experiment, read_yaml
+from src.distributed import launched_rank
 
 
 class UsageError(ValueError):
@@ -38,7 +39,7 @@ def _example(experiment, checkpoint_path: str, shown: int = 8) -> str:
     from src.tasks import IGNORE, build_task, held_out
 
     model = PaperModel(experiment.model, experiment.file).eval()
-    load_state(model, training.read_checkpoint(checkpoint_path)["model"], checkpoint_path, "model")
+    training.load_model(checkpoint_path, training.read_checkpoint(checkpoint_path), model)
     inputs, targets = held_out(build_task(experiment.task)).sample(1, seed=experiment.eval.seed)
     with torch.no_grad():
         predicted = model(inputs).argmax(-1)[0].tolist()
@@ -52,12 +53,15 @@ def _example(experiment, checkpoint_path: str, shown: int = 8) -> str:
 
 def _train(args) -> int:
     experiment = load_experiment(args.config)
-    print(experiment.to_yaml())
+    main_process = launched_rank() == 0  # under torchrun, rank 0 alone prints
+    if main_process:
+        print(experiment.to_yaml())
     result = training.train(experiment, resume=args.resume, overwrite=args.overwrite)
-    checkpoint = f"{experiment.train.out_dir}/checkpoint.pt"
-    print(_example(experiment, checkpoint))
-    print(f"checkpoint: {checkpoint}")
-    print(f"final: eval_loss {result['eval_loss']:.4f}  eval_accuracy {result['eval_accuracy']:.4f}")
+    if main_process:
+        checkpoint = f"{experiment.train.out_dir}/checkpoint.pt"
+        print(_example(experiment, checkpoint))
+        print(f"checkpoint: {checkpoint}")
+        print(f"final: eval_loss {result['eval_loss']:.4f}  eval_accuracy {result['eval_accuracy']:.4f}")
     return 0
 
 
@@ -76,7 +80,7 @@ def _evaluate(args) -> int:
     checkpoint = training.read_checkpoint(args.checkpoint)
     training.check_config_matches(args.checkpoint, checkpoint["config"], experiment, ("model", "task"))
     model = PaperModel(experiment.model, experiment.file)
-    load_state(model, checkpoint["model"], args.checkpoint, "model")
+    training.load_model(args.checkpoint, checkpoint, model)
     result = training.evaluate(model.to(device), experiment)
     print(
         f"step {checkpoint['step']}: eval_loss {result['eval_loss']:.4f}  eval_accuracy {result['eval_accuracy']:.4f}"
@@ -120,7 +124,7 @@ def _generate(args) -> int:
         raise UsageError(str(error)) from error
     device = _device(args, config["train"].get("device", "cpu"), f"{args.checkpoint}: train.device")
     model = PaperModel(model_section, args.checkpoint)
-    load_state(model, checkpoint["model"], args.checkpoint, "model")
+    training.load_model(args.checkpoint, checkpoint, model)
     ids = generate(
         model.to(device),
         torch.tensor([prompt], device=device),

@@ -153,6 +153,7 @@ class TrainConfig:
     min_lr_ratio: UnitFloat = 0.1
     betas: list[BelowOneFloat] | None = None
     device: Literal["cpu", "cuda"] = "cpu"
+    parallel: Literal["none", "ddp", "fsdp"] = "none"  # data-parallel over torchrun's processes (src.distributed)
     checkpoint_blocks: bool = False
     loss_chunk_tokens: PositiveInt | None = None
     precision: Literal["float32", "bfloat16"] = "float32"

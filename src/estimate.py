@@ -24,7 +24,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from src.config import ExperimentConfig, count_parameters
 from src.model import PaperModel
 from src.tasks import build_task
-from src.training import training_step
+from src.training import TrainingObjective, training_step
 
 
 class _LiveStorage(TorchDispatchMode):
@@ -120,7 +120,9 @@ def estimate_training_memory(
             fake_targets = fake_mode.from_tensor(targets).to(device)
             for _ in range(2):
                 tracker.peak = tracker.live  # report the second step's peak
-                training_step(model, optimizer, fake_inputs, fake_targets, experiment.train)
+                training_step(
+                    TrainingObjective(model, experiment.train), optimizer, fake_inputs, fake_targets, experiment.train
+                )
             gradient_bytes = sum(p.grad.untyped_storage().nbytes() for p in model.parameters() if p.grad is not None)
             optimizer_bytes = sum(
                 value.untyped_storage().nbytes()

@@ -4,7 +4,8 @@ AdamW (Loshchilov & Hutter 2019) with linear warm-up and cosine decay to `min_lr
 gradient-norm clipping, periodic evaluation on a held-out set drawn with its own seed, a JSON-lines
 metrics log and a checkpoint (model, optimizer, step, tokens, metrics, config) in `train.out_dir`,
 written atomically (`src.checkpoints`). Every training batch is generated from seed
-(train.seed, step), so a run is reproducible.
+(train.seed, step), so a run is reproducible. Under torchrun, `train.parallel: ddp | fsdp` trains
+data-parallel over the processes (`src.distributed`) on the same batches.
 """
 
 import json
@@ -12,17 +13,20 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 import yaml
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from src import checkpoints
+from src import checkpoints, distributed
 from src.checkpoints import CheckpointError
 from src.config import ExperimentConfig, TrainConfig
+from src.distributed import Processes
 from src.model import PaperModel
 from src.tasks import IGNORE, build_task, held_out
 from src.tasks.text_corpus import TextCorpus
@@ -30,7 +34,9 @@ from src.tasks.text_corpus import TextCorpus
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 SECTIONS = ("model", "task", "train", "eval")
-RUN_CHECKPOINT = {"model": dict, "optimizer": dict, "step": int, "tokens": int, "metrics": dict, "config": str}
+RUN_CHECKPOINT = {"step": int, "tokens": int, "metrics": dict, "config": str}
+FULL_STATE = {"model": dict, "optimizer": dict}  # train.parallel none or ddp: the state in the file
+SHARDED_STATE = {"shards": str}  # fsdp: the DCP directory beside the file (src.distributed)
 ABSENT = "<absent>"  # a key one of two compared configs does not have
 
 
@@ -102,20 +108,48 @@ def precision(train: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.precision == "bfloat16")
 
 
-def training_step(model: PaperModel, optimizer, inputs: torch.Tensor, targets: torch.Tensor, train: TrainConfig):
-    """One optimisation step: the objective (loss plus the mixers' auxiliary losses), clipped AdamW.
+class TrainingObjective(nn.Module):
+    """The model with `loss_and_accuracy` as its forward: the module DDP and FSDP wrap.
 
-    Returns the loss, the accuracy, the auxiliary losses and the objective, none synchronised.
+    Data-parallel wrappers act when their module is called, and the objective reaches the model
+    through `hidden_states` and the head, so it runs here: `forward(inputs, targets)` gives the
+    loss, the accuracy and the auxiliary losses; `forward(inputs)` gives the logits (evaluation).
+    """
+
+    def __init__(self, model: PaperModel, train: TrainConfig):
+        super().__init__()
+        self.model = model
+        self.train_config = train
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor | None = None):
+        if targets is None:
+            return self.model(inputs)
+        loss, accuracy = loss_and_accuracy(self.model, inputs, targets, self.train_config)
+        return loss, accuracy, self.model.auxiliary_losses()
+
+
+def training_step(
+    objective: nn.Module,
+    optimizer,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    train: TrainConfig,
+    weight: float = 1.0,
+):
+    """One optimisation step of `objective` (a `TrainingObjective`, possibly wrapped by DDP or FSDP).
+
+    The loss is scaled by `weight` (this process's share of the batch's scored positions) and the
+    mixers' auxiliary losses are added; then clipped AdamW. Returns the loss, the accuracy, the
+    auxiliary losses and the objective, none synchronised.
     """
     with precision(train, inputs.device):
-        loss, accuracy = loss_and_accuracy(model, inputs, targets, train)
-        aux_losses = model.auxiliary_losses()  # router losses, coefficients from the config
-        objective = loss + sum(aux_losses.values())
+        loss, accuracy, aux_losses = objective(inputs, targets)
+        total = loss * weight + sum(aux_losses.values())  # router losses, coefficients from the config
     optimizer.zero_grad(set_to_none=True)
-    objective.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(objective.parameters(), train.grad_clip)
     optimizer.step()
-    return loss, accuracy, aux_losses, objective
+    return loss, accuracy, aux_losses, total
 
 
 def setting_label(override: dict) -> str:
@@ -124,7 +158,7 @@ def setting_label(override: dict) -> str:
 
 
 @torch.no_grad()
-def _evaluate_task(model: PaperModel, task, experiment: ExperimentConfig) -> dict:
+def _evaluate_task(model: nn.Module, task, experiment: ExperimentConfig) -> dict:
     device = next(model.parameters()).device
     total_loss = total_correct = total_scored = 0.0
     done = 0
@@ -155,8 +189,8 @@ def evaluation_tasks(experiment: ExperimentConfig) -> list[tuple[str, object]]:
     return tasks
 
 
-def evaluate(model: PaperModel, experiment: ExperimentConfig, tasks: list | None = None) -> dict:
-    """Loss and accuracy on `eval.num_examples` held-out examples (seeded by `eval.seed`).
+def evaluate(model: nn.Module, experiment: ExperimentConfig, tasks: list | None = None) -> dict:
+    """Loss and accuracy of `model` (ids -> logits) on `eval.num_examples` held-out examples (seeded by `eval.seed`).
 
     The training task's metrics are `eval_loss`, `eval_accuracy` (and bits per byte and perplexity
     for text); each `eval.settings` entry (task overrides, e.g. a longer length) adds the same
@@ -218,8 +252,13 @@ def check_config_matches(
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """A checkpoint written by `train`, on the CPU, with its stored config parsed into a dict."""
-    checkpoint = checkpoints.load(path, RUN_CHECKPOINT)
+    """A checkpoint written by `train`, on the CPU, with its stored config parsed into a dict.
+
+    It holds the model and optimizer state, or (train.parallel fsdp) the name of their shards' directory.
+    """
+    checkpoint = checkpoints.load(path, {})
+    state = SHARDED_STATE if "shards" in checkpoint else FULL_STATE
+    checkpoints.check_entries(checkpoint, {**state, **RUN_CHECKPOINT}, path)
     try:
         config = yaml.safe_load(checkpoint["config"])
     except yaml.YAMLError as error:
@@ -278,32 +317,58 @@ def _log_metrics(path: Path, result: dict, replace: bool) -> None:
 
 
 def _check_finite(
-    objectives: list[torch.Tensor], step: int, model: PaperModel, file: str, path: Path, saved_step: int | None
+    objectives: list[torch.Tensor],
+    step: int,
+    model: PaperModel,
+    processes: Processes,
+    file: str,
+    path: Path,
+    saved_step: int | None,
 ) -> None:
-    """Stop on a non-finite loss (or parameter) before anything of it is logged or saved."""
+    """Stop on a non-finite loss (or parameter) of any process before anything of it is logged or saved."""
     kept = f"{path} keeps step {saved_step}" if saved_step is not None else "no checkpoint of this run was written"
-    values = torch.stack(objectives)
+    values = processes.sum(torch.stack(objectives))  # a non-finite value on one process is one in the sum
     bad = (~torch.isfinite(values)).nonzero()
     if len(bad):
         first = bad[0].item()
         at = step - len(objectives) + first + 1
         raise RunError(f"{file}: training diverged: the loss at step {at} is {values[first].item()}; {kept}")
-    if not all(torch.isfinite(parameter).all() for parameter in model.parameters()):
+    if not processes.all_finite(model.parameters()):
         raise RunError(f"{file}: training diverged: the update of step {step} made parameters non-finite; {kept}")
 
 
-def _restore(path: Path, model: PaperModel, optimizer, experiment: ExperimentConfig) -> dict:
-    """Load the checkpoint to resume into model and optimizer.
+def _restore(path: Path, experiment: ExperimentConfig) -> dict:
+    """Read and check the checkpoint to resume.
 
-    Its config may differ only in train.steps (extending the run) and train.out_dir (the run was moved).
+    Its config may differ only in train.steps (extending the run), train.out_dir (the run was
+    moved) and train.parallel between none and ddp (one file format; fsdp writes shards).
     """
     checkpoint = read_checkpoint(path)
-    check_config_matches(path, checkpoint["config"], experiment, SECTIONS, allowed=("train.steps", "train.out_dir"))
+    full_state = ("none", "ddp")
+    was_parallel = checkpoint["config"]["train"].get("parallel", "none")  # absent before the key existed
+    same_format = was_parallel in full_state and experiment.train.parallel in full_state
+    allowed = ("train.steps", "train.out_dir", *(("train.parallel",) if same_format else ()))
+    check_config_matches(path, checkpoint["config"], experiment, SECTIONS, allowed=allowed)
     if checkpoint["step"] > experiment.train.steps:
         raise RunError(f"{experiment.file}: train.steps ({experiment.train.steps}) is below the step of {path}")
-    checkpoints.load_state(model, checkpoint["model"], path, "model")
-    checkpoints.load_state(optimizer, checkpoint["optimizer"], path, "optimizer")
     return checkpoint
+
+
+def load_training_state(path: Path, checkpoint: dict, model: PaperModel, optimizer) -> None:
+    """Put a checkpoint's model and optimizer state (its file's, or its fsdp shards') into model and optimizer."""
+    if "shards" in checkpoint:
+        distributed.load_shards(model, optimizer, checkpoint, path)
+    else:
+        checkpoints.load_state(model, checkpoint["model"], path, "model")
+        checkpoints.load_state(optimizer, checkpoint["optimizer"], path, "optimizer")
+
+
+def load_model(path: str | Path, checkpoint: dict, model: PaperModel) -> None:
+    """Put the model state of a checkpoint read by `read_checkpoint` into an unsharded model (one process)."""
+    if "shards" in checkpoint:
+        distributed.load_sharded_model(model, checkpoint, Path(path))
+    else:
+        checkpoints.load_state(model, checkpoint["model"], path, "model")
 
 
 def _progress_line(result: dict, steps: int) -> str:
@@ -325,67 +390,153 @@ def train(experiment: ExperimentConfig, log=print, resume: bool = False, overwri
     `train.steps` extends a run (its cosine schedule then stretches to the new length). Resuming a finished run
     returns its final metrics. A non-finite loss stops the run, naming the step, before anything
     of it is logged or saved.
+
+    Under torchrun with `train.parallel` ddp or fsdp (`src.distributed`), each process trains on
+    its rows of the global batch, weighted so that the averaged gradient is the whole batch's;
+    every process evaluates (an fsdp forward needs them all) and rank 0 alone logs and writes.
     """
     cfg = experiment.train
     device = select_device(cfg.device, f"{experiment.file}: train.device")
-    out_dir = Path(cfg.out_dir)
-    checkpoint_path = out_dir / CHECKPOINT
-    _check_out_dir(out_dir, experiment.file, resume, overwrite)
+    _check_out_dir(Path(cfg.out_dir), experiment.file, resume, overwrite)
+    with distributed.processes(cfg, experiment.file, device) as processes:
+        return _train(experiment, processes, log if processes.is_main else _silent, resume)
+
+
+def _silent(message: str) -> None:
+    """The log of processes other than rank 0."""
+
+
+def local_batch(
+    inputs: torch.Tensor, targets: torch.Tensor, processes: Processes
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """This process's rows of a global batch and the weight of their mean loss.
+
+    The loss is a mean over scored positions, and data parallelism averages the processes'
+    gradients, so the weight n * (scored here) / (scored in the batch) makes that average the
+    gradient of the whole batch's mean loss (exactly 1 in one process).
+    """
+    scored = targets != IGNORE
+    weight = processes.world_size * processes.rows(scored).sum().item() / scored.sum().item()
+    return processes.rows(inputs), processes.rows(targets), weight
+
+
+@dataclass(frozen=True)
+class Training:
+    """What a run trains: the model, its objective, the objective as the processes run it, and AdamW."""
+
+    model: PaperModel
+    objective: TrainingObjective
+    wrapped: nn.Module  # the objective in DDP, sharded by FSDP2, or itself (src.distributed)
+    optimizer: torch.optim.Optimizer
+
+
+def build_training(experiment: ExperimentConfig, processes: Processes) -> Training:
+    """The seeded model on this process's device, wrapped for `train.parallel`, and its optimizer."""
+    cfg = experiment.train
     torch.manual_seed(cfg.seed)
-    model = PaperModel(experiment.model, experiment.file).to(device)
-    task = build_task(experiment.task)
-    eval_tasks = evaluation_tasks(experiment)  # built once: a text task reads its file here
-    optimizer = torch.optim.AdamW(
+    model = PaperModel(experiment.model, experiment.file).to(processes.device)
+    objective = TrainingObjective(model, cfg)
+    wrapped = processes.wrap(objective, model.blocks)
+    optimizer = torch.optim.AdamW(  # built after wrapping: under fsdp the parameters are shards
         model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas or (0.9, 0.999))
     )
+    return Training(model, objective, wrapped, optimizer)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One training step, seen from one process: its rows' loss and accuracy, their weight (`local_batch`)."""
+
+    loss: torch.Tensor
+    accuracy: torch.Tensor
+    aux_losses: dict[str, torch.Tensor]
+    objective: torch.Tensor  # weighted loss + auxiliary losses, detached
+    weight: float
+    tokens: int  # of the global batch
+
+
+def train_step(training: Training, task, step: int, train: TrainConfig, processes: Processes) -> StepResult:
+    """Step `step`: its learning rate, the (seed, step) batch, this process's rows, a clipped AdamW update."""
+    for group in training.optimizer.param_groups:
+        group["lr"] = learning_rate(step, train)
+    inputs, targets = task.sample(train.batch_size, seed=train.seed * 1_000_003 + step)
+    tokens = inputs.numel()
+    inputs, targets, weight = local_batch(inputs, targets, processes)
+    inputs, targets = inputs.to(processes.device), targets.to(processes.device)
+    loss, accuracy, aux_losses, objective = training_step(
+        training.wrapped, training.optimizer, inputs, targets, train, weight
+    )
+    return StepResult(loss, accuracy, aux_losses, objective.detach(), weight, tokens)
+
+
+def _train(experiment: ExperimentConfig, processes: Processes, log, resume: bool) -> dict:
+    cfg = experiment.train
+    out_dir = Path(cfg.out_dir)
+    checkpoint_path = out_dir / CHECKPOINT
+    training = build_training(experiment, processes)
+    model, optimizer = training.model, training.optimizer
+    task = build_task(experiment.task)
+    eval_tasks = evaluation_tasks(experiment)  # built once: a text task reads its file here
     first_step, tokens, result = 0, 0, {}
     if resume:
-        checkpoint = _restore(checkpoint_path, model, optimizer, experiment)
+        checkpoint = _restore(checkpoint_path, experiment)
+        load_training_state(checkpoint_path, checkpoint, model, optimizer)
         first_step, tokens, result = checkpoint["step"], checkpoint["tokens"], checkpoint["metrics"]
         if first_step == cfg.steps:
             log(f"{checkpoint_path} is a finished run of {first_step} steps (raise train.steps to extend it)")
             return result
         log(f"resuming from {checkpoint_path} at step {first_step}")
-    _prepare_out_dir(out_dir, experiment.file, first_step if resume else None)
+    if processes.is_main:
+        _prepare_out_dir(out_dir, experiment.file, first_step if resume else None)
     saved_step = first_step if resume else None  # the checkpoint a divergence leaves in place
-    log(f"model: {model.num_parameters():,} parameters; task: {experiment.task['type']}; {cfg.steps} steps")
+    where = f"; {processes.world_size} processes ({cfg.parallel})" if cfg.parallel != "none" else ""
+    log(f"model: {model.num_parameters():,} parameters; task: {experiment.task['type']}; {cfg.steps} steps{where}")
     started, run_tokens, evaluating = time.perf_counter(), 0, 0.0  # evaluation time is not training time
     objectives = []  # checked for finiteness at each evaluation, so steps need no device sync
     for step in range(first_step, cfg.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, cfg)
-        inputs, targets = task.sample(cfg.batch_size, seed=cfg.seed * 1_000_003 + step)
-        inputs, targets = inputs.to(device), targets.to(device)
-        loss, accuracy, aux_losses, objective = training_step(model, optimizer, inputs, targets, cfg)
-        objectives.append(objective.detach())
-        run_tokens += inputs.numel()
-        _progress(step + 1, cfg.steps)
+        done = train_step(training, task, step, cfg, processes)
+        run_tokens += done.tokens
+        objectives.append(done.objective)
+        if processes.is_main:
+            _progress(step + 1, cfg.steps)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            _check_finite(objectives, step + 1, model, experiment.file, checkpoint_path, saved_step)
+            _check_finite(objectives, step + 1, model, processes, experiment.file, checkpoint_path, saved_step)
             objectives = []
             training_seconds = time.perf_counter() - started - evaluating
             eval_started = time.perf_counter()
+            mean = processes.mean  # over the processes: the values of the global batch
             result = {
                 "step": step + 1,
                 "tokens": tokens + run_tokens,
-                "loss": loss.item(),
-                "accuracy": accuracy.item(),
+                "loss": mean(done.loss * done.weight),
+                "accuracy": mean(done.accuracy * done.weight),
                 "lr": optimizer.param_groups[0]["lr"],
                 "tokens_per_s": run_tokens / training_seconds,
-                **{f"aux_{name}": value.item() for name, value in aux_losses.items()},
-                **evaluate(model, experiment, eval_tasks),
+                **{f"aux_{name}": mean(value) for name, value in done.aux_losses.items()},
+                **evaluate(training.objective, experiment, eval_tasks),
             }
             evaluating += time.perf_counter() - eval_started
-            # a new run replaces an old log at its first evaluation, not before
-            _log_metrics(out_dir / METRICS, result, replace=saved_step is None)
-            save_checkpoint(checkpoint_path, model, optimizer, result, experiment)
+            if processes.is_main:  # a new run replaces an old log at its first evaluation, not before
+                _log_metrics(out_dir / METRICS, result, replace=saved_step is None)
+            save_checkpoint(checkpoint_path, model, optimizer, result, experiment, processes)
             saved_step = step + 1
             log(_progress_line(result, cfg.steps))
     return result
 
 
-def save_checkpoint(path: Path, model: PaperModel, optimizer, metrics: dict, experiment: ExperimentConfig) -> None:
-    """Write, atomically, model and optimizer state, the step and tokens reached, their metrics and the config."""
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
-    metadata = {"step": metrics["step"], "tokens": metrics["tokens"], "metrics": metrics}
-    checkpoints.save({**state, **metadata, "config": experiment.to_yaml()}, path)
+def save_checkpoint(
+    path: Path, model: PaperModel, optimizer, metrics: dict, experiment: ExperimentConfig, processes: Processes
+) -> None:
+    """Write, atomically, model and optimizer state, the step and tokens reached, their metrics and the config.
+
+    One file from rank 0; under fsdp every process first writes its shards, then rank 0 the file naming them.
+    """
+    step, config = metrics["step"], experiment.to_yaml()
+    metadata = {"step": step, "tokens": metrics["tokens"], "metrics": metrics, "config": config}
+    if processes.parallel == "fsdp":
+        shards = distributed.save_shards(path.parent, step, model, optimizer, processes.is_main)
+        if processes.is_main:
+            checkpoints.save({"shards": shards, **metadata}, path)
+            distributed.remove_other_shards(path.parent, keep=shards)
+    elif processes.is_main:
+        checkpoints.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **metadata}, path)

@@ -8,7 +8,7 @@ from src.config import load_experiment
 from src.estimate import _LiveStorage, estimate_training_memory
 from src.model import PaperModel
 from src.tasks import build_task
-from src.training import training_step
+from src.training import TrainingObjective, training_step
 from tests.conftest import ROOT
 
 CONFIGS = ["transformer_mqar", "mamba_tiny", "titans_mag_mqar"]  # attention, scan, neural memory
@@ -23,7 +23,7 @@ def real_peak(experiment) -> int:
         optimizer = torch.optim.AdamW(model.parameters(), lr=experiment.train.lr)
         for _ in range(2):
             tracker.peak = tracker.live
-            training_step(model, optimizer, inputs, targets, experiment.train)
+            training_step(TrainingObjective(model, experiment.train), optimizer, inputs, targets, experiment.train)
     return tracker.peak
 
 
