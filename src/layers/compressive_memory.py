@@ -331,10 +331,13 @@ def delta_memory_chunked(
     W = torch.linalg.solve_triangular(BG, beta[..., None] * K, upper=False, unitriangular=True)
     denominator = (Q @ z_c[..., None] + P.sum(dim=-1, keepdim=True)).clamp_min(eps)
     outputs = []
-    for c in range(Q.shape[-3]):
-        U = U_tilde[..., c, :, :] - W[..., c, :, :] @ M
-        outputs.append((Q[..., c, :, :] @ M + P[..., c, :, :] @ U) / denominator[..., c, :, :])
-        M = M + K[..., c, :, :].transpose(-2, -1) @ U
+    # unbind, not indexing: the backward of one unbind is linear in n, that of n_c index ops quadratic
+    for Q_c, K_c, P_c, U_tilde_c, W_c, denominator_c in zip(
+        *(t.unbind(-3) for t in (Q, K, P, U_tilde, W, denominator))
+    ):
+        U = U_tilde_c - W_c @ M
+        outputs.append((Q_c @ M + P_c @ U) / denominator_c)
+        M = M + K_c.transpose(-2, -1) @ U
     return torch.cat(outputs, dim=-2)[..., :n, :], M, z + key_sums.sum(dim=-2)
 
 
