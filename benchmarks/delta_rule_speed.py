@@ -59,7 +59,8 @@ def main() -> None:
         f"# Delta-rule memory, token level: chunked (WY / UT) vs token loop (CPU, {torch.get_num_threads()} threads, "
         f"batch {args.batch}, {HEADS} heads, d_k = d_v = {D_HEAD}, chunk {CHUNK}, float32)\n\n"
         f"`uv run python benchmarks/delta_rule_speed.py {' '.join(sys.argv[1:])}`".rstrip()
-        + "\n\n"
+        + "\n\nBoth forms run side by side in one process; on a CPU shared with other processes only the ratios "
+        "are meaningful, and a ratio still moves with the load.\n\n"
     )
     out = Path(__file__).parent / "results" / "delta_rule_cpu.md"
     out.write_text(header + "\n".join(rows) + "\n\n" + "\n".join(errors) + "\n")
