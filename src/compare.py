@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from src.config import ExperimentConfig, count_parameters
+from src.needle import write_needles
 from src.training import METRICS, setting_label, train
 
 
@@ -140,6 +141,7 @@ def compare(
         log(f"wrote {out_dir / 'compare.md'}, compare.json and compare.png")
     else:
         log(f"wrote {out_dir / 'compare.md'} and compare.json (install the 'plots' extra for compare.png)")
+    write_needles(rows, out_dir, log)  # passkey settings with both length and depth: the needle grid
     if failed := [row["model"] for row in rows if "error" in row]:
         raise ComparisonError(f"{len(failed)} of {len(rows)} models failed ({', '.join(failed)}); see {out_dir}")
     return rows

@@ -15,7 +15,7 @@ import re
 import types
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, is_dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -65,7 +65,11 @@ def _type_name(hint: Any) -> str:
 
 
 def check_value(value: Any, hint: Any, key: str, file: str) -> Any:
-    """Validate one config value against a type hint; return it (ints accepted for floats)."""
+    """Validate one config value against a type hint; return it (ints accepted for floats).
+
+    A dataclass hint (e.g. a memory's per-head settings) takes a mapping checked against the
+    dataclass's fields and returns it with their defaults filled in.
+    """
     origin = typing.get_origin(hint)
     if origin is Annotated:
         base, *metadata = typing.get_args(hint)
@@ -89,6 +93,8 @@ def check_value(value: Any, hint: Any, key: str, file: str) -> Any:
         if not isinstance(value, list) or not value:
             raise ConfigError(f"{file}: key '{key}' must be a non-empty list, got {value!r}")
         return [check_value(v, item, f"{key}[{i}]", file) for i, v in enumerate(value)]
+    if is_dataclass(hint):  # a nested mapping, validated against the dataclass's fields
+        return arguments_for(hint, value, key, file)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is float and type(value) is float and not math.isfinite(value):

@@ -142,3 +142,36 @@ def test_comparison_model_names_must_be_safe_directory_names(tmp_path, name):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=rf"{path}: key 'models.{re.escape(name)}': a model name becomes a directory"):
         load_comparison(path)
+
+
+def tensor_memory_heads(raw, heads, **layer):
+    raw["model"]["blocks"][0]["mixer"] = {"type": "tensor_memory", "n_heads": 4, "heads": heads, **layer}
+
+
+def test_per_head_memories_are_validated_and_echoed(tmp_path):
+    heads = [{"update": "delta", "max_norm": 2}, {}, {"max_delta": 0.5}, {"update": "linear"}]
+    experiment = load_experiment(with_change(tmp_path, lambda raw: tensor_memory_heads(raw, heads)))
+    echoed = yaml.safe_load(experiment.to_yaml())["model"]["blocks"][0]["mixer"]
+    default = {"update": "linear", "max_delta": None, "max_memory": None, "max_norm": None}
+    assert echoed["heads"][0] == {**default, "update": "delta", "max_norm": 2.0}
+    assert echoed["heads"][1] == default and echoed["heads"][2] == {**default, "max_delta": 0.5}
+    assert echoed["max_norm"] is None and echoed["normalize_qkv"] is False and echoed["bias"] is False
+
+
+@pytest.mark.parametrize(
+    ("heads", "layer", "message"),
+    [
+        ([{"update": "delta", "max_nrm": 1.0}] * 4, {}, r"unknown key 'model\.blocks\[0\]\.mixer\.heads\[0\]\.max_nrm"),
+        ([{}, {"max_norm": -1.0}, {}, {}], {}, r"key 'model\.blocks\[0\]\.mixer\.heads\[1\]\.max_norm' must be > 0"),
+        ([{}, {}, {"update": "hebbian"}, {}], {}, r"key 'model\.blocks\[0\]\.mixer\.heads\[2\]\.update' must be one"),
+        ([{}, {}, {}, "delta"], {}, r"key 'model\.blocks\[0\]\.mixer\.heads\[3\]' must be a mapping"),
+        ([{}, {}], {}, r"key 'model\.blocks\[0\]\.mixer': heads must list one memory per head \(4\), got 2"),
+        ([{}] * 4, {"max_memory": 3.0}, r"key 'model\.blocks\[0\]\.mixer': with heads, give update"),
+        (None, {"max_delta": 0}, r"key 'model\.blocks\[0\]\.mixer\.max_delta' must be > 0"),
+        (None, {"normalize_qkv": "yes"}, r"key 'model\.blocks\[0\]\.mixer\.normalize_qkv' must be of type bool"),
+    ],
+)
+def test_bad_tensor_memory_settings_are_named(tmp_path, heads, layer, message):
+    path = with_change(tmp_path, lambda raw: tensor_memory_heads(raw, heads, **layer))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(path)}: {message}"):
+        load_experiment(path)

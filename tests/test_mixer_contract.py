@@ -24,6 +24,23 @@ EXAMPLES = {
     "tensor_memory": ("tensor_memory", {"n_heads": 2, "chunk_size": 4}),
     "tensor_memory-delta": ("tensor_memory", {"n_heads": 2, "update": "delta"}),
     "tensor_memory-segment": ("tensor_memory", {"n_heads": 2, "segment_size": 3}),
+    "tensor_memory-delta-chunked": ("tensor_memory", {"n_heads": 2, "update": "delta", "chunk_size": 4}),
+    "tensor_memory-heads": (
+        "tensor_memory",
+        {"n_heads": 2, "chunk_size": 3, "heads": [{"update": "delta"}, {"update": "linear"}]},
+    ),
+    "tensor_memory-clamps": (
+        "tensor_memory",
+        {"n_heads": 2, "max_delta": 0.3, "max_memory": 0.5, "max_norm": 1.0, "normalize_qkv": True, "bias": True},
+    ),
+    "tensor_memory-heads-clamps": (
+        "tensor_memory",
+        {
+            "n_heads": 4,
+            "segment_size": 2,
+            "heads": [{"update": "delta", "max_norm": 0.8}, {"update": "linear"}, {"max_memory": 0.2}, {}],
+        },
+    ),
     "infini_attention": ("infini_attention", {"n_heads": 2, "segment_size": 4}),
     "infini_attention-delta": ("infini_attention", {"n_heads": 2, "segment_size": 3, "update": "delta"}),
     "neural_memory": ("neural_memory", {"chunk_size": 4, "n_persistent": 2}),
@@ -43,7 +60,7 @@ LONG_SIZES = {"chunk_size": 64, "segment_size": 256}
 LONG = {
     name: (kind, {key: LONG_SIZES.get(key, value) for key, value in kwargs.items()})
     for name, (kind, kwargs) in EXAMPLES.items()
-    if not name.endswith(("-sequential", "-delta"))  # the literal loops, references for the fast forms
+    if not name.endswith(("-sequential", "-delta", "-clamps"))  # literal loops: references, or clamped writes
 }
 
 

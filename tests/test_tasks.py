@@ -83,6 +83,18 @@ def test_passkey_answer_is_the_key_after_the_key_token(depth):
     assert inputs[0].tolist().index(0) == round(depth * (60 - 6))
 
 
+def test_passkey_without_a_depth_draws_one_per_example():
+    task = Passkey(vocab_size=20, length=60, depth=None, num_digits=5)
+    inputs, targets = task.sample(200, seed=5)
+    starts = []
+    for row, target in zip(inputs.tolist(), targets.tolist()):
+        start = row.index(0)  # independent solver, as above
+        assert row.count(0) == 1 and row[60] == 1 and target[60:] == row[start + 1 : start + 6]
+        starts.append(start)
+    assert min(starts) == 0 and max(starts) == 54 and len(set(starts)) > 40  # every depth, start to end
+    assert torch.equal(task.sample(200, seed=5)[0], inputs)  # the seed alone fixes the batch
+
+
 def test_text_corpus_windows_and_held_out_split(tmp_path):
     path = tmp_path / "text.txt"
     path.write_bytes(bytes(range(256)) * 4)

@@ -3,7 +3,8 @@
 Papers: Leave No Context Behind: Efficient Infinite Context Transformers with Infini-attention
 (Munkhdalai, Faruqui, Gopal 2024, arXiv:2404.07143); Transformers are RNNs (Katharopoulos et al.
 2020, arXiv:2006.16236); Linear Transformers Are Secretly Fast Weight Programmers (Schlag et al.
-2021, arXiv:2102.11174).
+2021, arXiv:2102.11174); Parallelizing Linear Transformers with the Delta Rule over Sequence Length
+(Yang et al. 2024, arXiv:2406.06484).
 
 Glossary (code -> paper):
     sigma_q, sigma_k   σ(Q), σ(K) with σ = ELU + 1, (..., n, d_k)
@@ -11,6 +12,9 @@ Glossary (code -> paper):
     M, z               memory M_s (..., d_k, d_v) and normaliser z_s (..., d_k)
     beta               β, one gate scalar per head
     segment_size       N, the tokens of one segment (1 = token-level memory)
+    beta_t             1 / σ(k_t) z_{t-1}, the delta rule's step size once its retrieval is normalised
+    U, W               the chunk's pseudo-values and WY factor of the chunked delta rule (Yang et al.)
+    max_delta, max_memory, max_norm   the stability clamps of a write (this project's, default off)
 
 Order (paper Sec. 2.1.2): every segment first retrieves from M_{s-1}, then writes itself into
 M_s, so no token reads itself through memory. M_0 = 0 and z_0 = 0 (the paper leaves them open):
@@ -253,6 +257,191 @@ def linear_memory_chunked(
     return torch.cat(outputs, dim=-2), M, z
 
 
+def delta_memory_chunked(
+    sigma_q: torch.Tensor,
+    sigma_k: torch.Tensor,
+    v: torch.Tensor,
+    chunk_size: int = 64,
+    M0: torch.Tensor | None = None,
+    z0: torch.Tensor | None = None,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Token-level memory with the delta update, a chunk at a time: DeltaNet's WY / UT chunkwise form.
+
+    Paper: DeltaNet (Yang et al. 2024, arXiv:2406.06484), Sec. 3.2, chunkwise WY / UT form of Infini Eq. (3), (5)
+
+    At token level Infini-attention's Eq. (5) is, with k_t = σ(K_t) and u_t the value written,
+
+    .. math::
+        M_t = M_{t-1} + k_t^\top u_t, \qquad u_t = v_t - \beta_t\, k_t M_{t-1}, \qquad
+        \beta_t = \frac{1}{\max(k_t z_{t-1}, \epsilon)}
+
+    i.e. M_t = (I - \beta_t k_t^\top k_t) M_{t-1} + k_t^\top v_t: DeltaNet's generalised Householder
+    transition with the step size β_t set by the normaliser. The retrieval's normalisation is
+    handled exactly, not approximated: z_t = z_{t-1} + k_t is a running sum of the keys, so every
+    β_t is known before any M (inside a chunk starting at (M_c, z_c),
+    k_t z_{t-1} = k_t z_c + \sum_{j<t} k_t k_j^\top). Writing M_{t-1} = M_c + \sum_{j<t} k_j^\top u_j
+    inside the chunk turns the definition of u into a unit lower-triangular system (Yang et al.'s
+    UT transform; G = \mathrm{tril}_{-1}(K_c K_c^\top), B = \mathrm{diag}(\beta)):
+
+    .. math::
+        (I + B G)\, U_c = V_c - B K_c M_c
+        \;\Rightarrow\; U_c = \tilde U_c - W_c M_c, \quad
+        \tilde U_c = (I + B G)^{-1} V_c, \quad W_c = (I + B G)^{-1} B K_c
+
+    Ũ and W (the WY factors) are solved for every chunk at once; only M walks chunk by chunk:
+
+    .. math::
+        A_{mem, c} = \frac{\sigma(Q_c) M_c + P U_c}{\sigma(Q_c) z_c + P \mathbf{1}}, \qquad
+        M_{c+1} = M_c + K_c^\top U_c, \quad z_{c+1} = z_c + \textstyle\sum_t k_{c,t}
+
+    with P = \mathrm{tril}_{-1}(\sigma(Q_c) K_c^\top) as in `linear_memory_chunked` (a token reads
+    only earlier tokens). Equal to `compressive_memory_recurrent(..., "delta", segment_size=1)` for
+    any chunk size (tested to 1e-10 in float64). DeltaNet scales the written value by β as well
+    (u = β (v - S k)); Infini-attention's Eq. (5) writes v - β k M, which this form keeps.
+
+    Args:
+        sigma_q, sigma_k: (..., n, d_k) σ(Q), σ(K).
+        v: (..., n, d_v) V.
+        chunk_size: tokens per chunk, >= 1.
+        M0, z0: (..., d_k, d_v), (..., d_k) the memory before the sequence; zeros when None.
+        eps: lower bound of the retrieval's denominators.
+
+    Returns:
+        A_mem (..., n, d_v) and the final (M, z).
+    """
+    check_positive("chunk_size", chunk_size)
+    check_positive("eps", eps)
+    n, M, z = _sequence_and_initial_memory(sigma_q, sigma_k, v, M0, z0)
+    C = max(1, min(chunk_size, n))
+
+    def chunks(x: torch.Tensor) -> torch.Tensor:  # (..., n, d) -> (..., n_c, C, d), zero rows after the end
+        return nn.functional.pad(x, (0, 0, 0, -n % C)).unflatten(-2, (-1, C))
+
+    Q, K, V = chunks(sigma_q), chunks(sigma_k), chunks(v)
+    key_sums = K.sum(dim=-2)  # (..., n_c, d_k)
+    z_c = z[..., None, :] + key_sums.cumsum(dim=-2) - key_sums  # z at the start of each chunk
+    strictly_lower = torch.ones(C, C, dtype=torch.bool, device=v.device).tril(-1)
+    G = (K @ K.transpose(-2, -1)).masked_fill(~strictly_lower, 0.0)  # k_i k_j^T, j < i
+    P = (Q @ K.transpose(-2, -1)).masked_fill(~strictly_lower, 0.0)
+    beta = 1 / ((K @ z_c[..., None]).squeeze(-1) + G.sum(dim=-1)).clamp_min(eps)  # (..., n_c, C)
+    # UT transform: I + B G is unit lower triangular (unitriangular=True reads only B G's lower part)
+    BG = beta[..., None] * G
+    U_tilde = torch.linalg.solve_triangular(BG, V, upper=False, unitriangular=True)
+    W = torch.linalg.solve_triangular(BG, beta[..., None] * K, upper=False, unitriangular=True)
+    denominator = (Q @ z_c[..., None] + P.sum(dim=-1, keepdim=True)).clamp_min(eps)
+    outputs = []
+    # unbind, not indexing: the backward of one unbind is linear in n, that of n_c index ops quadratic
+    for Q_c, K_c, P_c, U_tilde_c, W_c, denominator_c in zip(
+        *(t.unbind(-3) for t in (Q, K, P, U_tilde, W, denominator))
+    ):
+        U = U_tilde_c - W_c @ M
+        outputs.append((Q_c @ M + P_c @ U) / denominator_c)
+        M = M + K_c.transpose(-2, -1) @ U
+    return torch.cat(outputs, dim=-2)[..., :n, :], M, z + key_sums.sum(dim=-2)
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    r"""Scale each vector to unit Euclidean length (the Q/K normalisation of DeltaNet).
+
+    Paper: DeltaNet (Yang et al. 2024, arXiv:2406.06484), Sec. 3.4, L2 normalisation of queries and keys
+
+    .. math::
+        \hat x = \frac{x}{\max(\lVert x \rVert_2, \epsilon)}
+
+    DeltaNet normalises q and k so that the delta rule's transition I - β k^\top k keeps its
+    eigenvalues in [-1, 1]; `TensorMemory(normalize_qkv=True)` applies it to each head's q, k and
+    v before σ (normalising v as well is this project's choice: every written value then has norm 1).
+    eps only guards x = 0.
+
+    Args:
+        x: (..., d) vectors along the last dimension.
+        eps: lower bound of the norm.
+
+    Returns:
+        (..., d) x / max(||x||, eps).
+    """
+    check_shapes(x=(x, "... d"))
+    check_positive("eps", eps)
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)
+
+
+def clip_update(delta_M: torch.Tensor, max_delta: float) -> torch.Tensor:
+    r"""Clamp each entry of one write's increment to [-max_delta, max_delta] (a stability control).
+
+    Paper: Infini-attention (Munkhdalai et al. 2024, arXiv:2404.07143), Sec. 2.1.2, Eq. (4)-(5), clipped increment
+
+    .. math::
+        M_s = M_{s-1} + \mathrm{clip}(\Delta M_s, -c_\Delta, c_\Delta), \qquad
+        \Delta M_s = \sigma(K)^\top V \;\text{(Eq. 4)} \;\text{or}\;
+        \sigma(K)^\top\Big(V - \frac{\sigma(K) M_{s-1}}{\sigma(K) z_{s-1}}\Big) \;\text{(Eq. 5)}
+
+    Not in the paper: this project's `max_delta` (default off, so the paper's form is unchanged).
+    Effect: one segment (one token at token level) moves no entry of M by more than c_Δ, so an
+    outlier key or value cannot overwrite the memory at once; M itself stays unbounded over time.
+    z is not clipped.
+
+    Args:
+        delta_M: (..., d_k, d_v) the increment ΔM_s of Eq. (4) or (5).
+        max_delta: c_Δ > 0.
+
+    Returns:
+        (..., d_k, d_v) the clipped increment.
+    """
+    check_shapes(delta_M=(delta_M, "... d_k d_v"))
+    check_positive("max_delta", max_delta)
+    return delta_M.clamp(-max_delta, max_delta)
+
+
+def clip_memory(M: torch.Tensor, max_memory: float) -> torch.Tensor:
+    r"""Clamp each entry of the memory to [-max_memory, max_memory] after a write (a stability control).
+
+    Paper: Infini-attention (Munkhdalai et al. 2024, arXiv:2404.07143), Sec. 2.1.2, Eq. (4)-(5), clipped memory
+
+    .. math::
+        M_s \leftarrow \mathrm{clip}(M_s, -c_M, c_M)
+
+    Not in the paper: this project's `max_memory` (default off). Effect: |M_ij| <= c_M at every
+    step, so the memory cannot grow without bound over a long sequence; an entry at the bound
+    saturates and ignores further writes in its direction (writes against it still act).
+
+    Args:
+        M: (..., d_k, d_v) the memory after the write.
+        max_memory: c_M > 0.
+
+    Returns:
+        (..., d_k, d_v) the clipped memory.
+    """
+    check_shapes(M=(M, "... d_k d_v"))
+    check_positive("max_memory", max_memory)
+    return M.clamp(-max_memory, max_memory)
+
+
+def clip_memory_norm(M: torch.Tensor, max_norm: float) -> torch.Tensor:
+    r"""Rescale the memory of each head to Frobenius norm at most max_norm (a stability control).
+
+    Paper: Infini-attention (Munkhdalai et al. 2024, arXiv:2404.07143), Sec. 2.1.2, Eq. (4)-(5), norm-clipped memory
+
+    .. math::
+        M_s \leftarrow M_s \cdot \min\Big(1, \frac{c_N}{\lVert M_s \rVert_F}\Big)
+
+    Not in the paper: this project's `max_norm` (default off). Effect: ||M||_F <= c_N at every
+    step with the direction of M kept; when it acts, every stored association shrinks by the same
+    factor (a uniform forgetting), and since z is not rescaled, retrieval σ(q) M / σ(q) z shrinks with it.
+
+    Args:
+        M: (..., d_k, d_v) the memory after the write.
+        max_norm: c_N > 0.
+
+    Returns:
+        (..., d_k, d_v) the rescaled memory.
+    """
+    check_shapes(M=(M, "... d_k d_v"))
+    check_positive("max_norm", max_norm)
+    norm = torch.linalg.matrix_norm(M)[..., None, None]  # Frobenius, per head
+    return M * (max_norm / norm.clamp_min(max_norm))
+
+
 def memory_gate(A_mem: torch.Tensor, A_dot: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     r"""Long-term context injection: a learned per-head mix of memory and local attention.
 
@@ -294,9 +483,13 @@ class _SegmentMemoryLayer(HeadProjections, ABC):
     into the memory (retrieve first, then update).
     """
 
-    def __init__(self, d_model: int, n_heads: int, segment_size: int, update: str, eps: float):
-        super().__init__(d_model, n_heads)  # Q, K, V of Eq. (1), split into heads
+    def __init__(self, d_model: int, n_heads: int, segment_size: int, update: str, eps: float, bias: bool = False):
+        super().__init__(d_model, n_heads, bias)  # Q, K, V of Eq. (1), split into heads
         self.segment_size, self.update, self.eps = segment_size, update, eps
+
+    def _write(self, M, z, segment_k, segment_v):
+        """Write a complete segment (raw keys, values) into (M, z): Eq. (4) or (5)."""
+        return _update(self.update, M, z, elu_plus_one(segment_k), segment_v, self.eps)
 
     @abstractmethod
     def _read(self, q, segment_k, segment_v, M, z) -> torch.Tensor:
@@ -315,7 +508,7 @@ class _SegmentMemoryLayer(HeadProjections, ABC):
             segment_v = torch.cat((segment_v, v[..., start:stop, :]), dim=-2)
             outputs.append(self._read(q[..., start:stop, :], segment_k, segment_v, M, z))
             if segment_k.shape[-2] == self.segment_size:  # segment complete: retrieve first, then update
-                M, z = _update(self.update, M, z, elu_plus_one(segment_k), segment_v, self.eps)
+                M, z = self._write(M, z, segment_k, segment_v)
                 segment_k, segment_v = segment_k[..., :0, :], segment_v[..., :0, :]
             start = stop
         y = concat_heads(torch.cat(outputs, dim=-2), self.W_o.weight)
@@ -330,14 +523,52 @@ class InfiniAttentionState(CompressiveMemoryState):
     """The state of `InfiniAttention`."""
 
 
+@dataclass(frozen=True)
+class HeadMemory:
+    """The memory of one head of `TensorMemory`: its update rule and its stability clamps (None: off).
+
+    A config lists one per head under `heads:`, e.g. `{update: delta, max_norm: 4.0}`.
+    """
+
+    update: Update = "linear"
+    max_delta: PositiveFloat | None = None
+    max_memory: PositiveFloat | None = None
+    max_norm: PositiveFloat | None = None
+
+    def clip(self, M: torch.Tensor, M_next: torch.Tensor) -> torch.Tensor:
+        """The memory after a write M -> M_next with this head's clamps: the increment, the entries, the norm."""
+        if self.max_delta is not None:
+            M_next = M + clip_update(M_next - M, self.max_delta)
+        if self.max_memory is not None:
+            M_next = clip_memory(M_next, self.max_memory)
+        if self.max_norm is not None:
+            M_next = clip_memory_norm(M_next, self.max_norm)
+        return M_next
+
+    @property
+    def clipped(self) -> bool:
+        return (self.max_delta, self.max_memory, self.max_norm) != (None, None, None)
+
+
+CHUNKED = {"linear": linear_memory_chunked, "delta": delta_memory_chunked}
+
+
 @register_mixer("tensor_memory")
 class TensorMemory(_SegmentMemoryLayer):
     """Memory-only layer: project to Q, K, V, retrieve from the past memory, update, project out.
 
     No local attention, no gate, no softmax. segment_size = 1 is token-level memory (token t reads
-    tokens < t); larger segments read only earlier segments. Token-level memory with the linear
-    update runs in the chunked form (`linear_memory_chunked`); the delta update and segment-level
-    memory run the segment recurrence: the delta rule's normalised retrieval has no chunked form here.
+    tokens < t); larger segments read only earlier segments. Token-level memory runs chunked
+    (`linear_memory_chunked`, `delta_memory_chunked`, both proven equal to the recurrence);
+    segment-level memory and clamped memories run the segment recurrence (a clamp acts after
+    every write, which no chunked form reproduces).
+
+    Stability controls (all off by default, so the layer is the paper's): `max_delta`,
+    `max_memory`, `max_norm` clamp each write (`clip_update`, `clip_memory`, `clip_memory_norm`,
+    in that order); `normalize_qkv` L2-normalises each head's q, k, v (`l2_normalize`) before σ;
+    `bias` adds a bias to the Q, K, V projections. `heads` declares each head's memory instead
+    (`HeadMemory`: update rule and clamps per head, so heads may differ); the layer-level `update`
+    and clamps must then keep their defaults.
     """
 
     State = TensorMemoryState
@@ -350,19 +581,62 @@ class TensorMemory(_SegmentMemoryLayer):
         segment_size: PositiveInt = 1,
         chunk_size: PositiveInt = 64,
         eps: PositiveFloat = 1e-6,
+        max_delta: PositiveFloat | None = None,
+        max_memory: PositiveFloat | None = None,
+        max_norm: PositiveFloat | None = None,
+        normalize_qkv: bool = False,
+        bias: bool = False,
+        heads: list[HeadMemory] | None = None,
     ):
-        super().__init__(d_model, n_heads, segment_size, update, eps)
-        self.chunk_size = chunk_size
+        super().__init__(d_model, n_heads, segment_size, update, eps, bias)
+        layer_memory = HeadMemory(update, max_delta, max_memory, max_norm)
+        if heads is None:
+            heads = [layer_memory] * n_heads
+        else:
+            if layer_memory != HeadMemory():
+                raise ValueError("with heads, give update, max_delta, max_memory and max_norm per head, not per layer")
+            heads = [spec if isinstance(spec, HeadMemory) else HeadMemory(**spec) for spec in heads]
+            if len(heads) != n_heads:
+                raise ValueError(f"heads must list one memory per head ({n_heads}), got {len(heads)}")
+        self.chunk_size, self.normalize_qkv, self.heads = chunk_size, normalize_qkv, heads
+        groups: dict[HeadMemory, list[int]] = {}
+        for index, spec in enumerate(heads):
+            groups.setdefault(spec, []).append(index)
+        self._groups = list(groups.items())  # heads that share a memory kind run together
+        order = [index for _, indices in self._groups for index in indices]
+        self._inverse = sorted(range(n_heads), key=order.__getitem__)  # group order -> head order
+
+    def _heads(self, x: torch.Tensor):
+        q, k, v = super()._heads(x)
+        return (l2_normalize(q), l2_normalize(k), l2_normalize(v)) if self.normalize_qkv else (q, k, v)
+
+    def _per_head_group(self, compute, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """compute(spec, *tensors of its heads) for each group of heads, reassembled in head order (dim 1)."""
+        if len(self._groups) == 1:
+            return compute(self._groups[0][0], *tensors)
+        results = [compute(spec, *(t[:, indices] for t in tensors)) for spec, indices in self._groups]
+        return tuple(torch.cat(parts, dim=1)[:, self._inverse] for parts in zip(*results))
 
     def _read(self, q, segment_k, segment_v, M, z) -> torch.Tensor:
         return memory_retrieve(elu_plus_one(q), M, z, self.eps)
 
+    def _write(self, M, z, segment_k, segment_v):
+        def write(spec: HeadMemory, M, z, k, v):
+            M_next, z_next = _update(spec.update, M, z, elu_plus_one(k), v, self.eps)
+            return spec.clip(M, M_next), z_next
+
+        return self._per_head_group(write, M, z, segment_k, segment_v)
+
     def _step(self, x: torch.Tensor, state: TensorMemoryState | None):
-        if self.update != "linear" or self.segment_size != 1:
+        if self.segment_size != 1 or any(spec.clipped for spec, _ in self._groups):
             return super()._step(x, state)
         q, k, v = self._heads(x)
-        M0, z0 = (None, None) if state is None else (state.M, state.z)
-        A_mem, M, z = linear_memory_chunked(elu_plus_one(q), elu_plus_one(k), v, self.chunk_size, M0, z0, self.eps)
+        M0, z0 = _initial_memory(None, None, k, v) if state is None else (state.M, state.z)
+
+        def chunked(spec: HeadMemory, q, k, v, M0, z0):
+            return CHUNKED[spec.update](elu_plus_one(q), elu_plus_one(k), v, self.chunk_size, M0, z0, self.eps)
+
+        A_mem, M, z = self._per_head_group(chunked, q, k, v, M0, z0)
         return concat_heads(A_mem, self.W_o.weight), self.State(M, z, k[..., :0, :], v[..., :0, :])
 
 

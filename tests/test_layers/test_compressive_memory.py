@@ -5,10 +5,15 @@ import torch
 
 from src.layers.attention import scaled_dot_product_attention
 from src.layers.compressive_memory import (
+    HeadMemory,
     InfiniAttention,
     TensorMemory,
+    clip_memory,
+    clip_memory_norm,
+    clip_update,
     compressive_memory_recurrent,
     elu_plus_one,
+    l2_normalize,
     memory_gate,
     memory_retrieve,
     memory_update_delta,
@@ -16,7 +21,7 @@ from src.layers.compressive_memory import (
 )
 
 
-def heads(layer, x):
+def heads_of(layer, x):
     b, n, d = x.shape
     return [
         W(x).view(b, n, layer.n_heads, d // layer.n_heads).transpose(1, 2) for W in (layer.W_q, layer.W_k, layer.W_v)
@@ -29,7 +34,7 @@ def test_tensor_memory_is_the_recurrence_composed_by_hand(update, segment_size):
     torch.manual_seed(0)
     layer = TensorMemory(d_model=12, n_heads=3, update=update, segment_size=segment_size, chunk_size=5).double()
     x = torch.randn(2, 11, 12, dtype=torch.float64)
-    q, k, v = heads(layer, x)
+    q, k, v = heads_of(layer, x)
     A, _, _ = compressive_memory_recurrent(elu_plus_one(q), elu_plus_one(k), v, update, segment_size)
     expected = A.transpose(1, 2).flatten(-2) @ layer.W_o.weight.T
     torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-12)
@@ -42,7 +47,7 @@ def test_infini_attention_is_eq2_to_eq7_composed_by_hand(update):
     with torch.no_grad():
         layer.beta.copy_(torch.tensor([-0.7, 1.3]))
     x = torch.randn(2, 8, 8, dtype=torch.float64)
-    q, k, v = heads(layer, x)
+    q, k, v = heads_of(layer, x)
     M = torch.zeros(2, 2, 4, 4, dtype=torch.float64)
     z = torch.zeros(2, 2, 4, dtype=torch.float64)
     outputs = []
@@ -65,3 +70,61 @@ def test_token_level_memory_gives_the_first_token_nothing():
 def test_heads_must_divide_the_width():
     with pytest.raises(ValueError, match="n_heads=3 must divide d_model=8"):
         TensorMemory(8, 3)
+
+
+def test_defaults_are_the_papers_form_and_a_default_head_memory_clips_nothing():
+    layer = TensorMemory(8, 2)
+    assert layer.heads == [HeadMemory("linear", None, None, None)] * 2
+    assert not layer.normalize_qkv and layer.W_q.bias is None and layer.W_v.bias is None
+    M, M_next = torch.randn(2, 3), torch.randn(2, 3)
+    assert HeadMemory().clip(M, M_next) is M_next  # no clamp touches the write
+
+
+def test_per_head_memories_are_each_heads_recurrence_composed_by_hand():
+    torch.manual_seed(2)
+    heads = [{"update": "delta"}, {"update": "linear"}, {"update": "delta"}]
+    layer = TensorMemory(d_model=12, n_heads=3, chunk_size=4, heads=heads).double()
+    x = torch.randn(2, 11, 12, dtype=torch.float64)
+    q, k, v = heads_of(layer, x)
+    per_head = [
+        compressive_memory_recurrent(elu_plus_one(q[:, h]), elu_plus_one(k[:, h]), v[:, h], spec["update"], 1)[0]
+        for h, spec in enumerate(heads)
+    ]
+    expected = torch.stack(per_head, dim=1).transpose(1, 2).flatten(-2) @ layer.W_o.weight.T
+    torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_clamped_normalised_memory_with_bias_is_the_loop_composed_by_hand():
+    torch.manual_seed(3)
+    clamps = {"max_delta": 0.2, "max_memory": 0.3, "max_norm": 0.5}
+    layer = TensorMemory(8, 2, update="delta", **clamps, normalize_qkv=True, bias=True).double()
+    with torch.no_grad():
+        for W in (layer.W_q, layer.W_k, layer.W_v):
+            W.bias.normal_()
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    q, k, v = (l2_normalize(t) for t in heads_of(layer, x))  # heads_of applies each projection's bias
+    M, z, outputs = torch.zeros(2, 2, 4, 4, dtype=torch.float64), torch.zeros(2, 2, 4, dtype=torch.float64), []
+    for t in range(9):
+        outputs.append(memory_retrieve(elu_plus_one(q[..., t : t + 1, :]), M, z))
+        M_next, z = memory_update_delta(M, z, elu_plus_one(k[..., t : t + 1, :]), v[..., t : t + 1, :])
+        M = clip_memory_norm(clip_memory(M + clip_update(M_next - M, 0.2), 0.3), 0.5)
+    expected = torch.cat(outputs, dim=2).transpose(1, 2).flatten(-2) @ layer.W_o.weight.T
+    torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-12)
+    assert torch.linalg.matrix_norm(layer.step(x, None)[1].M).max() <= 0.5 + 1e-12
+
+
+def test_clamps_change_the_output_once_they_act():
+    torch.manual_seed(4)
+    x = 3 * torch.randn(1, 20, 8, dtype=torch.float64)
+    free = TensorMemory(8, 2).double()
+    clamped = TensorMemory(8, 2, max_norm=0.1).double()
+    clamped.load_state_dict(free.state_dict())
+    with torch.no_grad():
+        assert (free(x) - clamped(x))[:, 2:].abs().max() > 1e-3
+
+
+def test_head_memories_are_validated():
+    with pytest.raises(ValueError, match=r"heads must list one memory per head \(2\), got 1"):
+        TensorMemory(8, 2, heads=[{"update": "delta"}])
+    with pytest.raises(ValueError, match="give update, max_delta, max_memory and max_norm per head"):
+        TensorMemory(8, 2, max_norm=1.0, heads=[{}, {}])
