@@ -27,8 +27,8 @@ from src.memory_system.vector_index import INDEXES, VectorRows
 from src.schema import NonNegativeFloat, PositiveInt, Range
 
 SESSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
-ROLES = ("user", "assistant", "note")
-CONVERSATION = ("user", "assistant")  # the roles of chat turns (short-term buffer, history)
+CONVERSATION = ("user", "assistant")  # the roles of chat turns: only `record_exchange` writes them
+ROLES = ("note", "observation", "reflection", "plan")  # what a stored memory is (Park et al. 2023, Sec. 4)
 _FORBIDDEN_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # control characters but \t \n \r
 Importance = Annotated[float, Range(low=1, high=10)]  # the paper's 1-10 poignancy scale
 
@@ -190,7 +190,7 @@ class MemoryManager:
         session: str,
         text: str,
         level: str = "long_term",
-        role: str = "user",
+        role: str = "note",
         importance: float | None = None,
     ) -> list[int]:
         """Store a text: long-term as chunks of `chunk_bytes` (one id each), episodic as one experience."""
@@ -201,7 +201,7 @@ class MemoryManager:
         session: str,
         texts: list[str],
         level: str = "long_term",
-        role: str = "user",
+        role: str = "note",
         importance: float | None = None,
     ) -> list[int]:
         """Store several texts of one session in one transaction; return the ids of their rows."""
