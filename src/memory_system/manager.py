@@ -339,22 +339,24 @@ class MemoryManager:
         rows = self._episodic.get(session)
         if not k or rows is None:
             return []
-        keep = np.array([int(i) not in exclude for i in rows.ids], dtype=bool)
-        if not keep.any():
+        ids, vectors, importance, last_access = rows.ids, rows.vectors, rows.importance, rows.last_access
+        if any(memory_id in rows for memory_id in exclude):  # views of the arrays unless something is left out
+            keep = ~np.isin(ids, list(exclude))
+            ids, vectors, importance, last_access = ids[keep], vectors[keep], importance[keep], last_access[keep]
+        if len(ids) == 0:
             return []
-        hours = np.maximum(now - rows.last_access[keep], 0.0) / 3600
+        hours = (np.maximum(now - last_access, 0.0) / 3600).astype(np.float32)
         scores = retrieval_score(
-            torch.from_numpy(query.astype(np.float64)),
-            torch.from_numpy(rows.vectors[keep].astype(np.float64)),
+            torch.from_numpy(query),
+            torch.from_numpy(vectors),
             torch.from_numpy(hours),
-            torch.from_numpy(rows.importance[keep].astype(np.float64)),
+            torch.from_numpy(importance),
             self.config.recency_decay,
             self.config.alpha_recency,
             self.config.alpha_importance,
             self.config.alpha_relevance,
         )
         best = scores.topk(min(k, len(scores)))
-        ids = rows.ids[keep]
         return [("episodic", int(ids[i]), float(s)) for s, i in zip(best.values, best.indices)]
 
     def conversation(self, session: str) -> list[Turn]:
