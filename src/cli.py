@@ -1,4 +1,4 @@
-"""The `memory-models` command: train, compare, evaluate, generate and list the equations.
+"""The `memory-models` command: train, compare, evaluate, generate, serve and list the equations.
 
 The CLI takes a config path and nothing that changes the experiment; everything an experiment
 is lives in its YAML file. Every expected user error (a config, a checkpoint, a run directory, a
@@ -151,6 +151,19 @@ def _estimate(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    import importlib.util
+
+    if missing := [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]:
+        raise UsageError(f"serve needs the 'serve' extra ({', '.join(missing)} missing): uv sync --extra serve")
+    from src.serve.server import serve
+
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must lie in [0, 65535], got {args.port}")
+    serve(args.config, args.host, args.port)
+    return 0
+
+
 def _equations(args) -> int:
     from src.catalogue import catalogue, format_table
 
@@ -199,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         "--device", choices=["cpu", "cuda"], default="cpu", help="whose code paths to run (cuda needs a GPU present)"
     )
     estimate.set_defaults(run=_estimate)
+    serving = commands.add_parser("serve", help="serve the chat model with memory of CONFIG over HTTP")
+    serving.add_argument("config")
+    serving.add_argument("--host", default="127.0.0.1")
+    serving.add_argument("--port", type=int, default=8000)
+    serving.set_defaults(run=_serve)
     equations = commands.add_parser("equations", help="print the equation catalogue")
     equations.set_defaults(run=_equations)
     args = parser.parse_args(argv)

@@ -6,11 +6,15 @@ rule is one function on a (batch, vocab) logits tensor. Every argument is checke
 first token, whatever the temperature.
 """
 
+import dataclasses
 import itertools
 import math
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
+from src.layers.length_penalty import length_penalty
 from src.model import PaperModel
 
 
@@ -130,3 +134,134 @@ def generate(
         logits, state = model.step(next_token, state)
     model.train(was_training)
     return torch.cat(tokens, dim=1)
+
+
+def generate_stream(
+    model: PaperModel,
+    prompt: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    end_id: int | None = None,
+) -> Iterator[int]:
+    """The tokens `generate` appends to a (1, T) prompt, yielded one at a time as they are chosen.
+
+    Same rules, same seed, same state stepping, so the tokens equal `generate`'s; with `end_id` the
+    stream stops after yielding that token. Arguments are checked here, before the first token.
+    """
+    check_sampling(max_new_tokens, temperature, top_k, top_p, seed, model.config["vocab_size"])
+    if prompt.dim() != 2 or prompt.shape[0] != 1 or prompt.shape[1] == 0:
+        raise ValueError(f"prompt must have shape (1, T) with T >= 1, got {tuple(prompt.shape)}")
+    _check_end_id(end_id, model.config["vocab_size"])
+    return _stream(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, end_id)
+
+
+@torch.no_grad()
+def _stream(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, end_id) -> Iterator[int]:
+    generator = torch.Generator(device=prompt.device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        logits, state = model.step(prompt, None)
+        for _ in range(max_new_tokens):
+            next_token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)[:, None]
+            yield next_token.item()
+            if next_token.item() == end_id:
+                return
+            logits, state = model.step(next_token, state)
+    finally:
+        model.train(was_training)
+
+
+def _check_end_id(end_id: int | None, vocab_size: int) -> None:
+    if end_id is not None and not 0 <= end_id < vocab_size:
+        raise ValueError(f"end_id must lie in [0, {vocab_size}) (the vocabulary), got {end_id}")
+
+
+def _select_beams(state: Any, index: torch.Tensor) -> Any:
+    """Rows `index` of every batch-first tensor in a model state (lists, dicts and frozen dataclasses of them)."""
+    if isinstance(state, torch.Tensor):
+        return state.index_select(0, index)
+    if isinstance(state, list):
+        return [_select_beams(entry, index) for entry in state]
+    if isinstance(state, dict):
+        return {key: _select_beams(value, index) for key, value in state.items()}
+    if dataclasses.is_dataclass(state):
+        fields = {field.name: _select_beams(getattr(state, field.name), index) for field in dataclasses.fields(state)}
+        return dataclasses.replace(state, **fields)
+    return state  # positions and other per-model scalars are shared by every beam
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamHypothesis:
+    """A finished hypothesis: its new tokens, log P(Y | prompt) and the normalised score s = log P / lp(Y)."""
+
+    tokens: list[int]
+    log_prob: float
+    score: float
+
+
+@torch.no_grad()
+def beam_search(
+    model: PaperModel,
+    prompt: torch.Tensor,
+    max_new_tokens: int,
+    beam_width: int,
+    alpha: float = 0.0,
+    end_id: int | None = None,
+) -> BeamHypothesis:
+    """The continuation of a (1, T) prompt with the best length-normalised log-probability found by beam search.
+
+    GNMT's decoder (Wu et al. 2016, arXiv:1609.08144, Sec. 7) without the coverage penalty: at each
+    step every live hypothesis is extended by every token and the `beam_width` most probable
+    extensions are kept (all of one length, so log P ranks them as s does); an extension ending in
+    `end_id` is finished and leaves the beam. After `max_new_tokens` steps the live hypotheses finish
+    too, and the finished one with the highest s(Y) = log P(Y | prompt) / lp(Y) is returned
+    (`src.layers.length_penalty`, |Y| counting the end token). Width 1 is greedy decoding; a width
+    of at least the number of live hypotheses at every step is exhaustive search. The beams share
+    one batch of `PaperModel.step`, their states reordered as beams are kept.
+    """
+    vocab_size = model.config["vocab_size"]
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if beam_width < 1:
+        raise ValueError(f"beam_width must be >= 1, got {beam_width}")
+    if not (math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
+    if prompt.dim() != 2 or prompt.shape[0] != 1 or prompt.shape[1] == 0:
+        raise ValueError(f"prompt must have shape (1, T) with T >= 1, got {tuple(prompt.shape)}")
+    _check_end_id(end_id, vocab_size)
+    was_training = model.training
+    model.eval()
+    logits, state = model.step(prompt, None)
+    live_tokens = torch.zeros(1, 0, dtype=torch.long, device=prompt.device)
+    live_log_probs = torch.zeros(1, dtype=torch.float64, device=prompt.device)
+    finished: list[BeamHypothesis] = []
+
+    def finish(tokens: torch.Tensor, log_probs: torch.Tensor) -> None:
+        lengths = torch.full_like(log_probs, float(tokens.shape[1]))
+        scores = log_probs / length_penalty(lengths, alpha)
+        finished.extend(
+            BeamHypothesis(row.tolist(), log_p.item(), score.item())
+            for row, log_p, score in zip(tokens, log_probs, scores)
+        )
+
+    for step in range(max_new_tokens):
+        candidates = live_log_probs[:, None] + torch.log_softmax(logits[:, -1].double(), dim=-1)
+        best = candidates.flatten().topk(min(beam_width, candidates.numel()))
+        beam, token = best.indices // vocab_size, best.indices % vocab_size
+        tokens = torch.cat([live_tokens[beam], token[:, None]], dim=1)
+        ended = token == end_id if end_id is not None else torch.zeros_like(token, dtype=torch.bool)
+        finish(tokens[ended], best.values[ended])
+        keep = ~ended
+        if not keep.any():
+            break
+        live_tokens, live_log_probs = tokens[keep], best.values[keep]
+        if step + 1 == max_new_tokens:
+            finish(live_tokens, live_log_probs)
+            break
+        logits, state = model.step(live_tokens[:, -1:], _select_beams(state, beam[keep]))
+    model.train(was_training)
+    return max(finished, key=lambda hypothesis: hypothesis.score)

@@ -1,0 +1,168 @@
+"""The SQLite file behind the long-term and episodic stores: one table, vectors as BLOBs.
+
+Every memory is one row of `memories` (its level is `long_term` or `episodic`), so a write that
+touches both levels is one transaction. The file runs in WAL mode with `synchronous=FULL`: a
+transaction whose COMMIT returned is on disk and survives a killed process (SQLite's own
+guarantee), which is what "acknowledged" means for the service. All SQL is parameterised; no text
+a client sends is ever part of a statement. One connection, used under the caller's lock.
+"""
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+LEVELS = ("long_term", "episodic")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS memories (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session TEXT NOT NULL,
+    level TEXT NOT NULL CHECK (level IN ('long_term', 'episodic')),
+    role TEXT NOT NULL,
+    text TEXT NOT NULL,
+    importance REAL NOT NULL,
+    created REAL NOT NULL,
+    last_access REAL NOT NULL,
+    embedding BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS memories_by_session ON memories (session, level, id);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class DatabaseError(ValueError):
+    """The memory database cannot be used (unreadable, or written for another embedding size); names the file."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One memory as stored: the vector is a (d,) float32 unit vector."""
+
+    id: int
+    session: str
+    level: str
+    role: str
+    text: str
+    importance: float
+    created: float
+    last_access: float
+    embedding: np.ndarray
+
+
+@dataclass(frozen=True)
+class NewRow:
+    """A memory to insert (the database assigns its id)."""
+
+    session: str
+    level: str
+    role: str
+    text: str
+    importance: float
+    created: float
+    embedding: np.ndarray
+
+
+class MemoryDatabase:
+    """The `memories` table of one SQLite file, for embeddings of size `dim`."""
+
+    def __init__(self, path: str | Path, dim: int):
+        self.path, self.dim = Path(path), dim
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("PRAGMA synchronous=FULL")
+            self._connection.executescript(_SCHEMA)
+            stored = self._connection.execute("SELECT value FROM settings WHERE key = 'embedding_dim'").fetchone()
+            if stored is None:
+                self._connection.execute("INSERT INTO settings VALUES ('embedding_dim', ?)", (str(dim),))
+        except (sqlite3.Error, OSError) as error:
+            raise DatabaseError(f"{self.path}: cannot open the memory database: {error}") from error
+        if stored is not None and int(stored[0]) != dim:
+            self._connection.close()
+            raise DatabaseError(
+                f"{self.path}: holds embeddings of size {stored[0]}, but the model's d_model is {dim} "
+                "(a database belongs to the model that wrote it)"
+            )
+
+    def insert(self, rows: list[NewRow]) -> list[int]:
+        """Insert `rows` in one transaction; return their ids once the transaction is committed."""
+        ids = []
+        with self._transaction() as cursor:
+            for row in rows:
+                cursor.execute(
+                    "INSERT INTO memories (session, level, role, text, importance, created, last_access, embedding)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (row.session, row.level, row.role, row.text, row.importance, row.created, row.created,
+                     row.embedding.astype(np.float32).tobytes()),
+                )  # fmt: skip
+                ids.append(cursor.lastrowid)
+        return ids
+
+    def delete(self, where: str, parameters: tuple) -> list[tuple[int, str, str]]:
+        """Delete the rows matching `where` (a fixed clause with ? placeholders); return their (id, session, level)."""
+        with self._transaction() as cursor:
+            doomed = cursor.execute(f"SELECT id, session, level FROM memories WHERE {where}", parameters).fetchall()
+            cursor.execute(f"DELETE FROM memories WHERE {where}", parameters)
+        return doomed
+
+    def touch(self, ids: list[int], when: float) -> None:
+        """Set the last-retrieval time of memories `ids` (the recency of the retrieval score)."""
+        with self._transaction() as cursor:
+            cursor.executemany("UPDATE memories SET last_access = ? WHERE id = ?", [(when, i) for i in ids])
+
+    def texts(self, ids: list[int]) -> dict[int, tuple[str, str, float, float]]:
+        """id -> (role, text, importance, created) for the given ids."""
+        marks = ",".join("?" * len(ids))
+        query = f"SELECT id, role, text, importance, created FROM memories WHERE id IN ({marks})"
+        return {row[0]: row[1:] for row in self._connection.execute(query, ids)}
+
+    def session_of(self, memory_id: int) -> str | None:
+        row = self._connection.execute("SELECT session FROM memories WHERE id = ?", (memory_id,)).fetchone()
+        return row[0] if row else None
+
+    def history(self, session: str, roles: tuple[str, ...], limit: int) -> list[tuple[int, str, str, float]]:
+        """The last `limit` episodic (id, role, text, created) of `session` with a role in `roles`, oldest first."""
+        marks = ",".join("?" * len(roles))
+        rows = self._connection.execute(
+            f"SELECT id, role, text, created FROM memories WHERE session = ? AND level = 'episodic' "
+            f"AND role IN ({marks}) ORDER BY id DESC LIMIT ?",
+            (session, *roles, limit),
+        ).fetchall()
+        return rows[::-1]
+
+    def rows(self) -> Iterator[Row]:
+        """Every stored memory, in id order."""
+        columns = "id, session, level, role, text, importance, created, last_access, embedding"
+        for values in self._connection.execute(f"SELECT {columns} FROM memories ORDER BY id"):
+            vector = np.frombuffer(values[8], dtype=np.float32)
+            if vector.shape != (self.dim,):
+                raise DatabaseError(f"{self.path}: memory {values[0]} has an embedding of {vector.size} values")
+            yield Row(*values[:8], vector)
+
+    def size_bytes(self) -> int:
+        """Bytes on disk of the database and its write-ahead log."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+    def integrity_check(self) -> str:
+        """`PRAGMA integrity_check`: 'ok' for a sound file."""
+        return self._connection.execute("PRAGMA integrity_check").fetchone()[0]
+
+    def close(self) -> None:
+        self._connection.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back when the body raises."""
+        cursor = self._connection.cursor()
+        cursor.execute("BEGIN IMMEDIATE")
+        try:
+            yield cursor
+        except BaseException:
+            cursor.execute("ROLLBACK")
+            raise
+        cursor.execute("COMMIT")

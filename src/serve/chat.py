@@ -1,0 +1,190 @@
+"""The chat service without HTTP: replies, streamed replies, memory and incremental learning.
+
+A reply is generated from a prompt of the session's memories and conversation:
+
+    <recalled long-term and episodic memories, one per line>
+    <USER>:\n<turn>\n\n<MODEL>:\n<turn>\n\n ...     (the short-term buffer)
+    <USER>:\n<message>\n\n<MODEL>:\n
+
+cut to its last `chat.context_bytes` bytes, in the layout of a play script (the tinyshakespeare
+corpus names the speaker on its own line). Generation stops at the stop byte or at
+`max_new_tokens`; the exchange is then written to memory in one transaction. The model is used
+under one lock (generation and learning change or read its weights); embeddings come from a frozen
+copy of the base model taken before any adapter exists, so stored vectors stay comparable while the
+adapter learns.
+"""
+
+import codecs
+import copy
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from src import training
+from src.checkpoints import load_state
+from src.config import ConfigError, resolve_model_section
+from src.generation import beam_search, check_sampling, decode_bytes, generate_stream
+from src.memory_system.embedding import embed_texts, encode
+from src.memory_system.manager import MemoryInputError, MemoryManager, Recalled
+from src.model import PaperModel
+from src.serve.config import ServeConfig
+from src.serve.learning import IncrementalLearner
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """How to generate one reply (checked against the config's limits by `ChatService.check`)."""
+
+    max_new_tokens: int | None = None
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 0
+    beam_width: int = 1
+
+
+def load_model(checkpoint_path: str, device: str) -> PaperModel:
+    """The model of a `memory-models train` checkpoint; it must read bytes (vocab_size >= 256)."""
+    checkpoint = training.read_checkpoint(checkpoint_path)
+    section = resolve_model_section(checkpoint["config"]["model"], checkpoint_path)
+    if section["vocab_size"] < 256:
+        raise ConfigError(
+            f"{checkpoint_path}: a chat model reads UTF-8 bytes, so its vocab_size must be >= 256, "
+            f"got {section['vocab_size']}"
+        )
+    model = PaperModel(section, checkpoint_path)
+    load_state(model, checkpoint["model"], checkpoint_path, "model")
+    return model.to(training.select_device(device, "device")).eval()
+
+
+class ChatService:
+    """Replies with memory for every session; see the module docstring."""
+
+    def __init__(self, config: ServeConfig, model: PaperModel):
+        self.config = config
+        self.model = model.eval()
+        self._embedder = copy.deepcopy(model).requires_grad_(False)
+        self._model_lock, self._embed_lock = threading.Lock(), threading.Lock()
+        self.memory = MemoryManager(config.database, model.config["d_model"], self._embed, config.memory)
+        self.learner = IncrementalLearner(model, config.learning)
+        self.stop_id = config.chat.stop.encode("utf-8")[0]
+
+    def _embed(self, texts: list[str]):
+        with self._embed_lock:
+            return embed_texts(self._embedder, texts)
+
+    def check(self, request: GenerationRequest) -> int:
+        """Raise MemoryInputError naming the first generation argument outside the limits; return max_new_tokens."""
+        chat = self.config.chat
+        max_new_tokens = chat.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens
+        if not 1 <= max_new_tokens <= chat.max_new_tokens:
+            raise MemoryInputError(f"max_new_tokens must lie in [1, {chat.max_new_tokens}], got {max_new_tokens}")
+        if not 1 <= request.beam_width <= chat.max_beam_width:
+            raise MemoryInputError(f"beam_width must lie in [1, {chat.max_beam_width}], got {request.beam_width}")
+        if request.beam_width > 1 and request.temperature != 0:
+            raise MemoryInputError("beam search is deterministic: beam_width > 1 needs temperature 0")
+        try:
+            check_sampling(
+                max_new_tokens, request.temperature, request.top_k, request.top_p, request.seed,
+                self.model.config["vocab_size"],
+            )  # fmt: skip
+        except ValueError as error:
+            raise MemoryInputError(str(error)) from error
+        return max_new_tokens
+
+    def prompt(self, session: str, text: str) -> tuple[list[int], list[Recalled]]:
+        """The prompt's token ids for a message, and the memories it shows."""
+        chat = self.config.chat
+        recalled = self.memory.recall(session, text) if session in self.memory.sessions else []
+        remembered = [memory.text for memory in recalled if memory.level != "short_term"]
+        turns = self.memory.conversation(session)
+        names = {"user": chat.user_name, "assistant": chat.model_name}
+        layout = "".join(f"{line}\n" for line in remembered)
+        layout += "".join(f"{names[turn.role]}:\n{turn.text}\n\n" for turn in turns)
+        layout += f"{chat.user_name}:\n{text}\n\n{chat.model_name}:\n"
+        return encode(layout)[-chat.context_bytes :], recalled
+
+    def _reply_text(self, tokens: list[int]) -> str:
+        return decode_bytes(tokens[:-1] if tokens and tokens[-1] == self.stop_id else tokens)
+
+    def reply(self, session: str, text: str, request: GenerationRequest) -> dict:
+        """A whole reply: generated (sampled, greedy or beam search), then stored with the message."""
+        self.memory.check_session(session)
+        self.memory.check_text(text)
+        max_new_tokens = self.check(request)
+        ids, recalled = self.prompt(session, text)
+        prompt = torch.tensor([ids], device=self._device)
+        with self._model_lock:
+            if request.beam_width > 1:
+                tokens = beam_search(
+                    self.model, prompt, max_new_tokens, request.beam_width,
+                    self.config.chat.length_penalty_alpha, self.stop_id,
+                ).tokens  # fmt: skip
+            else:
+                tokens = list(self._stream_tokens(prompt, max_new_tokens, request))
+        reply = self._reply_text(tokens)
+        stored = self.memory.record_exchange(session, text, reply)
+        return {"session": session, "reply": reply, "tokens": tokens, "memories": recalled, "stored": stored}
+
+    def stream(self, session: str, text: str, request: GenerationRequest) -> Iterator[dict]:
+        """Check everything, then return an iterator of events: one per token, then the stored reply.
+
+        Token events carry the id and the text it completes (UTF-8 characters whole: a character
+        split over several bytes arrives with its last byte). Beam search does not stream.
+        """
+        self.memory.check_session(session)
+        self.memory.check_text(text)
+        max_new_tokens = self.check(request)
+        if request.beam_width != 1:
+            raise MemoryInputError("beam search does not stream: beam_width must be 1 on /chat/stream")
+        ids, _ = self.prompt(session, text)
+        prompt = torch.tensor([ids], device=self._device)
+        return self._events(session, text, prompt, max_new_tokens, request)
+
+    def _events(self, session, text, prompt, max_new_tokens, request) -> Iterator[dict]:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        tokens = []
+        with self._model_lock:
+            for index, token in enumerate(self._stream_tokens(prompt, max_new_tokens, request)):
+                tokens.append(token)
+                piece = "" if token == self.stop_id else decoder.decode(bytes([token])) if token < 256 else f"<{token}>"
+                yield {"event": "token", "index": index, "token": token, "text": piece}
+        reply = self._reply_text(tokens)
+        stored = self.memory.record_exchange(session, text, reply)
+        yield {"event": "done", "session": session, "reply": reply, "tokens": tokens, "stored": stored}
+
+    def _stream_tokens(self, prompt: torch.Tensor, max_new_tokens: int, request: GenerationRequest) -> Iterator[int]:
+        return generate_stream(
+            self.model, prompt, max_new_tokens, request.temperature, request.top_k, request.top_p,
+            request.seed, self.stop_id,
+        )  # fmt: skip
+
+    def learn(self, text: str, reply: str, steps: int | None) -> dict:
+        """A few LoRA steps on one interaction: the model learns to answer `text` with `reply`."""
+        self.memory.check_text(text)
+        self.memory.check_text(reply, "reply")
+        steps = self.config.learning.steps if steps is None else steps
+        if not 1 <= steps <= self.config.learning.max_steps:
+            raise MemoryInputError(f"steps must lie in [1, {self.config.learning.max_steps}], got {steps}")
+        chat = self.config.chat
+        prompt = encode(f"{chat.user_name}:\n{text}\n\n{chat.model_name}:\n")
+        target = [*encode(reply), self.stop_id]
+        with self._model_lock:
+            return self.learner.learn(prompt[-chat.context_bytes :], target, steps)
+
+    def save_adapter(self) -> dict:
+        with self._model_lock:
+            return self.learner.save(self.config.learning.adapter_path)
+
+    def restore_adapter(self) -> dict:
+        with self._model_lock:
+            return self.learner.restore(self.config.learning.adapter_path)
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def close(self) -> None:
+        self.memory.close()

@@ -1,0 +1,88 @@
+"""The serve config: a YAML file naming the model checkpoint, the database and every budget.
+
+Top-level keys: `checkpoint` (written by `memory-models train`), `database` (the SQLite file of
+the memories; created when missing), `device`, `auth_token_env` (the environment variable whose
+value, when set and non-empty, every endpoint but /health requires as a bearer token),
+`max_request_bytes`, and the sections `memory` (`src.memory_system.manager.MemoryConfig`), `chat`
+and `learning`. Relative paths start at the working directory. Validation is `src.config`'s: an
+unknown, missing, mistyped or out-of-range key raises `ConfigError` naming the key and the file.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from src.config import ConfigError, arguments_for, check_keys, check_value, read_yaml
+from src.memory_system.manager import MemoryConfig
+from src.schema import NonNegativeFloat, PositiveFloat, PositiveInt
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    """Prompt layout and generation limits; requests may ask for less, never more."""
+
+    max_new_tokens: PositiveInt = 200
+    context_bytes: PositiveInt = 1024
+    stop: str = "\n"
+    user_name: str = "USER"
+    model_name: str = "MODEL"
+    max_beam_width: PositiveInt = 8
+    length_penalty_alpha: NonNegativeFloat = 0.6
+
+
+@dataclass(frozen=True)
+class LearningConfig:
+    """Incremental LoRA learning: adapter shape, targets, steps per interaction, where it is saved."""
+
+    rank: PositiveInt = 4
+    alpha: PositiveFloat = 8.0
+    targets: list[str] = field(default_factory=lambda: ["W_q", "W_k", "W_v", "W_o"])
+    steps: PositiveInt = 4
+    max_steps: PositiveInt = 32
+    lr: PositiveFloat = 1.0e-3
+    adapter_path: str = "runs/serve/adapter.pt"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    file: str
+    checkpoint: str
+    database: str
+    device: Literal["cpu", "cuda"]
+    auth_token_env: str
+    max_request_bytes: int
+    memory: MemoryConfig
+    chat: ChatConfig
+    learning: LearningConfig
+
+
+_TOP = {
+    "checkpoint": True, "database": True, "device": False, "auth_token_env": False, "max_request_bytes": False,
+    "memory": False, "chat": False, "learning": False,
+}  # fmt: skip
+
+
+def load_serve_config(path: str | Path) -> ServeConfig:
+    """Read and validate a serve config (see the module docstring)."""
+    file = str(path)
+    raw = read_yaml(path)
+    check_keys(raw, _TOP, "<top>", file)
+    sections = {
+        name: kind(**arguments_for(kind, raw.get(name, {}), name, file))
+        for name, kind in (("memory", MemoryConfig), ("chat", ChatConfig), ("learning", LearningConfig))
+    }
+    if len(sections["chat"].stop.encode("utf-8")) != 1:
+        raise ConfigError(
+            f"{file}: key 'chat.stop' must be one byte (a byte-level stop token), got {sections['chat'].stop!r}"
+        )
+    if sections["memory"].chunk_bytes > sections["memory"].max_text_bytes:
+        raise ConfigError(f"{file}: key 'memory.chunk_bytes' must be <= memory.max_text_bytes")
+    return ServeConfig(
+        file=file,
+        checkpoint=check_value(raw["checkpoint"], str, "checkpoint", file),
+        database=check_value(raw["database"], str, "database", file),
+        device=check_value(raw.get("device", "cpu"), Literal["cpu", "cuda"], "device", file),
+        auth_token_env=check_value(raw.get("auth_token_env", "MEMORY_MODELS_TOKEN"), str, "auth_token_env", file),
+        max_request_bytes=check_value(raw.get("max_request_bytes", 65536), PositiveInt, "max_request_bytes", file),
+        **sections,
+    )

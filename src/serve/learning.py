@@ -1,0 +1,112 @@
+"""Incremental learning: a few LoRA steps on one interaction, the base weights frozen.
+
+`_add_lora` wraps the configured linear layers of the model (attention's W_q, W_k, W_v, W_o;
+Mamba's in_proj, out_proj; SwiGLU's W, V, W2) with low-rank adapters, h = W_0 x + (α/r) B A x
+(Hu et al. 2021, arXiv:2106.09685, Sec. 4.1, Eq. (3): A Gaussian, B zero, so training starts from
+the base model); only the adapters train, with AdamW on the next-token loss of the reply given the
+prompt (the prompt's positions are not scored). The adapter is saved and restored atomically
+(`src.checkpoints`): a killed save leaves the previous file.
+
+The wrapper is private to the service until the project's own LoRA layer (`src.layers.lora`, the
+adapter issue) lands; then `_add_lora` is replaced by its `add_lora(module, targets, r, alpha)`.
+"""
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src import checkpoints
+from src.config import ConfigError
+from src.model import PaperModel
+from src.serve.config import LearningConfig
+from src.tasks import IGNORE
+
+
+class _LoRALinear(nn.Module):
+    """A frozen nn.Linear plus a trainable low-rank update; `weight` is the merged W_0 + (α/r) B A,
+    for the layers that read their weight directly (attention's W_o, SwiGLU)."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        super().__init__()
+        self.base, self.scale = base, alpha / rank
+        self.A = nn.Parameter(torch.randn(rank, base.in_features, device=base.weight.device) / math.sqrt(rank))
+        self.B = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight + self.scale * self.B @ self.A
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.scale * (x @ self.A.T) @ self.B.T
+
+
+def _add_lora(model: nn.Module, targets: list[str], rank: int, alpha: float) -> dict[str, _LoRALinear]:
+    """Replace every nn.Linear child named in `targets` by a `_LoRALinear` around it; return them by path."""
+    wrapped = {}
+    for path, module in list(model.named_modules()):
+        for name, child in list(module.named_children()):
+            if name in targets and isinstance(child, nn.Linear):
+                setattr(module, name, _LoRALinear(child, rank, alpha))
+                wrapped[f"{path}.{name}" if path else name] = getattr(module, name)
+    return wrapped
+
+
+class IncrementalLearner:
+    """LoRA adapters on `config.targets` of `model` and their optimizer."""
+
+    def __init__(self, model: PaperModel, config: LearningConfig):
+        self.model, self.config = model, config
+        model.requires_grad_(False)
+        adapters = _add_lora(model, config.targets, config.rank, config.alpha)
+        if not adapters:
+            raise ConfigError(f"learning.targets {config.targets} name no linear layer of the model")
+        self.adapters = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
+        self.optimizer = torch.optim.AdamW(self.adapters.values(), lr=config.lr, weight_decay=0.0)
+
+    def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.model(inputs)[0], targets[0], ignore_index=IGNORE)
+
+    def learn(self, prompt: list[int], reply: list[int], steps: int) -> dict:
+        """`steps` AdamW steps on log p(reply | prompt); returns the loss before and after, per reply token."""
+        device = next(self.model.parameters()).device
+        ids = torch.tensor([prompt + reply], device=device)
+        inputs, targets = ids[:, :-1], ids[:, 1:].clone()
+        targets[:, : len(prompt) - 1] = IGNORE  # only the reply is learned
+        self.model.train()
+        losses = []
+        for _ in range(steps):
+            loss = self._loss(inputs, targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            losses.append(loss.item())
+        self.model.eval()
+        with torch.no_grad():
+            after = self._loss(inputs, targets).item()
+        return {"steps": steps, "loss_before": losses[0], "loss_after": after}
+
+    def save(self, path: str | Path) -> dict:
+        """Write the adapter weights (and what they adapt) atomically to `path`."""
+        state = {name: parameter.detach().cpu().clone() for name, parameter in self.adapters.items()}
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        checkpoints.save({"adapter": state, "targets": list(self.config.targets), "rank": self.config.rank}, path)
+        return {"path": str(path), "tensors": len(state), "parameters": sum(t.numel() for t in state.values())}
+
+    def restore(self, path: str | Path) -> dict:
+        """Load adapter weights saved by `save` (same targets and rank); the optimizer starts afresh."""
+        saved = checkpoints.load(path, {"adapter": dict, "targets": list, "rank": int})
+        if sorted(saved["adapter"]) != sorted(self.adapters) or saved["rank"] != self.config.rank:
+            raise checkpoints.CheckpointError(
+                f"{path}: holds an adapter of rank {saved['rank']} on {saved['targets']}, "
+                f"not this model's rank {self.config.rank} on {self.config.targets}"
+            )
+        with torch.no_grad():
+            for name, parameter in self.adapters.items():
+                if saved["adapter"][name].shape != parameter.shape:
+                    raise checkpoints.CheckpointError(f"{path}: adapter tensor {name} has another shape")
+                parameter.copy_(saved["adapter"][name])
+        self.optimizer = torch.optim.AdamW(self.adapters.values(), lr=self.config.lr, weight_decay=0.0)
+        return {"path": str(path), "tensors": len(self.adapters)}

@@ -1,0 +1,27 @@
+"""`memory-models serve CONFIG`: build the service from its config and run it with uvicorn."""
+
+from src.config import ConfigError
+from src.memory_system.database import DatabaseError
+from src.serve.chat import ChatService, load_model
+from src.serve.config import load_serve_config
+
+
+def build_service(config_path: str) -> ChatService:
+    """The service a config describes; every problem is a one-line ConfigError or CheckpointError."""
+    config = load_serve_config(config_path)
+    model = load_model(config.checkpoint, config.device)
+    try:
+        return ChatService(config, model)
+    except DatabaseError as error:
+        raise ConfigError(f"{config.file}: key 'database': {error}") from error
+    except ImportError as error:  # the approximate index without its extra
+        raise ConfigError(f"{config.file}: key 'memory.index': {error}") from error
+
+
+def serve(config_path: str, host: str, port: int) -> None:
+    """Serve until interrupted (SIGINT or SIGTERM); the app closes the database on the way out."""
+    import uvicorn
+
+    from src.serve.app import create_app
+
+    uvicorn.run(create_app(build_service(config_path)), host=host, port=port, log_level="warning")

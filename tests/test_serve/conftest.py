@@ -1,0 +1,137 @@
+"""A real server for the HTTP tests: a byte-level model trained here for a few seconds by
+`src.training.train`, and `memory-models serve` started as a subprocess on a free port of 127.0.0.1."""
+
+import os
+import random
+import signal
+import socket
+import string
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from src.config import load_experiment
+from src.training import train
+from tests.conftest import ROOT
+
+TINY_TEXT_MODEL = {
+    "model": {
+        "vocab_size": 256,
+        "d_model": 32,
+        "tie_embeddings": True,
+        "blocks": [{"mixer": {"type": "attention", "n_heads": 2}, "mlp": {"type": "swiglu", "d_hidden": 64}}],
+    },
+    "task": {"type": "text", "path": str(ROOT / "data" / "tinyshakespeare.txt"), "length": 32},
+    "train": {
+        "steps": 40, "batch_size": 16, "lr": 3.0e-3, "warmup_steps": 5, "weight_decay": 0.0, "grad_clip": 1.0,
+        "seed": 0, "out_dir": "", "eval_every": 40,
+    },
+    "eval": {"num_examples": 16, "batch_size": 16, "seed": 1},
+}  # fmt: skip
+STARTUP_SECONDS = 90
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """A `memory-models train` checkpoint of a tiny byte-level transformer (40 steps on tinyshakespeare)."""
+    run = tmp_path_factory.mktemp("chat_model")
+    config = {**TINY_TEXT_MODEL, "train": {**TINY_TEXT_MODEL["train"], "out_dir": str(run)}}
+    path = run / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    train(load_experiment(path), log=lambda line: None)
+    return run / "checkpoint.pt"
+
+
+def write_config(directory: Path, checkpoint: Path, **sections) -> Path:
+    """A serve config in `directory` (database and adapter there too); `sections` override keys."""
+    config = {
+        "checkpoint": str(checkpoint),
+        "database": str(directory / "memory.sqlite"),
+        "auth_token_env": "MEMORY_MODELS_TEST_TOKEN",
+        "max_request_bytes": 65536,
+        "memory": {"max_text_bytes": 2048, "chunk_bytes": 256},
+        "chat": {"max_new_tokens": 24},
+        "learning": {"adapter_path": str(directory / "adapter.pt"), "steps": 4},
+    }
+    for key, value in sections.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    path = directory / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def words(seed: int) -> str:
+    """Six random lower-case words: texts that differ in their bytes, not only in their order (a
+    barely trained model's mean-pooled embedding is close to a bag of bytes)."""
+    rng = random.Random(seed)
+    return " ".join("".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 8))) for _ in range(6))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """`memory-models serve CONFIG --host 127.0.0.1 --port P` as a subprocess; `client` talks to it."""
+
+    def __init__(self, config: Path, token: str | None = None):
+        self.config, self.token, self.process = config, token, None
+        self.log = config.with_name("server.log")
+
+    def start(self) -> "Server":
+        self.port = free_port()
+        env = {key: value for key, value in os.environ.items() if key != "MEMORY_MODELS_TEST_TOKEN"}
+        if self.token is not None:
+            env["MEMORY_MODELS_TEST_TOKEN"] = self.token
+        command = [sys.executable, "-c", "import sys; from src.cli import main; sys.exit(main(sys.argv[1:]))"]
+        command += ["serve", str(self.config), "--host", "127.0.0.1", "--port", str(self.port)]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.process.returncode}: {self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the server did not answer /health within {STARTUP_SECONDS} s: {self.log.read_text()}")
+
+    def client(self, token: str | None = None, timeout: float = 60) -> httpx.Client:
+        token = self.token if token is None else token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+TOKEN = "test-token-0123456789"
+
+
+@pytest.fixture(scope="session")
+def server(checkpoint, tmp_path_factory):
+    """One server for the HTTP tests (starting one costs seconds), guarded by TOKEN; tests use their own sessions."""
+    running = Server(write_config(tmp_path_factory.mktemp("serve"), checkpoint), token=TOKEN).start()
+    yield running
+    running.stop()
