@@ -1,57 +1,24 @@
 """Incremental learning: a few LoRA steps on one interaction, the base weights frozen.
 
-`_add_lora` wraps the configured linear layers of the model (attention's W_q, W_k, W_v, W_o;
-Mamba's in_proj, out_proj; SwiGLU's W, V, W2) with low-rank adapters, h = W_0 x + (α/r) B A x
-(Hu et al. 2021, arXiv:2106.09685, Sec. 4.1, Eq. (3): A Gaussian, B zero, so training starts from
-the base model); only the adapters train, with AdamW on the next-token loss of the reply given the
-prompt (the prompt's positions are not scored). The adapter is saved and restored atomically
-(`src.checkpoints`): a killed save leaves the previous file.
-
-The wrapper is private to the service until the project's own LoRA layer (`src.layers.lora`, the
-adapter issue) lands; then `_add_lora` is replaced by its `add_lora(module, targets, r, alpha)`.
+`LoRALinear.add_to` (`src.layers.lora`) wraps the configured linear layers of the model
+(attention's W_q, W_k, W_v, W_o; Mamba's in_proj, out_proj; SwiGLU's W, V, W2) with low-rank
+adapters, h = W_0 x + (α/r) B A x (Hu et al. 2021, arXiv:2106.09685, Sec. 4.1, Eq. (3): A Gaussian,
+B zero, so training starts from the base model); only the adapters train, with AdamW on the
+next-token loss of the reply given the prompt (the prompt's positions are not scored). The adapter
+is saved and restored atomically (`src.checkpoints`): a killed save leaves the previous file.
 """
 
-import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from src import checkpoints
 from src.config import ConfigError
+from src.layers.lora import LoRALinear
 from src.model import PaperModel
 from src.serve.config import LearningConfig
 from src.tasks import IGNORE
-
-
-class _LoRALinear(nn.Module):
-    """A frozen nn.Linear plus a trainable low-rank update; `weight` is the merged W_0 + (α/r) B A,
-    for the layers that read their weight directly (attention's W_o, SwiGLU)."""
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float):
-        super().__init__()
-        self.base, self.scale = base, alpha / rank
-        self.A = nn.Parameter(torch.randn(rank, base.in_features, device=base.weight.device) / math.sqrt(rank))
-        self.B = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base.weight + self.scale * self.B @ self.A
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.scale * (x @ self.A.T) @ self.B.T
-
-
-def _add_lora(model: nn.Module, targets: list[str], rank: int, alpha: float) -> dict[str, _LoRALinear]:
-    """Replace every nn.Linear child named in `targets` by a `_LoRALinear` around it; return them by path."""
-    wrapped = {}
-    for path, module in list(model.named_modules()):
-        for name, child in list(module.named_children()):
-            if name in targets and isinstance(child, nn.Linear):
-                setattr(module, name, _LoRALinear(child, rank, alpha))
-                wrapped[f"{path}.{name}" if path else name] = getattr(module, name)
-    return wrapped
 
 
 class IncrementalLearner:
@@ -60,7 +27,7 @@ class IncrementalLearner:
     def __init__(self, model: PaperModel, config: LearningConfig):
         self.model, self.config = model, config
         model.requires_grad_(False)
-        adapters = _add_lora(model, config.targets, config.rank, config.alpha)
+        adapters = LoRALinear.add_to(model, config.targets, config.rank, config.alpha)
         if not adapters:
             raise ConfigError(f"learning.targets {config.targets} name no linear layer of the model")
         self.adapters = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
