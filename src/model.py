@@ -7,6 +7,7 @@ selective SSM, memories, ...; `src.layers.mixer.MIXERS`); each has `forward(x)` 
 tokens at a time from per-block state. The model section is validated by `src.config`.
 """
 
+import math
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 from src.config import ConfigError, build_block, read_yaml, resolve_model_section
 from src.layers._checks import has_values
 from src.layers.normalization import RMSNorm
+from src.layers.selective_ssm import _GatedSSMBlock
 from src.pretrained import model_section_from_hf_config, read_hf_weights, state_dict_from_hf
 
 
@@ -36,8 +38,23 @@ class PaperModel(nn.Module):
         self.norm = RMSNorm(d_model, config["norm_eps"])
         self.head = nn.Linear(d_model, config["vocab_size"], bias=False)
         nn.init.normal_(self.embedding.weight, std=0.02)  # GPT-2 / Mamba embedding init
+        self._rescale_ssm_out_proj()
         if config["tie_embeddings"]:
             self.head.weight = self.embedding.weight
+
+    def _rescale_ssm_out_proj(self) -> None:
+        """The official Mamba initialisation's residual rescaling (not in the paper).
+
+        state-spaces/mamba's `_init_weights` (GPT-2's scheme) divides each block's `out_proj`
+        weight, after PyTorch's default init, by sqrt(n_residuals_per_layer x n_layer): one residual
+        per Mamba block, two when the block also has an MLP. Applied to the gated SSM blocks
+        (Mamba and its LTI twin); the other mixers keep their own initialisation.
+        """
+        for block in self.blocks:
+            if isinstance(block.mixer, _GatedSSMBlock):
+                residuals = 1 if block.mlp is None else 2
+                with torch.no_grad():
+                    block.mixer.out_proj.weight /= math.sqrt(residuals * len(self.blocks))
 
     @classmethod
     def from_config(cls, path: str | Path) -> "PaperModel":

@@ -1,10 +1,12 @@
 """PaperModel: built from a config, logits of the right shape, step equals forward."""
 
+import math
+
 import pytest
 import torch
 import yaml
 
-from src.config import ConfigError, count_parameters
+from src.config import ConfigError, count_parameters, resolve_model_section
 from src.model import PaperModel
 from tests.conftest import ROOT
 
@@ -103,3 +105,15 @@ def test_token_by_token_step_equals_forward_in_float32(config):
 def test_count_parameters_on_the_meta_device_equals_the_built_model(config):
     model = PaperModel.from_config(ROOT / "configs" / f"{config}.yaml")
     assert count_parameters(model.config) == model.num_parameters()
+
+
+def test_ssm_out_projections_are_rescaled_as_the_official_mamba_init_does():
+    """mixer_seq_simple._init_weights: out_proj ~ U(±1/sqrt(fan_in)) / sqrt(n_residuals x n_layer)."""
+    ssm = {"mixer": {"type": "selective_ssm", "d_state": 4}}
+    blocks = [{**ssm, "mlp": "none", "repeat": 2}, {**ssm, "mlp": {"type": "swiglu", "d_hidden": 16}}]
+    section = {"vocab_size": 8, "d_model": 32, "tie_embeddings": True, "blocks": blocks}
+    model = PaperModel(resolve_model_section(section, "<test>"))
+    for block, residuals in zip(model.blocks, (1, 1, 2)):
+        weight = block.mixer.out_proj.weight
+        bound = weight.shape[1] ** -0.5 / math.sqrt(residuals * 3)
+        assert weight.abs().max() <= bound and weight.abs().max() > 0.9 * bound

@@ -6,6 +6,9 @@ Papers: Leave No Context Behind: Efficient Infinite Context Transformers with In
 2021, arXiv:2102.11174); Parallelizing Linear Transformers with the Delta Rule over Sequence Length
 (Yang et al. 2024, arXiv:2406.06484).
 
+Equation numbers are those of Infini-attention's first arXiv version (arXiv:2404.07143v1, April
+2024), which the docstrings below cite as Eq. (n).
+
 Glossary (code -> paper):
     sigma_q, sigma_k   σ(Q), σ(K) with σ = ELU + 1, (..., n, d_k)
     v                  V, (..., n, d_v)
@@ -30,7 +33,7 @@ from torch import nn
 
 from src.layers._checks import check_positive, check_shapes
 from src.layers._heads import HeadProjections
-from src.layers.attention import concat_heads, fused_attention
+from src.layers.attention import concat_heads, fused_attention, rotary_embedding
 from src.layers.mixer import register_mixer
 from src.schema import PositiveFloat, PositiveInt
 
@@ -119,7 +122,8 @@ def memory_update_delta(
         \qquad z_s = z_{s-1} + \sum_{t=1}^{N} \sigma(K_t)
 
     The retrieved term is `memory_retrieve` with the keys as queries (Schlag et al. 2021, Sec. 4.2,
-    with β = 1); the paper gives no separate z rule for Eq. (5), so z is updated as in Eq. (4).
+    with β = 1). The normaliser is updated as in Eq. (4), z_s = z_{s-1} + Σ_t σ(K_t), as the paper
+    specifies for both update rules.
 
     Args:
         M: (..., d_k, d_v) M_{s-1}.
@@ -646,7 +650,10 @@ class InfiniAttention(_SegmentMemoryLayer):
     memory retrieval from earlier segments, mixed per head by Eq. (6), then Eq. (7).
 
     Local attention is the scaled dot-product attention of Eq. (2) over the segment's keys so far,
-    computed by `fused_attention` (no positional encoding). β starts at 0, an even mix.
+    computed by `fused_attention`, with RoPE (`rotary_embedding`, positions within the segment) on
+    its Q and K only: the paper's "Position Embeddings" paragraph keeps positional encodings off
+    the compressive memory's keys and queries and applies them after the memory read and update,
+    so the memory reads and writes the unrotated σ(Q), σ(K). β starts at 0, an even mix.
     """
 
     State = InfiniAttentionState
@@ -663,6 +670,7 @@ class InfiniAttention(_SegmentMemoryLayer):
         self.beta = nn.Parameter(torch.zeros(n_heads))
 
     def _read(self, q, segment_k, segment_v, M, z) -> torch.Tensor:
-        A_dot = fused_attention(q, segment_k, segment_v, causal=True)
+        position = segment_k.shape[-2] - q.shape[-2]  # the queries' first position within the segment
+        A_dot = fused_attention(rotary_embedding(q, position), rotary_embedding(segment_k), segment_v, causal=True)
         A_mem = memory_retrieve(elu_plus_one(q), M, z, self.eps)
         return memory_gate(A_mem, A_dot, self.beta)

@@ -87,6 +87,10 @@ def linear_memory_gradient(M: torch.Tensor, k: torch.Tensor, v: torch.Tensor) ->
     .. math::
         \nabla_M \ell(M; x_t) = \nabla_M \lVert k_t M - v_t \rVert_2^2 = 2\, k_t^\top (k_t M - v_t)
 
+    This is the exact gradient of Eq. (12). The paper's Eq. (17) writes the same gradient without
+    the factor 2, (W_0 x_t - x_t) x_t^\top, so a step size θ_t here moves the memory as far as
+    2 θ_t does in Eq. (17): this project's θ is half the paper's for the same update.
+
     Args:
         M: (..., d_k, d_v) the memory the gradient is taken at.
         k: (..., d_k) key.

@@ -37,14 +37,17 @@ def router_probs(logits: torch.Tensor) -> torch.Tensor:
 def top_k_chapters(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Keep the k most probable chapters and renormalise their probabilities into gates.
 
-    Paper: Sparsely-Gated Mixture-of-Experts (Shazeer et al. 2017, arXiv:1701.06538), Sec. 2.1, Eq. (3)-(5)
+    Paper: Sparsely-Gated Mixture-of-Experts (Shazeer et al. 2017, arXiv:1701.06538), Sec. 2.1, Eq. (3) and (5)
 
     .. math::
         \mathcal T = \mathrm{TopK}(p(x), k), \qquad
         G(x)_i = \frac{p_i(x)}{\sum_{j \in \mathcal T} p_j(x)} \text{ for } i \in \mathcal T
 
     (Shazeer et al. apply the softmax after KeepTopK on the logits; renormalising the softmax over
-    the kept entries is the same gate.) Ties go to the lower index.
+    the kept entries is the same gate.) The logits here are H(x) = x W_g without the tunable
+    Gaussian noise of Shazeer et al.'s Eq. (4) (StandardNormal() · Softplus(x W_noise)): noisy
+    top-k gating is not implemented. Among equal probabilities `torch.topk` picks in an unspecified
+    order, so tied chapters may be chosen either way.
 
     Args:
         probs: (..., N) router probabilities.
@@ -97,7 +100,7 @@ def load_balancing_loss(probs: torch.Tensor, chosen: torch.Tensor, num_chapters:
 def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
     r"""Router z-loss: penalises large router logits (numerical stability of the softmax).
 
-    Paper: ST-MoE (Zoph et al. 2022, arXiv:2202.08906), Sec. 3.1, Eq. (5)
+    Paper: ST-MoE (Zoph et al. 2022, arXiv:2202.08906), Sec. 3.3, Eq. (5)
 
     .. math::
         L_z(x) = \frac{1}{B} \sum_{i=1}^{B} \Big(\log \sum_{j=1}^{N} e^{x_j^{(i)}}\Big)^2

@@ -17,7 +17,7 @@ Glossary (code -> paper, Algorithm 2):
     h               h_t, (b, d, N): the hidden state
     D               the skip connection y += D u
     z               the gate branch: output *= SiLU(z) (Fig. 3)
-    dt_rank         R, the rank of s_Δ (ceil(d_model / 16) in the paper)
+    dt_rank         R, the rank of s_Δ (ceil(d_model / 16) by default, the official code's choice)
 
 Discretisation. The paper states the zero-order hold (Eq. 4). The official code, and so this
 layer, uses Ā = exp(ΔA) with the simpler B̄ = ΔB (`discretize_simplified`), which agrees with the
@@ -69,13 +69,14 @@ def discretize_zoh(delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> tup
 def discretize_simplified(delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The discretisation of the official code: exact Ā, first-order (Euler) B̄.
 
-    Paper: Mamba (Gu & Dao 2023, arXiv:2312.00752), Sec. 3.5, Eq. (4) simplified
+    Paper: Mamba (Gu & Dao 2023, arXiv:2312.00752), Sec. 2, Eq. (4) as the official code simplifies it
 
     .. math::
         \bar A = \exp(\Delta A), \qquad \bar B = \Delta B
 
-    Sec. 3.5 notes that B̄ = ΔB (instead of the ZOH's) changes little; it equals Eq. (4) up to
-    O(Δ²). `selective_scan_ref` and this project's scans use it.
+    The paper's Eq. (4) is the zero-order hold (`discretize_zoh`); B̄ = ΔB is the official code's
+    (`selective_scan_ref` and the CUDA kernel), equal to Eq. (4)'s B̄ up to O(Δ²). This project's
+    scans use it, so that checkpoints of the official code give the same outputs.
 
     Args:
         delta: (..., d) step sizes Δ.
@@ -483,13 +484,14 @@ def delta_bias_init(
 ) -> torch.Tensor:
     r"""Initial bias of Δ: inverse softplus of a step size drawn log-uniformly in [dt_min, dt_max].
 
-    Paper: Mamba (Gu & Dao 2023, arXiv:2312.00752), Sec. 3.6, Δ initialisation
+    Paper: Mamba (Gu & Dao 2023, arXiv:2312.00752), Sec. 3.6, Δ initialisation as the official code draws it
 
     .. math::
         \Delta_0 = \max(e^{U(\log \Delta_{min}, \log \Delta_{max})}, \Delta_{floor}), \qquad
         b = \mathrm{softplus}^{-1}(\Delta_0) = \Delta_0 + \log(1 - e^{-\Delta_0})
 
-    so that τ_Δ(b) = softplus(b) = Δ_0 at initialisation (official code: `dt_proj.bias`).
+    so that τ_Δ(b) = softplus(b) = Δ_0 at initialisation (official code: `dt_proj.bias`). The paper
+    asks for Δ ~ Uniform([0.001, 0.1]); the log-uniform draw and the floor are the official code's.
 
     Args:
         d: number of channels.
@@ -619,7 +621,7 @@ class MambaMixer(_GatedSSMBlock):
     ):
         super().__init__(d_model, d_state, d_conv, expand)
         self.scan = scan
-        self.dt_rank = dt_rank if dt_rank is not None else math.ceil(d_model / 16)  # Sec. 3.6
+        self.dt_rank = dt_rank if dt_rank is not None else math.ceil(d_model / 16)  # the official code's dt_rank='auto'
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
         nn.init.uniform_(self.dt_proj.weight, -(self.dt_rank**-0.5), self.dt_rank**-0.5)

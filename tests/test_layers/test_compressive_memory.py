@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from src.layers.attention import scaled_dot_product_attention
+from src.layers.attention import rotary_embedding, scaled_dot_product_attention
 from src.layers.compressive_memory import (
     HeadMemory,
     InfiniAttention,
@@ -53,8 +53,10 @@ def test_infini_attention_is_eq2_to_eq7_composed_by_hand(update):
     outputs = []
     for s in range(0, 8, 3):
         seg = slice(s, s + 3)
-        A_dot = scaled_dot_product_attention(q[..., seg, :], k[..., seg, :], v[..., seg, :], causal=True)
-        A_mem = memory_retrieve(elu_plus_one(q[..., seg, :]), M, z)
+        # RoPE on the local attention only, positions within the segment (the paper's Position Embeddings)
+        q_rope, k_rope = rotary_embedding(q[..., seg, :]), rotary_embedding(k[..., seg, :])
+        A_dot = scaled_dot_product_attention(q_rope, k_rope, v[..., seg, :], causal=True)
+        A_mem = memory_retrieve(elu_plus_one(q[..., seg, :]), M, z)  # unrotated q: no PE on the memory
         outputs.append(memory_gate(A_mem, A_dot, layer.beta))
         rule = memory_update_linear if update == "linear" else memory_update_delta
         M, z = rule(M, z, elu_plus_one(k[..., seg, :]), v[..., seg, :])
