@@ -46,6 +46,12 @@ EXAMPLES = {
     "neural_memory": ("neural_memory", {"chunk_size": 4, "n_persistent": 2}),
     "neural_memory-mlp": ("neural_memory", {"memory": "mlp", "chunk_size": 3, "d_hidden": 8}),
     "titans_mag": ("titans_mag", {"n_heads": 2, "window": 4, "chunk_size": 4, "n_persistent": 2}),
+    "titans_mac": ("titans_mac", {"n_heads": 2, "segment_size": 4, "chunk_size": 2, "n_persistent": 2}),
+    "titans_mac-mlp": (
+        "titans_mac",
+        {"n_heads": 2, "segment_size": 3, "memory": "mlp", "chunk_size": 2, "d_hidden": 8},
+    ),
+    "titans_mal": ("titans_mal", {"n_heads": 2, "window": 4, "chunk_size": 4, "n_persistent": 2}),
     "memory_bank": ("memory_bank", {"n_heads": 2, "n_memory": 8}),
     "memory_bank-token": ("memory_bank", {"n_heads": 2, "n_memory": 16, "chapters": 4, "top_k": 2}),
     "memory_bank-sequence": (

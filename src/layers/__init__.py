@@ -10,6 +10,7 @@ from src.layers import (  # noqa: F401  (imported to register their mixers)
     memory_bank,
     neural_memory,
     selective_ssm,
+    titans,
 )
 from src.layers.mixer import MIXERS, Mixer
 

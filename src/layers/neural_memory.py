@@ -476,21 +476,9 @@ class NeuralMemory(Mixer):
         state = NeuralMemoryState(params, params, zeros, 0)
         return torch.cat((self.persistent.expand(batch, *self.persistent.shape), x), dim=1), state
 
-    def _step(self, x: torch.Tensor, state: NeuralMemoryState | None) -> tuple[torch.Tensor, NeuralMemoryState]:
-        """From no state, the whole chunks run in the chunked form; the tokens after the last chunk
-        boundary (and every later call) run token by token with the same gradient points."""
-        n_new, outputs = x.shape[1], []
-        if state is None:
-            x, state = self._start(x)
-            full = x.shape[1] - x.shape[1] % self.chunk_size
-            if full:
-                y, params, momentum = neural_memory_chunked(
-                    *self._inputs(x[:, :full]), self.chunk_size, state.params, None, self.memory
-                )
-                outputs.append(y)
-                state = NeuralMemoryState(params, params, momentum, full)
-            x = x[:, full:]
-        rule = MEMORIES[self.memory]
+    def _tokens(self, x: torch.Tensor, state: NeuralMemoryState) -> tuple[torch.Tensor, NeuralMemoryState]:
+        """The recurrence token by token, each gradient at the current chunk's start weights."""
+        rule, outputs = MEMORIES[self.memory], []
         start, params, momentum, position = state.start, state.params, state.momentum, state.position
         q, k, v, alpha, eta, theta = self._inputs(x)
         for t in range(x.shape[1]):
@@ -501,8 +489,28 @@ class NeuralMemory(Mixer):
             position += 1
             if position % self.chunk_size == 0:
                 start = params
-        y = self.W_O(torch.cat(outputs, dim=1)[:, -n_new:])
-        return y, NeuralMemoryState(start, params, momentum, position)
+        return torch.cat(outputs, dim=1), NeuralMemoryState(start, params, momentum, position)
+
+    def _step(self, x: torch.Tensor, state: NeuralMemoryState | None) -> tuple[torch.Tensor, NeuralMemoryState]:
+        """The tokens up to the next chunk boundary run token by token, the whole chunks after it in
+        the chunked form, the rest token by token: the same gradient points however x is split."""
+        n_new, outputs = x.shape[1], []
+        if state is None:
+            x, state = self._start(x)
+        lead = min(x.shape[1], -state.position % self.chunk_size)
+        full = (x.shape[1] - lead) - (x.shape[1] - lead) % self.chunk_size
+        for part, chunked in ((x[:, :lead], False), (x[:, lead : lead + full], True), (x[:, lead + full :], False)):
+            if not part.shape[1]:
+                continue
+            if chunked:
+                y, params, momentum = neural_memory_chunked(
+                    *self._inputs(part), self.chunk_size, state.params, state.momentum, self.memory
+                )
+                state = NeuralMemoryState(params, params, momentum, state.position + part.shape[1])
+            else:
+                y, state = self._tokens(part, state)
+            outputs.append(y)
+        return self.W_O(torch.cat(outputs, dim=1)[:, -n_new:]), state
 
 
 def sliding_window_allowed(L_q: int, L_k: int, window: int, n_persistent: int) -> torch.Tensor:
@@ -575,6 +583,26 @@ def sliding_window_attention(
     return torch.cat(outputs, dim=-2)
 
 
+def _windowed_attention_step(
+    layer: HeadProjections, x: torch.Tensor, state, window: int, n_persistent: int, n_out: int
+):
+    """SW-Attn* of the last `n_out` positions of x, continuing `state` (None, or one with k, v, position).
+
+    Heads of x with RoPE at their positions, the cached keys prepended; returns the attention
+    output through W_o, (b, n_out, d_model), and the new cache (k, v, position): the persistent
+    keys and values, then the last window - 1, so the cache has a constant size.
+    """
+    offset = 0 if state is None else state.position
+    q, k, v = layer._heads(x)
+    q, k = rotary_embedding(q, offset), rotary_embedding(k, offset)
+    if state is not None:
+        k, v = torch.cat((state.k, k), dim=-2), torch.cat((state.v, v), dim=-2)
+    attended = sliding_window_attention(q[..., -n_out:, :], k, v, window, n_persistent)
+    held = k.shape[-2]
+    keep = torch.cat((torch.arange(n_persistent), torch.arange(max(n_persistent, held - window + 1), held)))
+    return concat_heads(attended, layer.W_o.weight), (k[..., keep, :], v[..., keep, :], offset + x.shape[1])
+
+
 @dataclass(frozen=True)
 class MAGState:
     """The persistent keys and values and those of the last window - 1 tokens (b, H, n, d_head),
@@ -620,16 +648,8 @@ class TitansMAG(HeadProjections):
     def _step(self, x: torch.Tensor, state: MAGState | None) -> tuple[torch.Tensor, MAGState]:
         n_p = self.neural_memory.persistent.shape[0]
         memory_out, memory_state = self.neural_memory.step(x, None if state is None else state.memory)
-        offset = 0 if state is None else state.position
         if state is None:  # attention sees x̃ = [persistent; x]
             x = torch.cat((self.neural_memory.persistent.expand(x.shape[0], -1, -1), x), dim=1)
-        q, k, v = self._heads(x)
-        q, k = rotary_embedding(q, offset), rotary_embedding(k, offset)
-        if state is not None:
-            k, v = torch.cat((state.k, k), dim=-2), torch.cat((state.v, v), dim=-2)
-        # keys held: the persistent ones first, then the most recent ones, contiguous up to the queries
-        queries = q[..., -memory_out.shape[1] :, :]  # the persistent positions' own outputs are dropped
-        attended = sliding_window_attention(queries, k, v, self.window, n_p)
-        out = self.attention_norm(concat_heads(attended, self.W_o.weight)) * torch.sigmoid(self.memory_norm(memory_out))
-        keep = torch.cat((torch.arange(n_p), torch.arange(max(n_p, k.shape[-2] - self.window + 1), k.shape[-2])))
-        return out, MAGState(k[..., keep, :], v[..., keep, :], offset + x.shape[1], memory_state)
+        attended, cache = _windowed_attention_step(self, x, state, self.window, n_p, memory_out.shape[1])
+        out = self.attention_norm(attended) * torch.sigmoid(self.memory_norm(memory_out))
+        return out, MAGState(*cache, memory_state)

@@ -1,0 +1,89 @@
+"""TitansMAC and TitansMAL composed by hand from the literal equations (step == forward and causality:
+test_mixer_contract.py)."""
+
+import torch
+
+from src.layers.attention import concat_heads, rotary_embedding, scaled_dot_product_attention
+from src.layers.neural_memory import (
+    data_dependent_gates,
+    linear_memory_read,
+    memory_projections,
+    neural_memory_recurrent,
+    sliding_window_allowed,
+)
+from src.layers.titans import TitansMAC, TitansMAL, memory_context_allowed
+
+
+def perturbed(layer):
+    torch.manual_seed(0)
+    layer = layer.double()
+    with torch.no_grad():  # move the zero-initialised memory weights so every path carries signal
+        for parameter in layer.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return layer
+
+
+def heads(layer, x):
+    b, n, d = x.shape
+    return [
+        W(x).view(b, n, layer.n_heads, d // layer.n_heads).transpose(1, 2) for W in (layer.W_q, layer.W_k, layer.W_v)
+    ]
+
+
+def rms(x, weight):
+    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * weight
+
+
+def memory_reads(memory, y, M, S):
+    """The linear memory over tokens y with the literal recurrence (chunk size 1): M*_t(q(y_t)) and the state."""
+    k, v, q = memory_projections(y, memory.W_K.weight, memory.W_V.weight, memory.W_Q.weight)
+    alpha, eta, theta = data_dependent_gates(y, memory.gates.weight, memory.gates.bias, memory.theta_max)
+    read, M, S = neural_memory_recurrent(q, k, v, alpha, eta, theta, M, S)
+    return memory.W_O(read), M, S
+
+
+def test_mac_is_eq21_to_eq25_composed_by_hand():
+    layer = perturbed(TitansMAC(8, n_heads=2, segment_size=3, n_persistent=2, chunk_size=1))
+    x = torch.randn(2, 7, 8, dtype=torch.float64)
+    memory, C, n_p = layer.neural_memory, 3, 2
+    M, S = memory.initial["M"].expand(2, -1, -1), torch.zeros(2, 8, 8, dtype=torch.float64)
+    outputs = []
+    for start in range(0, 7, C):
+        segment = x[:, start : start + C]
+        n = segment.shape[1]
+        q_mem = memory_projections(segment, memory.W_K.weight, memory.W_V.weight, memory.W_Q.weight)[2]
+        h = linear_memory_read(M[:, None].expand(-1, n, -1, -1), q_mem)  # Eq. (21): M*_{t-1}(q_t)
+        context = torch.cat((layer.persistent.expand(2, -1, -1), h, segment), dim=1)  # Eq. (22)
+        q, k, v = heads(layer, context)
+        positions = torch.cat((torch.arange(n_p), n_p + torch.arange(n), n_p + C + torch.arange(n)))
+        rotated_q = torch.cat([rotary_embedding(q[..., i : i + 1, :], int(p)) for i, p in enumerate(positions)], -2)
+        rotated_k = torch.cat([rotary_embedding(k[..., i : i + 1, :], int(p)) for i, p in enumerate(positions)], -2)
+        allowed = memory_context_allowed(n_p, n, n)
+        attended = scaled_dot_product_attention(rotated_q[..., -n:, :], rotated_k, v, allowed=allowed)  # Eq. (23)
+        y = concat_heads(attended, layer.W_o.weight)
+        read, M, S = memory_reads(memory, y, M, S)  # Eq. (24): M_t = M_{t-1}(y_t), then M*_t(y_t)
+        outputs.append(rms(y, layer.attention_norm.weight) * torch.sigmoid(rms(read, layer.memory_norm.weight)))
+    torch.testing.assert_close(layer(x), torch.cat(outputs, dim=1), rtol=1e-10, atol=1e-12)
+
+
+def test_mal_is_eq29_to_eq31_composed_by_hand():
+    layer = perturbed(TitansMAL(8, n_heads=2, window=3, n_persistent=2, chunk_size=1))
+    x = torch.randn(2, 6, 8, dtype=torch.float64)
+    memory = layer.neural_memory
+    x_tilde = torch.cat((memory.persistent.expand(2, -1, -1), x), dim=1)  # Eq. (29)
+    M0 = memory.initial["M"].expand(2, -1, -1)
+    y = memory_reads(memory, x_tilde, M0, torch.zeros_like(M0))[0][:, 2:]  # Eq. (30), at the positions of x
+    q, k, v = heads(layer, y)
+    q, k = rotary_embedding(q), rotary_embedding(k)
+    attended = scaled_dot_product_attention(q, k, v, causal=True, allowed=sliding_window_allowed(6, 6, 3, 0))
+    torch.testing.assert_close(layer(x), concat_heads(attended, layer.W_o.weight), rtol=1e-10, atol=1e-12)
+
+
+def test_mac_state_is_bounded_by_the_segment():
+    layer = perturbed(TitansMAC(8, n_heads=2, segment_size=4, n_persistent=1, chunk_size=2))
+    state, sizes = None, []
+    for _ in range(11):
+        _, state = layer.step(torch.randn(1, 1, 8, dtype=torch.float64), state)
+        sizes.append(state.k_s.shape[-2])
+    assert sizes == [1, 2, 3, 0] * 2 + [1, 2, 3]
+    assert state.k_h.shape == state.k_s.shape
