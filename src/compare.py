@@ -16,7 +16,7 @@ from pathlib import Path
 
 from src.config import ExperimentConfig, count_parameters
 from src.needle import write_needles
-from src.training import METRICS, setting_label, train
+from src.training import CHECKPOINT, METRICS, setting_label, train
 
 
 class ComparisonError(RuntimeError):
@@ -115,8 +115,9 @@ def compare(
     """Train each experiment, writing the table and JSON after each; return the rows.
 
     `resume` and `overwrite` are passed to each model's `train` (a finished model's run is then
-    read back, not trained again). Raises `ComparisonError` after writing everything when any
-    model failed.
+    read back, not trained again); under `resume`, a model whose run has no checkpoint yet (never
+    started, or stopped before its first evaluation) is trained from the start. Raises
+    `ComparisonError` after writing everything when any model failed.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -126,7 +127,11 @@ def compare(
         log(f"== {name}")
         row = {"model": name, "parameters": count_parameters(experiment.model, experiment.file)}
         try:
-            result = train(experiment, lambda line, name=name: log(f"[{name}] {line}"), resume, overwrite)
+            started = (Path(experiment.train.out_dir) / CHECKPOINT).exists()
+            fresh = resume and not started  # nothing to resume: its partial run (if any) holds no step
+            result = train(
+                experiment, lambda line, name=name: log(f"[{name}] {line}"), resume and started, overwrite or fresh
+            )
         except Exception as error:  # any failure of one model; the comparison goes on
             row["error"] = _error_line(error)
             log(f"[{name}] failed: {row['error']}")

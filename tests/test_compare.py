@@ -71,6 +71,18 @@ def test_resume_reads_finished_models_instead_of_training_them_again(tmp_path, c
     assert json.loads((tmp_path / "run" / "compare.json").read_text()) == json.loads(first)
 
 
+def test_resume_trains_the_models_that_never_reached_a_checkpoint(tmp_path):
+    config = comparison(tmp_path, names=("a", "b"))
+    assert main(["compare", config]) == 0
+    first = json.loads((tmp_path / "run" / "compare.json").read_text())
+    (tmp_path / "run" / "b" / "checkpoint.pt").unlink()  # b was stopped before its first evaluation
+    assert main(["compare", config, "--resume"]) == 0
+    again = json.loads((tmp_path / "run" / "compare.json").read_text())
+    assert [(row["eval_loss"], row["eval_accuracy"]) for row in again] == [
+        (row["eval_loss"], row["eval_accuracy"]) for row in first
+    ]  # b trained again from its seed: the same model
+
+
 def test_learning_curves_plot_one_line_per_model(tmp_path):
     pytest.importorskip("matplotlib")
     experiments = load_comparison(comparison(tmp_path, names=("a", "b")))
