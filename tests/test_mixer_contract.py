@@ -52,6 +52,14 @@ EXAMPLES = {
         {"n_heads": 2, "segment_size": 3, "memory": "mlp", "chunk_size": 2, "d_hidden": 8},
     ),
     "titans_mal": ("titans_mal", {"n_heads": 2, "window": 4, "chunk_size": 4, "n_persistent": 2}),
+    "neural_memory-deep-conv-gate": (
+        "neural_memory",
+        {"memory": "mlp", "memory_depth": 3, "chunk_size": 3, "d_hidden": 8, "conv_kernel": 4, "output_gate": True},
+    ),
+    "titans_mac-conv-gate": (
+        "titans_mac",
+        {"n_heads": 2, "segment_size": 4, "chunk_size": 2, "n_persistent": 1, "conv_kernel": 3, "output_gate": True},
+    ),
     "memory_bank": ("memory_bank", {"n_heads": 2, "n_memory": 8}),
     "memory_bank-token": ("memory_bank", {"n_heads": 2, "n_memory": 16, "chapters": 4, "top_k": 2}),
     "memory_bank-sequence": (

@@ -14,6 +14,8 @@ Every sequence has its own memory (batch dimension first); the learned initial w
 projections are the model's parameters, trained by the outer loop through everything below.
 """
 
+import dataclasses
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -27,11 +29,12 @@ from src.layers._heads import HeadProjections
 from src.layers.attention import concat_heads, fused_attention, rotary_embedding
 from src.layers.mixer import Mixer, register_mixer
 from src.layers.normalization import RMSNorm
+from src.layers.selective_ssm import causal_conv1d
 from src.schema import NonNegativeInt, PositiveFloat, PositiveInt
 
 
 def memory_projections(
-    x: torch.Tensor, W_K: torch.Tensor, W_V: torch.Tensor, W_Q: torch.Tensor
+    x: torch.Tensor, W_K: torch.Tensor, W_V: torch.Tensor, W_Q: torch.Tensor, conv: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Keys, values and queries of the memory.
 
@@ -43,21 +46,27 @@ def memory_projections(
         q_t = \frac{\mathrm{SiLU}(x_t W_Q)}{\lVert \mathrm{SiLU}(x_t W_Q) \rVert_2}
 
     Eq. (11) and (15) are the linear projections; the SiLU and the ℓ2-normalised keys and queries
-    are the architectural details of Sec. 4.4 (the depthwise convolution there is left out).
+    are the architectural details of Sec. 4.4. With `conv`, Sec. 4.4's depthwise-separable
+    convolution follows each projection (the projection is its pointwise part): x_t W is replaced
+    by the causal depthwise filter of the projected sequence (`causal_conv1d`, zeros before the
+    first token) before the SiLU.
 
     Args:
         x: (b, L, d_model) input.
         W_K, W_Q: (d_k, d_model) projections (nn.Linear layout).
         W_V: (d_v, d_model) projection.
+        conv: (2 d_k + d_v, kernel) per-channel filters of the [K, V, Q] projections, or None.
 
     Returns:
         k (b, L, d_k), v (b, L, d_v), q (b, L, d_k).
     """
-    check_shapes(x=(x, "b L d"), W_K=(W_K, "d_k d"), W_V=(W_V, "d_v d"), W_Q=(W_Q, "d_k d"))
-    k = F.normalize(F.silu(x @ W_K.T), dim=-1)
-    v = F.silu(x @ W_V.T)
-    q = F.normalize(F.silu(x @ W_Q.T), dim=-1)
-    return k, v, q
+    sizes = check_shapes(x=(x, "b L d"), W_K=(W_K, "d_k d"), W_V=(W_V, "d_v d"), W_Q=(W_Q, "d_k d"))
+    projected = torch.cat((x @ W_K.T, x @ W_V.T, x @ W_Q.T), dim=-1)
+    if conv is not None:
+        check_shapes(conv=(conv, "channels kernel"), W_K=(W_K, "d_k d"))
+        projected = causal_conv1d(projected.transpose(1, 2), conv).transpose(1, 2)
+    k, v, q = projected.split((sizes["d_k"], sizes["d_v"], sizes["d_k"]), dim=-1)
+    return F.normalize(F.silu(k), dim=-1), F.silu(v), F.normalize(F.silu(q), dim=-1)
 
 
 def associative_loss(prediction: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -274,19 +283,22 @@ class LinearMemory:
 
 
 class MLPMemory:
-    """A two-layer MLP memory M(k) = SiLU(k W1) W2 (the deep memory of Sec. 3.1, L_M = 2).
+    """A deep memory of L_M >= 2 layers, M(k) = SiLU(... SiLU(k W1) ...) W_{L_M} (Sec. 3.1; the
+    paper's deep-memory experiments vary L_M from 1, the linear memory, to 4). Weights {"W1", ...}.
 
     Its per-token gradients come from autograd (torch.func.grad, vectorised over tokens and batch).
     """
 
     @staticmethod
     def apply(params: dict, k: torch.Tensor) -> torch.Tensor:
-        return F.silu(k @ params["W1"]) @ params["W2"]
+        layers = [params[f"W{i}"] for i in range(1, len(params) + 1)]
+        for W in layers[:-1]:
+            k = F.silu(k @ W)
+        return k @ layers[-1]
 
     @staticmethod
     def read(params: dict, q: torch.Tensor) -> torch.Tensor:
-        hidden = F.silu((q[..., None, :] @ params["W1"])[..., 0, :])
-        return (hidden[..., None, :] @ params["W2"])[..., 0, :]
+        return MLPMemory.apply(params, q[..., None, :])[..., 0, :]
 
     @staticmethod
     def gradients(params: dict, k: torch.Tensor, v: torch.Tensor) -> dict:
@@ -420,6 +432,7 @@ class NeuralMemoryState:
     params: dict
     momentum: dict
     position: int
+    tail: torch.Tensor  # the last kernel - 1 inputs (b, <= kernel - 1, d_model) of the Sec. 4.4 convolution
 
 
 @register_mixer("neural_memory")
@@ -430,6 +443,11 @@ class NeuralMemory(Mixer):
     the whole sequence in the chunked form, and each position returns W_O y_t (the persistent
     positions are dropped). `step` streams tokens through the same chunk boundaries: within a
     chunk each token's gradient is taken at the chunk's starting weights, so step equals forward.
+
+    Options of Sec. 3.1 and 4.4, off by default: `memory_depth` L_M >= 2 layers for the MLP memory
+    (`memory: linear` is L_M = 1); `conv_kernel` > 1, the depthwise-separable convolution after the
+    K, V, Q projections (`memory_projections`); `output_gate`, the normalisation and linear gating
+    before the output projection, W_O (RMSNorm(y_t) ⊙ σ(x_t W_G)).
     """
 
     State = NeuralMemoryState
@@ -442,10 +460,18 @@ class NeuralMemory(Mixer):
         n_persistent: NonNegativeInt = 0,
         d_hidden: PositiveInt | None = None,
         theta_max: PositiveFloat = 0.5,
+        memory_depth: PositiveInt | None = None,
+        conv_kernel: PositiveInt = 1,
+        output_gate: bool = False,
     ):
         super().__init__(d_model)
         if memory not in MEMORIES:
             raise ValueError(f"memory must be one of {sorted(MEMORIES)}, got {memory!r}")
+        if memory == "linear" and memory_depth not in (None, 1):
+            raise ValueError(f"memory_depth {memory_depth} needs memory: mlp (a linear memory has depth 1)")
+        depth = memory_depth or 2
+        if memory == "mlp" and depth < 2:
+            raise ValueError(f"memory: mlp needs memory_depth >= 2, got {depth} (depth 1 is memory: linear)")
         self.memory, self.chunk_size, self.theta_max = memory, chunk_size, theta_max
         self.W_K = nn.Linear(d_model, d_model, bias=False)
         self.W_V = nn.Linear(d_model, d_model, bias=False)
@@ -453,35 +479,53 @@ class NeuralMemory(Mixer):
         self.W_O = nn.Linear(d_model, d_model, bias=False)
         self.gates = nn.Linear(d_model, 3)
         self.persistent = nn.Parameter(0.02 * torch.randn(n_persistent, d_model))
+        self.conv = (
+            nn.Parameter(torch.randn(3 * d_model, conv_kernel) / math.sqrt(conv_kernel)) if conv_kernel > 1 else None
+        )
+        self.output_norm = RMSNorm(d_model) if output_gate else None
+        self.W_G = nn.Linear(d_model, d_model, bias=False) if output_gate else None
         if memory == "linear":
             self.initial = nn.ParameterDict({"M": nn.Parameter(torch.zeros(d_model, d_model))})
-        else:
+        else:  # W1 .. W_{L_M - 1} random, the last zero: the memory starts by answering 0
             hidden = d_hidden or 2 * d_model
+            widths = [d_model] + [hidden] * (depth - 1) + [d_model]
             self.initial = nn.ParameterDict(
                 {
-                    "W1": nn.Parameter(torch.randn(d_model, hidden) / math.sqrt(d_model)),
-                    "W2": nn.Parameter(torch.zeros(hidden, d_model)),
+                    f"W{i + 1}": nn.Parameter(
+                        torch.randn(fan_in, fan_out) / math.sqrt(fan_in)
+                        if i < depth - 1
+                        else torch.zeros(fan_in, fan_out)
+                    )
+                    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(widths))
                 }
             )
 
-    def _inputs(self, x: torch.Tensor):
-        k, v, q = memory_projections(x, self.W_K.weight, self.W_V.weight, self.W_Q.weight)
+    def _inputs(self, x: torch.Tensor, tail: torch.Tensor):
+        """q, k, v and the gates of the tokens x, the convolution reading the `tail` of earlier inputs."""
+        window = torch.cat((tail, x), dim=1)
+        k, v, q = memory_projections(window, self.W_K.weight, self.W_V.weight, self.W_Q.weight, self.conv)
         alpha, eta, theta = data_dependent_gates(x, self.gates.weight, self.gates.bias, self.theta_max)
-        return q, k, v, alpha, eta, theta
+        earlier = tail.shape[1]
+        return q[:, earlier:], k[:, earlier:], v[:, earlier:], alpha, eta, theta
+
+    def _tail(self, tail: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        keep = 0 if self.conv is None else self.conv.shape[1] - 1
+        window = torch.cat((tail, x), dim=1)
+        return window[:, window.shape[1] - min(keep, window.shape[1]) :]
 
     def _start(self, x: torch.Tensor) -> tuple[torch.Tensor, NeuralMemoryState]:
         batch = x.shape[0]
         params = {name: p.expand(batch, *p.shape) for name, p in self.initial.items()}
         zeros = {name: torch.zeros_like(p) for name, p in params.items()}
-        state = NeuralMemoryState(params, params, zeros, 0)
+        state = NeuralMemoryState(params, params, zeros, 0, x[:, :0])
         return torch.cat((self.persistent.expand(batch, *self.persistent.shape), x), dim=1), state
 
-    def _tokens(self, x: torch.Tensor, state: NeuralMemoryState) -> tuple[torch.Tensor, NeuralMemoryState]:
+    def _tokens(self, inputs: list, state: NeuralMemoryState) -> tuple[torch.Tensor, NeuralMemoryState]:
         """The recurrence token by token, each gradient at the current chunk's start weights."""
         rule, outputs = MEMORIES[self.memory], []
         start, params, momentum, position = state.start, state.params, state.momentum, state.position
-        q, k, v, alpha, eta, theta = self._inputs(x)
-        for t in range(x.shape[1]):
+        q, k, v, alpha, eta, theta = inputs
+        for t in range(q.shape[1]):
             grads = rule.gradients(start, k[:, t : t + 1], v[:, t : t + 1])  # at the chunk's start weights
             momentum = {n: surprise_momentum(momentum[n], g[:, 0], eta[:, t], theta[:, t]) for n, g in grads.items()}
             params = {n: forget_and_update(params[n], momentum[n], alpha[:, t]) for n in params}
@@ -489,7 +533,7 @@ class NeuralMemory(Mixer):
             position += 1
             if position % self.chunk_size == 0:
                 start = params
-        return torch.cat(outputs, dim=1), NeuralMemoryState(start, params, momentum, position)
+        return torch.cat(outputs, dim=1), NeuralMemoryState(start, params, momentum, position, state.tail)
 
     def _step(self, x: torch.Tensor, state: NeuralMemoryState | None) -> tuple[torch.Tensor, NeuralMemoryState]:
         """The tokens up to the next chunk boundary run token by token, the whole chunks after it in
@@ -497,20 +541,29 @@ class NeuralMemory(Mixer):
         n_new, outputs = x.shape[1], []
         if state is None:
             x, state = self._start(x)
+        inputs, tail = self._inputs(x, state.tail), self._tail(state.tail, x)
         lead = min(x.shape[1], -state.position % self.chunk_size)
         full = (x.shape[1] - lead) - (x.shape[1] - lead) % self.chunk_size
-        for part, chunked in ((x[:, :lead], False), (x[:, lead : lead + full], True), (x[:, lead + full :], False)):
-            if not part.shape[1]:
+        for part, chunked in (
+            (slice(0, lead), False),
+            (slice(lead, lead + full), True),
+            (slice(lead + full, None), False),
+        ):
+            part_inputs = [tensor[:, part] for tensor in inputs]
+            if not part_inputs[0].shape[1]:
                 continue
             if chunked:
                 y, params, momentum = neural_memory_chunked(
-                    *self._inputs(part), self.chunk_size, state.params, state.momentum, self.memory
+                    *part_inputs, self.chunk_size, state.params, state.momentum, self.memory
                 )
-                state = NeuralMemoryState(params, params, momentum, state.position + part.shape[1])
+                state = NeuralMemoryState(params, params, momentum, state.position + full, state.tail)
             else:
-                y, state = self._tokens(part, state)
+                y, state = self._tokens(part_inputs, state)
             outputs.append(y)
-        return self.W_O(torch.cat(outputs, dim=1)[:, -n_new:]), state
+        y = torch.cat(outputs, dim=1)[:, -n_new:]
+        if self.W_G is not None:  # Sec. 4.4: normalisation and linear gating before the output projection
+            y = self.output_norm(y) * torch.sigmoid(self.W_G(x[:, -n_new:]))
+        return self.W_O(y), dataclasses.replace(state, tail=tail)
 
 
 def sliding_window_allowed(L_q: int, L_k: int, window: int, n_persistent: int) -> torch.Tensor:
@@ -636,12 +689,17 @@ class TitansMAG(HeadProjections):
         chunk_size: PositiveInt = 16,
         d_hidden: PositiveInt | None = None,
         theta_max: PositiveFloat = 0.5,
+        memory_depth: PositiveInt | None = None,
+        conv_kernel: PositiveInt = 1,
+        output_gate: bool = False,
     ):
         super().__init__(d_model, n_heads)
         if (d_model // n_heads) % 2:
             raise ValueError(f"d_model / n_heads = {d_model // n_heads} must be even for rotary pairs")
         self.window = window
-        self.neural_memory = NeuralMemory(d_model, memory, chunk_size, n_persistent, d_hidden, theta_max)
+        self.neural_memory = NeuralMemory(
+            d_model, memory, chunk_size, n_persistent, d_hidden, theta_max, memory_depth, conv_kernel, output_gate
+        )
         self.attention_norm = RMSNorm(d_model)
         self.memory_norm = RMSNorm(d_model)
 

@@ -104,13 +104,18 @@ class TitansMAC(HeadProjections):
         chunk_size: PositiveInt = 16,
         d_hidden: PositiveInt | None = None,
         theta_max: PositiveFloat = 0.5,
+        memory_depth: PositiveInt | None = None,
+        conv_kernel: PositiveInt = 1,
+        output_gate: bool = False,
     ):
         super().__init__(d_model, n_heads)
         if (d_model // n_heads) % 2:
             raise ValueError(f"d_model / n_heads = {d_model // n_heads} must be even for rotary pairs")
         self.segment_size = segment_size
         self.persistent = nn.Parameter(0.02 * torch.randn(n_persistent, d_model))
-        self.neural_memory = NeuralMemory(d_model, memory, chunk_size, 0, d_hidden, theta_max)
+        self.neural_memory = NeuralMemory(
+            d_model, memory, chunk_size, 0, d_hidden, theta_max, memory_depth, conv_kernel, output_gate
+        )
         self.attention_norm = RMSNorm(d_model)
         self.memory_norm = RMSNorm(d_model)
 
@@ -190,12 +195,17 @@ class TitansMAL(HeadProjections):
         chunk_size: PositiveInt = 16,
         d_hidden: PositiveInt | None = None,
         theta_max: PositiveFloat = 0.5,
+        memory_depth: PositiveInt | None = None,
+        conv_kernel: PositiveInt = 1,
+        output_gate: bool = False,
     ):
         super().__init__(d_model, n_heads)
         if (d_model // n_heads) % 2:
             raise ValueError(f"d_model / n_heads = {d_model // n_heads} must be even for rotary pairs")
         self.window = window
-        self.neural_memory = NeuralMemory(d_model, memory, chunk_size, n_persistent, d_hidden, theta_max)
+        self.neural_memory = NeuralMemory(
+            d_model, memory, chunk_size, n_persistent, d_hidden, theta_max, memory_depth, conv_kernel, output_gate
+        )
 
     def _step(self, x: torch.Tensor, state: MALState | None) -> tuple[torch.Tensor, MALState]:
         y, memory_state = self.neural_memory.step(x, None if state is None else state.memory)

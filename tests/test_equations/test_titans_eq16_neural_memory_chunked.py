@@ -80,6 +80,27 @@ def test_mlp_memory_equals_its_literal_definition(chunk_size, L, seed):
     torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
 
 
+def _deep_apply(params, k):
+    """An L_M-layer MLP written out: SiLU after every layer but the last."""
+    for i in range(1, len(params)):
+        k = torch.nn.functional.silu(k @ params[f"W{i}"])
+    return k @ params[f"W{len(params)}"]
+
+
+@settings(max_examples=4, deadline=None)
+@given(depth=st.integers(3, 4), chunk_size=st.integers(2, 8), L=st.integers(1, 12), seed=st.integers(0, 10_000))
+def test_deep_memory_equals_its_literal_definition(depth, chunk_size, L, seed):
+    q, k, v, alpha, eta, theta = sequence(1, L, 3, 2, seed)
+    g = torch.Generator().manual_seed(seed + 2)
+    widths = [3] + [4] * (depth - 1) + [2]
+    params0 = {
+        f"W{i + 1}": torch.randn(1, widths[i], widths[i + 1], generator=g, dtype=torch.float64) for i in range(depth)
+    }
+    y, _, _ = neural_memory_chunked(q, k, v, alpha, eta, theta, chunk_size, params0, memory="mlp")
+    expected = literal_definition(q, k, v, alpha, eta, theta, chunk_size, params0, _deep_apply)
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+
+
 def test_zero_decay_factors_are_exact():
     q, k, v, alpha, eta, theta = sequence(1, 8, 2, 2, 5)
     alpha[:, 3] = 1.0  # forget everything at token 4

@@ -35,7 +35,7 @@ def test_memory_layer_is_the_chunked_equations_composed_by_hand():
     x = torch.randn(2, 6, 8, dtype=torch.float64)
     x_tilde = torch.cat((layer.persistent.expand(2, -1, -1), x), dim=1)  # 8 tokens = 2 chunks of 4
     params0 = {"M": layer.initial["M"].expand(2, -1, -1)}
-    y, _, _ = neural_memory_chunked(*layer._inputs(x_tilde), 4, params0)
+    y, _, _ = neural_memory_chunked(*layer._inputs(x_tilde, x_tilde[:, :0]), 4, params0)
     torch.testing.assert_close(layer(x), layer.W_O(y[:, 2:]), rtol=1e-12, atol=1e-12)
 
 
