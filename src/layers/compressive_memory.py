@@ -31,6 +31,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from src.kernels.fla_memory import delta_memory_shifted, fla_available, fla_delta, fla_linear, linear_memory_shifted
 from src.layers._checks import check_positive, check_shapes
 from src.layers._heads import HeadProjections
 from src.layers.attention import concat_heads, fused_attention, rotary_embedding
@@ -555,6 +556,7 @@ class HeadMemory:
 
 
 CHUNKED = {"linear": linear_memory_chunked, "delta": delta_memory_chunked}
+SHIFTED = {"linear": (linear_memory_shifted, fla_linear), "delta": (delta_memory_shifted, fla_delta)}
 
 
 @register_mixer("tensor_memory")
@@ -573,6 +575,11 @@ class TensorMemory(_SegmentMemoryLayer):
     `bias` adds a bias to the Q, K, V projections. `heads` declares each head's memory instead
     (`HeadMemory`: update rule and clamps per head, so heads may differ); the layer-level `update`
     and clamps must then keep their defaults.
+
+    `backend` picks the fast form of the unclamped token-level memory: "chunked" (the PyTorch
+    chunked forms), "fla" (flash-linear-attention's Triton kernels on inputs shifted one token,
+    `src.kernels.fla_memory`, extra 'fla', CUDA tensors only) or "auto" (fla on CUDA when installed,
+    else chunked). All compute the same equations.
     """
 
     State = TensorMemoryState
@@ -591,8 +598,12 @@ class TensorMemory(_SegmentMemoryLayer):
         normalize_qkv: bool = False,
         bias: bool = False,
         heads: list[HeadMemory] | None = None,
+        backend: Literal["auto", "chunked", "fla"] = "auto",
     ):
         super().__init__(d_model, n_heads, segment_size, update, eps, bias)
+        if backend not in ("auto", "chunked", "fla"):
+            raise ValueError(f"backend must be one of auto, chunked, fla, got {backend!r}")
+        self.backend = backend
         layer_memory = HeadMemory(update, max_delta, max_memory, max_norm)
         if heads is None:
             heads = [layer_memory] * n_heads
@@ -637,7 +648,14 @@ class TensorMemory(_SegmentMemoryLayer):
         q, k, v = self._heads(x)
         M0, z0 = _initial_memory(None, None, k, v) if state is None else (state.M, state.z)
 
+        use_fla = self.backend == "fla" or (self.backend == "auto" and x.is_cuda and fla_available())
+        if use_fla and not x.is_cuda:
+            raise ValueError("TensorMemory backend 'fla' needs CUDA tensors (fla's kernels run on the GPU)")
+
         def chunked(spec: HeadMemory, q, k, v, M0, z0):
+            if use_fla:
+                shifted, kernel = SHIFTED[spec.update]
+                return shifted(elu_plus_one(q), elu_plus_one(k), v, M0, z0, self.eps, kernel)
             return CHUNKED[spec.update](elu_plus_one(q), elu_plus_one(k), v, self.chunk_size, M0, z0, self.eps)
 
         A_mem, M, z = self._per_head_group(chunked, q, k, v, M0, z0)
