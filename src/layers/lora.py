@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.layers._checks import check_positive, check_shapes
+from src.layers.quantization import QuantizedLinear
 
 
 def lora_forward(
@@ -74,18 +75,20 @@ def lora_merge(W0: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: float)
 
 
 class LoRALinear(nn.Module):
-    """A frozen `nn.Linear` plus trainable factors A, B (Eq. (3)); `weight` is the merged W.
+    """A frozen `nn.Linear` (or `QuantizedLinear`, as QLoRA) plus trainable factors A, B (Eq. (3));
+    `weight` is the merged W.
 
     `weight` serves the layers that read their weight directly instead of calling the module
     (attention's output projection through `concat_heads`, for example).
     """
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+    def __init__(self, base: nn.Linear | QuantizedLinear, rank: int, alpha: float):
         super().__init__()
         check_positive("rank", rank)
         check_positive("alpha", alpha)
         self.base, self.alpha = base.requires_grad_(False), float(alpha)
-        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        weight = base.weight
+        factory = {"device": weight.device, "dtype": weight.dtype}
         self.A = nn.Parameter(torch.randn(rank, base.in_features, **factory) / math.sqrt(base.in_features))
         self.B = nn.Parameter(torch.zeros(base.out_features, rank, **factory))
 
@@ -112,11 +115,11 @@ class LoRALinear(nn.Module):
 
     @classmethod
     def add_to(cls, model: nn.Module, targets: list[str], rank: int, alpha: float) -> dict[str, "LoRALinear"]:
-        """Wrap every `nn.Linear` child of `model` whose attribute name is in `targets`; return them by path."""
+        """Wrap every `nn.Linear` or `QuantizedLinear` child named in `targets`; return them by path."""
         wrapped = {}
         for path, module in list(model.named_modules()):
             for name, child in list(module.named_children()):
-                if name in targets and isinstance(child, nn.Linear):
+                if name in targets and isinstance(child, nn.Linear | QuantizedLinear):
                     setattr(module, name, cls(child, rank, alpha))
                     wrapped[f"{path}.{name}" if path else name] = getattr(module, name)
         return wrapped
