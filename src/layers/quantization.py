@@ -78,15 +78,20 @@ def quantize_blockwise_4bit(X: torch.Tensor, block: int = 64) -> tuple[torch.Ten
     Returns:
         packed (ceil(n / block) * block / 2,) uint8 and scales (ceil(n / block),) of X's dtype.
     """
+    flat, absmax = _packable_blocks(X, block)
+    scale = torch.where(absmax > 0, absmax / 7, torch.ones_like(absmax))
+    codes = (torch.round(flat / scale).clamp(-7, 7) + 8).to(torch.uint8)
+    return _pack(codes), scale.flatten()
+
+
+def _packable_blocks(X: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """X checked, in rows of an even `block` (for two 4-bit codes per byte), and each row's absmax (rows, 1)."""
     check_shapes(X=(X, "..."))
     check_positive("block", block)
     if block % 2:
         raise ValueError(f"block must be even (two codes per byte), got {block}")
     flat = _blocks(X, block)
-    absmax = flat.abs().amax(dim=-1, keepdim=True)
-    scale = torch.where(absmax > 0, absmax / 7, torch.ones_like(absmax))
-    codes = (torch.round(flat / scale).clamp(-7, 7) + 8).to(torch.uint8)
-    return _pack(codes), scale.flatten()
+    return flat, flat.abs().amax(dim=-1, keepdim=True)
 
 
 def _blocks(X: torch.Tensor, block: int) -> torch.Tensor:
@@ -186,12 +191,7 @@ def quantize_nf4(X: torch.Tensor, block: int = 64) -> tuple[torch.Tensor, torch.
     Returns:
         packed (ceil(n / block) * block / 2,) uint8 and absmax (ceil(n / block),) of X's dtype.
     """
-    check_shapes(X=(X, "..."))
-    check_positive("block", block)
-    if block % 2:
-        raise ValueError(f"block must be even (two codes per byte), got {block}")
-    flat = _blocks(X, block)
-    absmax = flat.abs().amax(dim=-1, keepdim=True)
+    flat, absmax = _packable_blocks(X, block)
     normalised = flat / torch.where(absmax > 0, absmax, torch.ones_like(absmax))
     codes = (normalised[..., None] - nf4_code_values(X.dtype).to(X.device)).abs().argmin(dim=-1)
     return _pack(codes.to(torch.uint8)), absmax.flatten()
