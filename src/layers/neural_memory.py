@@ -656,6 +656,29 @@ def _windowed_attention_step(
     return concat_heads(attended, layer.W_o.weight), (k[..., keep, :], v[..., keep, :], offset + x.shape[1])
 
 
+class _AttentionBesideMemory(HeadProjections):
+    """Attention heads (with RoPE, so an even head size) beside a `NeuralMemory`: what MAG, MAC and
+    MAL share. `gated` adds MAG's ⊗ (`_gate`): both branches normalised with learnable vector-valued
+    weights (RMSNorm) and the memory's passed through a sigmoid, o = norm(y) ⊙ σ(norm(M))."""
+
+    def __init__(
+        self, d_model: int, n_heads: int, memory_prefix: int, memory: str, chunk_size: int, d_hidden: int | None,
+        theta_max: float, memory_depth: int | None, conv_kernel: int, output_gate: bool, gated: bool,
+    ):  # fmt: skip
+        super().__init__(d_model, n_heads)
+        if (d_model // n_heads) % 2:
+            raise ValueError(f"d_model / n_heads = {d_model // n_heads} must be even for rotary pairs")
+        self.neural_memory = NeuralMemory(
+            d_model, memory, chunk_size, memory_prefix, d_hidden, theta_max, memory_depth, conv_kernel, output_gate
+        )
+        if gated:
+            self.attention_norm = RMSNorm(d_model)
+            self.memory_norm = RMSNorm(d_model)
+
+    def _gate(self, attended: torch.Tensor, memory_out: torch.Tensor) -> torch.Tensor:
+        return self.attention_norm(attended) * torch.sigmoid(self.memory_norm(memory_out))
+
+
 @dataclass(frozen=True)
 class MAGState:
     """The persistent keys and values and those of the last window - 1 tokens (b, H, n, d_head),
@@ -668,7 +691,7 @@ class MAGState:
 
 
 @register_mixer("titans_mag")
-class TitansMAG(HeadProjections):
+class TitansMAG(_AttentionBesideMemory):
     """Titans, memory as a gate (MAG, Sec. 4.2, Eq. 26-28): sliding-window attention and the neural
     memory read the same sequence x̃ = [persistent tokens; x]; o = y ⊗ M(x̃).
 
@@ -693,15 +716,11 @@ class TitansMAG(HeadProjections):
         conv_kernel: PositiveInt = 1,
         output_gate: bool = False,
     ):
-        super().__init__(d_model, n_heads)
-        if (d_model // n_heads) % 2:
-            raise ValueError(f"d_model / n_heads = {d_model // n_heads} must be even for rotary pairs")
+        super().__init__(
+            d_model, n_heads, n_persistent, memory, chunk_size, d_hidden, theta_max, memory_depth, conv_kernel,
+            output_gate, gated=True,
+        )  # fmt: skip
         self.window = window
-        self.neural_memory = NeuralMemory(
-            d_model, memory, chunk_size, n_persistent, d_hidden, theta_max, memory_depth, conv_kernel, output_gate
-        )
-        self.attention_norm = RMSNorm(d_model)
-        self.memory_norm = RMSNorm(d_model)
 
     def _step(self, x: torch.Tensor, state: MAGState | None) -> tuple[torch.Tensor, MAGState]:
         n_p = self.neural_memory.persistent.shape[0]
@@ -709,5 +728,5 @@ class TitansMAG(HeadProjections):
         if state is None:  # attention sees x̃ = [persistent; x]
             x = torch.cat((self.neural_memory.persistent.expand(x.shape[0], -1, -1), x), dim=1)
         attended, cache = _windowed_attention_step(self, x, state, self.window, n_p, memory_out.shape[1])
-        out = self.attention_norm(attended) * torch.sigmoid(self.memory_norm(memory_out))
+        out = self._gate(attended, memory_out)
         return out, MAGState(*cache, memory_state)

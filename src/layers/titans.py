@@ -22,17 +22,15 @@ from typing import Literal
 import torch
 from torch import nn
 
-from src.layers._heads import HeadProjections
 from src.layers.attention import concat_heads, fused_attention, rotary_embedding
 from src.layers.mixer import register_mixer
 from src.layers.neural_memory import (
     MEMORIES,
-    NeuralMemory,
     NeuralMemoryState,
+    _AttentionBesideMemory,
     _windowed_attention_step,
     memory_projections,
 )
-from src.layers.normalization import RMSNorm
 from src.schema import NonNegativeInt, PositiveFloat, PositiveInt
 
 
@@ -83,7 +81,7 @@ class MACState:
 
 
 @register_mixer("titans_mac")
-class TitansMAC(HeadProjections):
+class TitansMAC(_AttentionBesideMemory):
     """Titans, memory as a context (MAC, Sec. 4.1, Eq. 21-25), segment by segment:
 
     h_t = M*_{t-1}(q_t) (the memory of earlier segments read with the segment's memory queries),
@@ -108,16 +106,13 @@ class TitansMAC(HeadProjections):
         conv_kernel: PositiveInt = 1,
         output_gate: bool = False,
     ):
-        super().__init__(d_model, n_heads)
-        if (d_model // n_heads) % 2:
-            raise ValueError(f"d_model / n_heads = {d_model // n_heads} must be even for rotary pairs")
+        # the persistent tokens enter the attention (Eq. 22), not the memory: its prefix is 0
+        super().__init__(
+            d_model, n_heads, 0, memory, chunk_size, d_hidden, theta_max, memory_depth, conv_kernel, output_gate,
+            gated=True,
+        )  # fmt: skip
         self.segment_size = segment_size
         self.persistent = nn.Parameter(0.02 * torch.randn(n_persistent, d_model))
-        self.neural_memory = NeuralMemory(
-            d_model, memory, chunk_size, 0, d_hidden, theta_max, memory_depth, conv_kernel, output_gate
-        )
-        self.attention_norm = RMSNorm(d_model)
-        self.memory_norm = RMSNorm(d_model)
 
     def _retrieve(self, x: torch.Tensor, params: dict) -> torch.Tensor:
         """h = M*(q) for the tokens x with the frozen weights `params` (Eq. 21)."""
@@ -143,7 +138,7 @@ class TitansMAC(HeadProjections):
         attended = fused_attention(rotary_embedding(q_s, n_p + C + done), keys, values, False, allowed)
         y = concat_heads(attended, self.W_o.weight)
         memory_out, memory_state = self.neural_memory.step(y, state.memory)  # Eq. (24), then M*_t(y)
-        out = self.attention_norm(y) * torch.sigmoid(self.memory_norm(memory_out))  # Eq. (25)
+        out = self._gate(y, memory_out)  # Eq. (25)
         if done + n == C:  # segment complete: the next one reads the memory as it is now
             empty = k_s[..., :0, :]
             return out, MACState(memory_state.params, empty, empty, empty, empty, memory_state)
@@ -174,7 +169,7 @@ class MALState:
 
 
 @register_mixer("titans_mal")
-class TitansMAL(HeadProjections):
+class TitansMAL(_AttentionBesideMemory):
     """Titans, memory as a layer (MAL, Sec. 4.3, Eq. 29-31): x̃ = [P || x], y = M(x̃), o = SW-Attn(y).
 
     The neural memory (with the persistent tokens prepended, Sec. 3.3) reads every token, and
@@ -199,13 +194,11 @@ class TitansMAL(HeadProjections):
         conv_kernel: PositiveInt = 1,
         output_gate: bool = False,
     ):
-        super().__init__(d_model, n_heads)
-        if (d_model // n_heads) % 2:
-            raise ValueError(f"d_model / n_heads = {d_model // n_heads} must be even for rotary pairs")
+        super().__init__(
+            d_model, n_heads, n_persistent, memory, chunk_size, d_hidden, theta_max, memory_depth, conv_kernel,
+            output_gate, gated=False,
+        )  # fmt: skip
         self.window = window
-        self.neural_memory = NeuralMemory(
-            d_model, memory, chunk_size, n_persistent, d_hidden, theta_max, memory_depth, conv_kernel, output_gate
-        )
 
     def _step(self, x: torch.Tensor, state: MALState | None) -> tuple[torch.Tensor, MALState]:
         y, memory_state = self.neural_memory.step(x, None if state is None else state.memory)
