@@ -22,6 +22,7 @@ literal loop of fla's recurrence in the tests, which prove the construction equa
 functions to 1e-10 in float64 on the CPU.
 """
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -123,8 +124,10 @@ def fla_delta(q, k, v, beta, S0) -> tuple[torch.Tensor, torch.Tensor]:
     return o.transpose(1, 2).to(q.dtype), S.to(q.dtype)
 
 
+@functools.cache
 def fla_available() -> bool:
-    """Whether fla's kernels can be imported here (the extra 'fla' on a machine with CUDA)."""
+    """Whether fla's kernels can be imported here (the extra 'fla' on a machine with CUDA); asked once,
+    since `TensorMemory` asks on every CUDA forward and a failed import is retried from disk each time."""
     if not torch.cuda.is_available():
         return False
     try:

@@ -46,21 +46,16 @@ def inputs(seed, n, d_k=3, d_v=2, device="cpu", dtype=torch.float64, state=True)
     return [t.to(device) for t in (q, k, v, M0, z0)]
 
 
+@pytest.mark.parametrize(("shifted", "loop", "chunked", "chunk_size"), [
+    (linear_memory_shifted, inclusive_linear_loop, linear_memory_chunked, 7),
+    (delta_memory_shifted, inclusive_delta_loop, delta_memory_chunked, 5),
+])  # fmt: skip
 @settings(max_examples=20, deadline=None)
 @given(n=st.integers(1, 40), seed=st.integers(0, 10_000), state=st.booleans())
-def test_linear_shift_equals_the_equations(n, seed, state):
+def test_shift_equals_the_equations(shifted, loop, chunked, chunk_size, n, seed, state):
     q, k, v, M0, z0 = inputs(seed, n, state=state)
-    expected = linear_memory_chunked(q, k, v, 7, M0, z0)
-    for got, want in zip(linear_memory_shifted(q, k, v, M0, z0, 1e-6, inclusive_linear_loop), expected):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
-
-
-@settings(max_examples=20, deadline=None)
-@given(n=st.integers(1, 40), seed=st.integers(0, 10_000), state=st.booleans())
-def test_delta_shift_equals_the_equations(n, seed, state):
-    q, k, v, M0, z0 = inputs(seed, n, state=state)
-    expected = delta_memory_chunked(q, k, v, 5, M0, z0)
-    for got, want in zip(delta_memory_shifted(q, k, v, M0, z0, 1e-6, inclusive_delta_loop), expected):
+    expected = chunked(q, k, v, chunk_size, M0, z0)
+    for got, want in zip(shifted(q, k, v, M0, z0, 1e-6, loop), expected):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
