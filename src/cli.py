@@ -13,8 +13,9 @@ import torch
 from src import training
 from src.checkpoints import CheckpointError
 from src.compare import ComparisonError, compare
-from src.config import ConfigError, load_comparison, load_experiment, read_yaml
+from src.config import TOKENIZED_TASKS, ConfigError, load_comparison, load_experiment, read_yaml
 from src.distributed import launched_rank
+from src.tasks.tokenizer import encode, load_tokenizer
 
 
 class UsageError(ValueError):
@@ -35,10 +36,10 @@ def _device(args, configured: str, where: str) -> torch.device:
 
 def _example(experiment, checkpoint_path: str, shown: int = 8) -> str:
     """One held-out example and the trained model's answers at its first `shown` scored positions."""
-    from src.model import PaperModel
+    from src.model import build_model
     from src.tasks import IGNORE, build_task, held_out
 
-    model = PaperModel(experiment.model, experiment.file).eval()
+    model = build_model(experiment.model, experiment.file).eval()
     training.load_model(checkpoint_path, training.read_checkpoint(checkpoint_path), model)
     inputs, targets = held_out(build_task(experiment.task)).sample(1, seed=experiment.eval.seed)
     with torch.no_grad():
@@ -73,13 +74,13 @@ def _compare(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from src.model import PaperModel
+    from src.model import build_model
 
     experiment = load_experiment(args.config)
     device = _device(args, experiment.train.device, f"{experiment.file}: train.device")
     checkpoint = training.read_checkpoint(args.checkpoint)
     training.check_config_matches(args.checkpoint, checkpoint["config"], experiment, ("model", "task"))
-    model = PaperModel(experiment.model, experiment.file)
+    model = build_model(experiment.model, experiment.file)
     training.load_model(args.checkpoint, checkpoint, model)
     result = training.evaluate(model.to(device), experiment)
     print(
@@ -88,8 +89,8 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _prompt(args, task_type: str, vocab_size: int) -> list[int]:
-    """The prompt's token ids: --prompt-ids, or the UTF-8 bytes of --prompt for a text model."""
+def _prompt(args, task: dict, vocab_size: int) -> list[int]:
+    """The prompt's token ids: --prompt-ids, or --prompt encoded as the model's text task encodes it."""
     if args.prompt_ids is not None:
         try:
             prompt = [int(token) for token in args.prompt_ids.split()]
@@ -97,33 +98,51 @@ def _prompt(args, task_type: str, vocab_size: int) -> list[int]:
             raise UsageError(f"--prompt-ids must be space-separated integers, got {args.prompt_ids!r}") from error
         if outside := [token for token in prompt if not 0 <= token < vocab_size]:
             raise UsageError(f"--prompt-ids: {outside[0]} is outside the model's vocabulary [0, {vocab_size})")
-    elif task_type == "text":
-        prompt = list(args.prompt.encode("utf-8"))
+    elif task["type"] in TOKENIZED_TASKS:
+        text = args.prompt.encode("utf-8")
+        prompt = list(text) if task.get("tokenizer") is None else _tokenizer_call(encode, task["tokenizer"], text)
     else:
-        raise UsageError(f"{args.checkpoint}: a {task_type} model needs --prompt-ids")
+        raise UsageError(f"{args.checkpoint}: a {task['type']} model needs --prompt-ids")
     if not prompt:
         raise UsageError("the prompt is empty: give --prompt TEXT (text models) or --prompt-ids IDS")
     return prompt
 
 
+def _tokenizer_call(function, tokenizer: str, *args):
+    """`function(tokenizer, *args)`, a missing or unreadable tokenizer becoming a UsageError."""
+    try:
+        return function(tokenizer, *args)
+    except (ValueError, ImportError) as error:
+        raise UsageError(f"the checkpoint's task tokenizer: {error}") from error
+
+
+def _decode(task: dict, ids: list[int]) -> str:
+    """Generated ids as text (the model's text task's bytes or tokenizer), else as numbers."""
+    from src.generation import decode_bytes
+
+    if task["type"] not in TOKENIZED_TASKS:
+        return " ".join(map(str, ids))
+    if task.get("tokenizer") is None:
+        return decode_bytes(ids)
+    return _tokenizer_call(lambda name, ids: load_tokenizer(name).decode(ids), task["tokenizer"], ids)
+
+
 def _generate(args) -> int:
-    from src.config import resolve_model_section
-    from src.generation import check_sampling, decode_bytes, generate
-    from src.model import PaperModel
+    from src.config import model_vocab_size, resolve_model_section
+    from src.generation import check_sampling, generate
+    from src.model import build_model
 
     checkpoint = training.read_checkpoint(args.checkpoint)
     config = checkpoint["config"]
     model_section = resolve_model_section(config["model"], args.checkpoint)
-    task_type = config["task"].get("type")
-    prompt = _prompt(args, task_type, model_section["vocab_size"])
+    vocab_size = model_vocab_size(model_section)
+    prompt = _prompt(args, config["task"], vocab_size)
     try:
-        check_sampling(
-            args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, model_section["vocab_size"]
-        )
+        check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, vocab_size)
     except ValueError as error:
         raise UsageError(str(error)) from error
     device = _device(args, config["train"].get("device", "cpu"), f"{args.checkpoint}: train.device")
-    model = PaperModel(model_section, args.checkpoint)
+    model = build_model(model_section, args.checkpoint)
     training.load_model(args.checkpoint, checkpoint, model)
     ids = generate(
         model.to(device),
@@ -134,7 +153,7 @@ def _generate(args) -> int:
         args.top_p,
         args.seed,
     )[0].tolist()
-    print(decode_bytes(ids) if task_type == "text" else " ".join(map(str, ids)))
+    print(_decode(config["task"], ids))
     return 0
 
 
@@ -142,6 +161,8 @@ def _estimate(args) -> int:
     from src.estimate import estimate_training_memory
 
     experiment = load_experiment(args.config)
+    if "base" in experiment.model:
+        raise UsageError(f"{args.config}: estimate covers models built from blocks, not an adapted pretrained base")
     for flag, value in (("--batch", args.batch), ("--length", args.length)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
@@ -195,7 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.set_defaults(run=_evaluate)
     generate = commands.add_parser("generate", help="continue a prompt with the model of CHECKPOINT")
     generate.add_argument("checkpoint")
-    generate.add_argument("--prompt", default="", help="text prompt (text models; output ids >= 256 show as <id>)")
+    generate.add_argument(
+        "--prompt",
+        default="",
+        help="text prompt (text and fact_recall models: encoded as their task encodes, bytes or the base's tokenizer)",
+    )
     generate.add_argument("--prompt-ids", help="space-separated token ids")
     generate.add_argument("--max-new-tokens", type=int, default=64)
     generate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")

@@ -255,8 +255,13 @@ def resolve_model_section(raw, file: str, section: str = "model") -> dict:
     """Validate a model section (key `section` of the file) and return it with every default filled in.
 
     The model's size is bounded before anything is built: at most `MAX_BLOCKS` blocks and
-    `MAX_PARAMETERS` parameters (the error gives the count).
+    `MAX_PARAMETERS` parameters (the error gives the count). A section with a `base` key is an
+    adapted pretrained model, validated by `src.adapted.config`.
     """
+    if isinstance(raw, Mapping) and "base" in raw:
+        from src.adapted.config import resolve_adapted_section
+
+        return resolve_adapted_section(raw, file, section)
     check_keys(
         raw,
         {"vocab_size": True, "d_model": True, "tie_embeddings": True, "blocks": True, "norm_eps": False},
@@ -307,25 +312,47 @@ def resolve_task_section(raw, file: str) -> dict:
     return resolved
 
 
+def model_vocab_size(model: dict) -> int:
+    """The vocabulary of a resolved model section (an adapted model's is its base's)."""
+    if "base" in model:
+        from src.adapted.config import base_vocab_size
+
+        return base_vocab_size(model)
+    return model["vocab_size"]
+
+
+TOKENIZED_TASKS = ("text", "fact_recall")  # tasks with a `tokenizer` key
+
+
+def _task_for_model(raw_task: Any, model: dict) -> Any:
+    """An adapted model's text tasks tokenize with its base's tokenizer unless the task names one."""
+    if "base" in model and isinstance(raw_task, dict) and raw_task.get("type") in TOKENIZED_TASKS:
+        return {"tokenizer": model["base"]["directory"], **raw_task}
+    return raw_task
+
+
 def _experiment(raw: dict, raw_model: Any, file: str, model_key: str = "model") -> ExperimentConfig:
     """Validate the model, task, train and eval sections of one experiment."""
     model = resolve_model_section(raw_model, file, model_key)
-    task = resolve_task_section(raw["task"], file)
+    vocab_size, vocab_key = model_vocab_size(model), f"{model_key}.{'base' if 'base' in model else 'vocab_size'}"
+    raw_task = _task_for_model(raw["task"], model)
+    task = resolve_task_section(raw_task, file)
     task_vocab = build_task(task).vocab_size
-    if task_vocab > model["vocab_size"]:
-        problem = f"({model['vocab_size']}) must be >= the task's vocabulary ({task_vocab})"
-        raise ConfigError(f"{file}: key '{model_key}.vocab_size' {problem}")
+    if task_vocab > vocab_size:
+        raise ConfigError(f"{file}: key '{vocab_key}' ({vocab_size}) must be >= the task's vocabulary ({task_vocab})")
     train = TrainConfig(**arguments_for(TrainConfig, raw["train"], "train", file))
     if train.betas is not None and len(train.betas) != 2:
         raise ConfigError(f"{file}: key 'train.betas' must have two entries, got {train.betas}")
+    if "base" in model and train.parallel != "none":
+        raise ConfigError(f"{file}: key 'train.parallel': an adapted pretrained model trains in one process (none)")
     evaluation = EvalConfig(**arguments_for(EvalConfig, raw["eval"], "eval", file))
     for i, override in enumerate(evaluation.settings or []):
         try:
-            setting = resolve_task_section({**raw["task"], **override}, file)
+            setting = resolve_task_section({**raw_task, **override}, file)
         except ConfigError as error:
             raise ConfigError(f"{file}: key 'eval.settings[{i}]' does not give a valid task: {error}") from error
-        if build_task(setting).vocab_size > model["vocab_size"]:
-            raise ConfigError(f"{file}: key 'eval.settings[{i}]' needs a vocabulary larger than {model_key}.vocab_size")
+        if build_task(setting).vocab_size > vocab_size:
+            raise ConfigError(f"{file}: key 'eval.settings[{i}]' needs a vocabulary larger than the model's")
     return ExperimentConfig(file, model, task, train, evaluation)
 
 

@@ -120,7 +120,7 @@ def generate(
     seed: int = 0,
 ) -> torch.Tensor:
     """Continue (batch, T >= 1) prompt ids by `max_new_tokens`; returns (batch, T + max_new_tokens)."""
-    check_sampling(max_new_tokens, temperature, top_k, top_p, seed, model.config["vocab_size"])
+    check_sampling(max_new_tokens, temperature, top_k, top_p, seed, model.vocab_size)
     if prompt.dim() != 2 or prompt.shape[1] == 0:
         raise ValueError(f"prompt must have shape (batch, T) with T >= 1, got {tuple(prompt.shape)}")
     generator = torch.Generator(device=prompt.device).manual_seed(seed)
@@ -151,10 +151,10 @@ def generate_stream(
     Same rules, same seed, same state stepping, so the tokens equal `generate`'s; with `end_id` the
     stream stops after yielding that token. Arguments are checked here, before the first token.
     """
-    check_sampling(max_new_tokens, temperature, top_k, top_p, seed, model.config["vocab_size"])
+    check_sampling(max_new_tokens, temperature, top_k, top_p, seed, model.vocab_size)
     if prompt.dim() != 2 or prompt.shape[0] != 1 or prompt.shape[1] == 0:
         raise ValueError(f"prompt must have shape (1, T) with T >= 1, got {tuple(prompt.shape)}")
-    _check_end_id(end_id, model.config["vocab_size"])
+    _check_end_id(end_id, model.vocab_size)
     return _stream(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, end_id)
 
 
@@ -223,7 +223,7 @@ def beam_search(
     of at least the number of live hypotheses at every step is exhaustive search. The beams share
     one batch of `PaperModel.step`, their states reordered as beams are kept.
     """
-    vocab_size = model.config["vocab_size"]
+    vocab_size = model.vocab_size
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if beam_width < 1:

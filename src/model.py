@@ -143,6 +143,23 @@ class PaperModel(nn.Module):
                 totals[name] = totals[name] + value if name in totals else value
         return totals
 
+    @property
+    def vocab_size(self) -> int:
+        return self.config["vocab_size"]
+
     def num_parameters(self) -> int:
         """Number of distinct parameters (a tied head counts once)."""
         return sum(p.numel() for p in self.parameters())
+
+    def trainable_parameters(self) -> int:
+        """Parameters the optimizer updates: all of them."""
+        return self.num_parameters()
+
+
+def build_model(section: dict, file: str = "<config>") -> nn.Module:
+    """The model of a resolved model section: a `PaperModel`, or an `AdaptedModel` (src.adapted) for one with a base."""
+    if "base" in section:
+        from src.adapted.model import AdaptedModel
+
+        return AdaptedModel(section, file)
+    return PaperModel(section, file)

@@ -27,7 +27,7 @@ from src import checkpoints, distributed
 from src.checkpoints import CheckpointError
 from src.config import ExperimentConfig, TrainConfig
 from src.distributed import Processes
-from src.model import PaperModel
+from src.model import PaperModel, build_model
 from src.tasks import IGNORE, build_task, held_out
 from src.tasks.text_corpus import TextCorpus
 
@@ -175,8 +175,8 @@ def _evaluate_task(model: nn.Module, task, experiment: ExperimentConfig) -> dict
         done += size
     loss = total_loss / total_scored
     result = {"eval_loss": loss, "eval_accuracy": total_correct / total_scored}
-    if isinstance(task, TextCorpus):  # one token is one byte
-        result |= {"eval_bits_per_byte": loss / math.log(2), "eval_perplexity": math.exp(loss)}
+    if isinstance(task, TextCorpus):  # nats per token -> bits per byte of the split's text
+        result |= {"eval_bits_per_byte": loss / (math.log(2) * task.bytes_per_token), "eval_perplexity": math.exp(loss)}
     return result
 
 
@@ -434,11 +434,12 @@ def build_training(experiment: ExperimentConfig, processes: Processes) -> Traini
     """The seeded model on this process's device, wrapped for `train.parallel`, and its optimizer."""
     cfg = experiment.train
     torch.manual_seed(cfg.seed)
-    model = PaperModel(experiment.model, experiment.file).to(processes.device)
+    model = build_model(experiment.model, experiment.file).to(processes.device)
     objective = TrainingObjective(model, cfg)
-    wrapped = processes.wrap(objective, model.blocks)
+    wrapped = processes.wrap(objective, getattr(model, "blocks", ()))  # an adapted model trains unwrapped
+    trainable = [p for p in model.parameters() if p.requires_grad]  # an adapted model's frozen base is left out
     optimizer = torch.optim.AdamW(  # built after wrapping: under fsdp the parameters are shards
-        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas or (0.9, 0.999))
+        trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas or (0.9, 0.999))
     )
     return Training(model, objective, wrapped, optimizer)
 
@@ -490,7 +491,11 @@ def _train(experiment: ExperimentConfig, processes: Processes, log, resume: bool
         _prepare_out_dir(out_dir, experiment.file, first_step if resume else None)
     saved_step = first_step if resume else None  # the checkpoint a divergence leaves in place
     where = f"; {processes.world_size} processes ({cfg.parallel})" if cfg.parallel != "none" else ""
-    log(f"model: {model.num_parameters():,} parameters; task: {experiment.task['type']}; {cfg.steps} steps{where}")
+    trained = model.trainable_parameters()
+    size = f"{model.num_parameters():,} parameters" + (
+        f", {trained:,} trained" if trained < model.num_parameters() else ""
+    )
+    log(f"model: {size}; task: {experiment.task['type']}; {cfg.steps} steps{where}")
     started, run_tokens, evaluating = time.perf_counter(), 0, 0.0  # evaluation time is not training time
     objectives = []  # checked for finiteness at each evaluation, so steps need no device sync
     for step in range(first_step, cfg.steps):

@@ -79,7 +79,9 @@ class LoRALinear(nn.Module):
     `weight` is the merged W.
 
     `weight` serves the layers that read their weight directly instead of calling the module
-    (attention's output projection through `concat_heads`, for example).
+    (attention's output projection through `concat_heads`, for example). A and B are float32 (or
+    float64 over a float64 layer) whatever the frozen weight's dtype, as QLoRA trains its adapters
+    above a 4-bit base; the forward casts W_0, A and B to the input's dtype.
     """
 
     def __init__(self, base: nn.Linear | QuantizedLinear, rank: int, alpha: float):
@@ -88,20 +90,24 @@ class LoRALinear(nn.Module):
         check_positive("alpha", alpha)
         self.base, self.alpha = base.requires_grad_(False), float(alpha)
         weight = base.weight
-        factory = {"device": weight.device, "dtype": weight.dtype}
+        dtype = weight.dtype if weight.dtype == torch.float64 else torch.float32
+        factory = {"device": weight.device, "dtype": dtype}
         self.A = nn.Parameter(torch.randn(rank, base.in_features, **factory) / math.sqrt(base.in_features))
         self.B = nn.Parameter(torch.zeros(base.out_features, rank, **factory))
 
     @property
     def weight(self) -> torch.Tensor:
-        return lora_merge(self.base.weight, self.A, self.B, self.alpha)
+        W0 = self.base.weight
+        return lora_merge(W0, self.A.to(W0.dtype), self.B.to(W0.dtype), self.alpha)
 
     @property
     def bias(self) -> torch.Tensor | None:
         return self.base.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return lora_forward(x, self.base.weight, self.A, self.B, self.alpha, self.base.bias)
+        bias = None if self.base.bias is None else self.base.bias.to(x.dtype)
+        W0, A, B = (tensor.to(x.dtype) for tensor in (self.base.weight, self.A, self.B))
+        return lora_forward(x, W0, A, B, self.alpha, bias)
 
     def merged(self) -> nn.Linear:
         """A plain `nn.Linear` holding W = W_0 + (α/r) B A (Sec. 4.1), for serving."""

@@ -9,6 +9,7 @@ validated by `src.config.resolve_task_section`.
 
 from src.tasks.associative_recall import AssociativeRecall
 from src.tasks.common import IGNORE
+from src.tasks.fact_recall import FactRecall
 from src.tasks.induction_heads import InductionHeads
 from src.tasks.passkey import Passkey
 from src.tasks.selective_copying import SelectiveCopying
@@ -20,6 +21,7 @@ TASKS: dict[str, type] = {
     "induction_heads": InductionHeads,
     "passkey": Passkey,
     "text": TextCorpus,
+    "fact_recall": FactRecall,
 }
 
 __all__ = ["IGNORE", "TASKS", "build_task", "held_out"]

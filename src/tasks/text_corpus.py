@@ -1,12 +1,17 @@
-"""Byte-level language modelling on a text file.
+"""Language modelling on a text file, byte-level or through a pretrained model's tokenizer.
 
-The file's bytes are the tokens (vocabulary 256). The first (1 - eval_fraction) of the bytes are
-the training split and the rest the held-out split; a batch is random windows of `length + 1`
-bytes of its split (inputs the first `length`, targets the last `length`: every position is
-scored). Loss in nats per byte gives bits per byte = loss / ln 2 and perplexity = e^loss.
+Without `tokenizer`, the file's bytes are the tokens (vocabulary 256). With `tokenizer` (a
+directory holding a Hugging Face `tokenizer.json`; an adapted model's config sets its base
+directory), each split is encoded by that tokenizer and the vocabulary is the tokenizer's. The
+first (1 - eval_fraction) of the bytes are the training split and the rest the held-out split,
+cut at the same byte whatever the tokenizer; a batch is random windows of `length + 1` tokens of
+its split (inputs the first `length`, targets the last `length`: every position is scored).
+`bytes_per_token` of the split turns a loss in nats per token into bits per byte,
+loss / (ln 2 · bytes_per_token), comparable across tokenizers; perplexity is per token.
 """
 
 import copy
+from functools import cache
 from pathlib import Path
 from typing import Literal
 
@@ -14,10 +19,26 @@ import torch
 
 from src.schema import PositiveInt, UnitFloat
 from src.tasks.common import generator
+from src.tasks.tokenizer import encode, load_tokenizer
+
+
+@cache
+def _split_tokens(path: str, eval_fraction: float, tokenizer: str | None) -> dict[str, tuple[torch.Tensor, float]]:
+    """split -> (token ids, bytes per token), the file read and encoded once per process."""
+    data = Path(path).read_bytes()
+    cut = int(len(data) * (1 - eval_fraction))
+    splits = {}
+    for name, text in (("train", data[:cut]), ("eval", data[cut:])):
+        if tokenizer is None:
+            tokens = torch.frombuffer(bytearray(text), dtype=torch.uint8).long() if text else torch.zeros(0).long()
+        else:
+            tokens = torch.tensor(encode(tokenizer, text), dtype=torch.long)
+        splits[name] = (tokens, len(text) / max(1, len(tokens)))
+    return splits
 
 
 class TextCorpus:
-    """Random windows of a text file's bytes; `held_out()` reads the evaluation split."""
+    """Random windows of a text file's tokens; `held_out()` reads the evaluation split."""
 
     def __init__(
         self,
@@ -25,21 +46,21 @@ class TextCorpus:
         length: PositiveInt,
         eval_fraction: UnitFloat = 0.1,
         split: Literal["train", "eval"] = "train",
+        tokenizer: str | None = None,
     ):
         file = Path(path)
         if not file.is_file():
             raise ValueError(f"path {path!r} is not a file (relative paths start at the working directory)")
-        corpus = torch.frombuffer(bytearray(file.read_bytes()), dtype=torch.uint8).long()
-        cut = int(len(corpus) * (1 - eval_fraction))
-        self._splits = {"train": corpus[:cut], "eval": corpus[cut:]}
-        self.path, self.length, self.eval_fraction = path, length, eval_fraction
-        self.vocab_size = 256
+        self.vocab_size = 256 if tokenizer is None else load_tokenizer(tokenizer).get_vocab_size()
+        self._splits = _split_tokens(str(file.resolve()), eval_fraction, tokenizer)
+        self.path, self.length, self.eval_fraction, self.tokenizer = path, length, eval_fraction, tokenizer
         self._use(split)
 
     def _use(self, split: str) -> None:
-        self.split, self.data = split, self._splits[split]
+        self.split = split
+        self.data, self.bytes_per_token = self._splits[split]
         if len(self.data) < self.length + 1:
-            raise ValueError(f"the {split} split of {self.path!r} has {len(self.data)} bytes, fewer than length + 1")
+            raise ValueError(f"the {split} split of {self.path!r} has {len(self.data)} tokens, fewer than length + 1")
 
     def held_out(self) -> "TextCorpus":
         """The same corpus reading its evaluation split (the file is not read again)."""

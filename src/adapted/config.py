@@ -1,0 +1,161 @@
+"""The `model` section of an adapted pretrained model: a `base` and a list of `adapters`.
+
+    model:
+      base:
+        directory: runs/bases/tiny-llama   # a save_pretrained directory (config.json, weights, tokenizer.json)
+        freeze: true                       # false: full fine-tuning (no adapters needed, no quantization)
+        quantization: nf4                  # none | int8 | nf4: the decoder layers' frozen linear weights
+        dtype: float32                     # float32 | bfloat16: the frozen weights' dtype
+      adapters:
+        - {type: memory, layers: [1, 3], variant: A, n_heads: 4, n_memory: 256}   # + memory_bank keys
+        - {type: lora, targets: [q_proj, v_proj], rank: 8, alpha: 16}             # layers: all by default
+
+Validated like every section (`src.config`): unknown, missing, wrong-typed and out-of-range keys,
+and also a missing directory, a layer index beyond the base's decoder layers, a projection name
+the decoder layers do not have, two memory adapters at one place, quantization under full
+fine-tuning, nothing to train; each error names the key and the file. The resolved section adds
+`base.weights_sha256`, the hash of the base's weight files: a config or checkpoint that states a
+hash refuses a directory whose weights hash otherwise.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from src.adapted.base import (
+    decoder_layers,
+    linear_names,
+    read_hf_config,
+    skeleton,
+    weight_files,
+    weights_sha256,
+)
+from src.config import ConfigError, arguments_for, build, check_keys
+from src.layers.memory_adapter import MemoryAdapter
+from src.layers.memory_bank import MemoryBankAttention
+from src.schema import NonNegativeInt, PositiveFloat, PositiveInt
+
+
+@dataclass(frozen=True)
+class BaseSection:
+    """`model.base`: the pretrained directory and how its weights are held."""
+
+    directory: str
+    freeze: bool = True
+    quantization: Literal["none", "int8", "nf4"] = "none"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    weights_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class MemoryPlacement:
+    """Where a memory adapter goes: after each listed decoder layer's self-attention (A) or MLP (B)."""
+
+    layers: list[NonNegativeInt]
+    variant: Literal["A", "B"] = "A"
+
+
+@dataclass(frozen=True)
+class LoRAAdapter:
+    """A LoRA adapter (rank, α) on the named projections of the listed decoder layers (None: all)."""
+
+    targets: list[str]
+    rank: PositiveInt
+    alpha: PositiveFloat
+    layers: list[NonNegativeInt] | None = None
+
+
+ADAPTERS = ("memory", "lora")
+
+
+def _resolve_base(raw, where: str, file: str) -> dict:
+    base = arguments_for(BaseSection, raw, where, file)
+    directory = Path(base["directory"])
+    if not directory.is_dir():
+        raise ConfigError(f"{file}: key '{where}.directory': no directory {directory} (a save_pretrained directory)")
+    if not (directory / "config.json").is_file():
+        raise ConfigError(f"{file}: key '{where}.directory': {directory} has no config.json")
+    if not weight_files(directory):
+        raise ConfigError(f"{file}: key '{where}.directory': {directory} has no weight files (model.safetensors, ...)")
+    if base["quantization"] != "none" and not base["freeze"]:
+        raise ConfigError(f"{file}: key '{where}.quantization': quantized weights cannot train; set freeze: true")
+    digest = weights_sha256(directory)
+    if base["weights_sha256"] not in (None, digest):
+        raise ConfigError(
+            f"{file}: key '{where}.weights_sha256' is {base['weights_sha256']}, but the weights in {directory} "
+            f"hash to {digest}: the base model changed since this config or checkpoint was written"
+        )
+    return {**base, "weights_sha256": digest}
+
+
+def _check_layers(layers: list[int] | None, n_layers: int, where: str, file: str) -> None:
+    for index in layers or []:
+        if index >= n_layers:
+            raise ConfigError(
+                f"{file}: key '{where}.layers' names layer {index}, but the base has {n_layers} decoder layers "
+                f"(0 to {n_layers - 1})"
+            )
+
+
+def _resolve_adapter(raw, where: str, file: str, n_layers: int, projections: list[str], d_model: int) -> dict:
+    if not isinstance(raw, dict) or raw.get("type") not in ADAPTERS:
+        raise ConfigError(f"{file}: key '{where}' must be a mapping with 'type' one of {list(ADAPTERS)}, got {raw!r}")
+    rest = {key: value for key, value in raw.items() if key != "type"}
+    if raw["type"] == "lora":
+        adapter = arguments_for(LoRAAdapter, rest, where, file)
+        _check_layers(adapter["layers"], n_layers, where, file)
+        for name in adapter["targets"]:
+            if name not in projections:
+                raise ConfigError(
+                    f"{file}: key '{where}.targets' names projection {name!r}, which the decoder layers do not have; "
+                    f"they have {projections}"
+                )
+        return {"type": "lora", **adapter}
+    placement_keys = {key: rest.pop(key) for key in ("layers", "variant") if key in rest}
+    placement = arguments_for(MemoryPlacement, placement_keys, where, file)
+    _check_layers(placement["layers"], n_layers, where, file)
+    bank = arguments_for(MemoryBankAttention, rest, where, file, provided=("d_model",))
+    with torch.device("meta"):  # the bank's cross-field constraints (n_heads divides the width, ...)
+        build(MemoryAdapter, bank, where, file, d_model=d_model, norm_eps=1e-5)
+    return {"type": "memory", **placement, **bank}
+
+
+def resolve_adapted_section(raw, file: str, section: str = "model") -> dict:
+    """Validate an adapted model section (see the module docstring); return it with defaults and the hash."""
+    check_keys(raw, {"base": True, "adapters": True}, section, file)
+    base = _resolve_base(raw["base"], f"{section}.base", file)
+    try:
+        model = skeleton(Path(base["directory"]))
+        layers = decoder_layers(model)
+    except ImportError as error:
+        raise ConfigError(f"{file}: key '{section}.base': {error}") from error
+    except (ValueError, OSError, KeyError) as error:
+        raise ConfigError(f"{file}: key '{section}.base.directory': {str(error).splitlines()[0]}") from error
+    if not isinstance(raw["adapters"], list):
+        raise ConfigError(f"{file}: key '{section}.adapters' must be a list of adapters (memory, lora)")
+    d_model, projections = model.config.hidden_size, linear_names(layers[0])
+    adapters = [
+        _resolve_adapter(adapter, f"{section}.adapters[{i}]", file, len(layers), projections, d_model)
+        for i, adapter in enumerate(raw["adapters"])
+    ]
+    places = [(index, a["variant"]) for a in adapters if a["type"] == "memory" for index in a["layers"]]
+    if len(places) != len(set(places)):
+        (index, variant), *_ = [place for place in places if places.count(place) > 1]
+        raise ConfigError(
+            f"{file}: key '{section}.adapters' puts two memory adapters at layer {index}, variant {variant}"
+        )
+    if base["freeze"] and not adapters:
+        raise ConfigError(f"{file}: key '{section}.adapters' is empty and the base is frozen: nothing would train")
+    return {"base": base, "adapters": adapters}
+
+
+def is_adapted(model: dict) -> bool:
+    """Whether a resolved model section describes an adapted pretrained model (else a PaperModel)."""
+    return "base" in model
+
+
+def base_vocab_size(model: dict) -> int:
+    """The vocabulary of an adapted section's base (its config.json)."""
+    return read_hf_config(Path(model["base"]["directory"]))["vocab_size"]

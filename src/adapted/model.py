@@ -1,0 +1,180 @@
+"""AdaptedModel: a frozen pretrained causal LM with memory adapters and LoRA, as the harness trains it.
+
+Built from a resolved `model` section with `base` and `adapters` (`src.adapted.config`):
+
+- a memory adapter (`src.layers.memory_adapter.MemoryAdapter`) is inserted at each listed decoder
+  layer, in variant A after the self-attention (the memory reads the stream s = h + attn(h) and its
+  gated read joins the stream before the MLP) or in variant B after the MLP (it reads and updates
+  the layer's output). It is attached with forward hooks, so the base's modules, their names and
+  its forward are unchanged; in variant A the gated read is added to the attention's output, which
+  the layer then adds to its input, so with the gate at 0 every sum is the base's, bit for bit;
+- a LoRA adapter wraps the named projections of the listed layers (all by default) in `LoRALinear`.
+
+The model offers what the training loop, evaluation and generation use from `PaperModel`:
+`hidden_states`, `head`, `forward`, `step` (the base's KV cache and the adapters' routing states),
+`auxiliary_losses`, `num_parameters`, `vocab_size`. Its `state_dict` holds only the trainable
+parameters (the adapters', or every parameter under full fine-tuning) and the adapters' buffers: a
+checkpoint never copies the frozen base, which the config names by directory and weight hash.
+"""
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from src.adapted.base import decoder_layers, frozen_storage, load_base
+from src.layers.lora import LoRALinear
+from src.layers.memory_adapter import MemoryAdapter
+from src.layers.quantization import QuantizedLinear
+
+
+class _Insertion:
+    """One memory adapter's hooks on one decoder layer, and its routing state while stepping."""
+
+    def __init__(self, adapter: MemoryAdapter, layer: nn.Module, variant: str):
+        self.adapter, self.variant = adapter, variant
+        self.stepping, self.state, self.stream = False, None, None
+        if variant == "A":
+            self.handles = [  # the layer's input is its input norm's; both hooks run inside the layer's forward,
+                # so a checkpointed layer recomputes them together
+                layer.input_layernorm.register_forward_hook(self._keep_input),
+                layer.self_attn.register_forward_hook(self._after_attention),
+            ]
+        else:
+            self.handles = [layer.register_forward_hook(self._after_layer)]
+
+    def _read(self, stream: torch.Tensor, into: torch.Tensor) -> torch.Tensor:
+        state = self.state if self.stepping else None
+        y, state = self.adapter.step(stream, state, into)
+        if self.stepping:
+            self.state = state
+        return y
+
+    def _keep_input(self, norm, args, output) -> None:
+        self.stream = args[0]
+
+    def _after_attention(self, attention, args, output):
+        attended, *rest = output if isinstance(output, tuple) else (output,)
+        stream, self.stream = self.stream, None
+        updated = self._read(stream + attended, into=attended)
+        return (updated, *rest) if isinstance(output, tuple) else updated
+
+    def _after_layer(self, layer, args, output):
+        hidden, *rest = output if isinstance(output, tuple) else (output,)
+        updated = self._read(hidden, into=hidden)
+        return (updated, *rest) if isinstance(output, tuple) else updated
+
+
+class AdaptedModel(nn.Module):
+    """A frozen Hugging Face causal LM with memory and LoRA adapters; see the module docstring."""
+
+    def __init__(self, config: dict, file: str = "<config>"):
+        """Build from a resolved model section with `base` and `adapters` (the output of `src.adapted.config`)."""
+        super().__init__()
+        self.config, self.file = config, file
+        self.base = load_base(config["base"])
+        self.storage = frozen_storage(self.base) if config["base"]["freeze"] else None
+        hf = self.base.config
+        layers = decoder_layers(self.base)
+        eps = getattr(hf, "rms_norm_eps", 1e-5)
+        self.memory_adapters = nn.ModuleDict()
+        self._insertions: list[_Insertion] = []
+        for spec in config["adapters"]:
+            if spec["type"] == "memory":
+                bank = {key: value for key, value in spec.items() if key not in ("type", "layers", "variant")}
+                for i in spec["layers"]:
+                    adapter = MemoryAdapter(hf.hidden_size, eps, **bank).to(self.base.device)
+                    self.memory_adapters[f"layer{i}{spec['variant']}"] = adapter
+                    self._insertions.append(_Insertion(adapter, layers[i], spec["variant"]))
+            else:
+                for i in spec["layers"] if spec["layers"] is not None else range(len(layers)):
+                    LoRALinear.add_to(layers[i], spec["targets"], spec["rank"], spec["alpha"])
+        self.head = self.base.get_output_embeddings()
+        self._checkpointing = False
+        self.vocab_size = hf.vocab_size
+        self._trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        self._kept = self._trainable | {f"memory_adapters.{name}" for name, _ in self.memory_adapters.named_buffers()}
+
+    def _check_ids(self, input_ids: torch.Tensor) -> None:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"input_ids must be an int64 or int32 tensor, got {getattr(input_ids, 'dtype', input_ids)}")
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must have shape (batch, length >= 1), got {tuple(input_ids.shape)}")
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.vocab_size):
+            raise ValueError(
+                f"input_ids must lie in [0, {self.vocab_size}), got range [{input_ids.min()}, {input_ids.max()}]"
+            )
+
+    def hidden_states(self, input_ids: torch.Tensor, checkpoint_blocks: bool = False) -> torch.Tensor:
+        """(batch, length) ids -> (batch, length, hidden) final normalised hidden states.
+
+        `checkpoint_blocks` turns on the base's own gradient checkpointing of its decoder layers
+        (the adapters' hooks run inside them and are recomputed with them).
+        """
+        self._check_ids(input_ids)
+        if checkpoint_blocks != self._checkpointing:
+            base = self.base  # transformers 5 renames gradient_checkpointing_* to activation_checkpointing_*
+            if checkpoint_blocks:
+                (getattr(base, "activation_checkpointing_enable", None) or base.gradient_checkpointing_enable)(
+                    {"use_reentrant": False}
+                )
+            else:
+                (getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable)()
+            self._checkpointing = checkpoint_blocks
+        return self.base.model(input_ids=input_ids, use_cache=False).last_hidden_state
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(batch, length) token ids -> (batch, length, vocab_size) logits."""
+        return self.head(self.hidden_states(input_ids))
+
+    @contextmanager
+    def _stepping(self, states: list):
+        for insertion, state in zip(self._insertions, states):
+            insertion.stepping, insertion.state = True, state
+        try:
+            yield
+        finally:
+            for insertion in self._insertions:
+                insertion.stepping = False
+
+    def step(self, input_ids: torch.Tensor, state: tuple | None) -> tuple[torch.Tensor, tuple]:
+        """Continue each sequence with the next token(s): logits (batch, T, vocab) and the new state.
+
+        The state is the base's KV cache and each memory adapter's routing state (None at the start).
+        """
+        self._check_ids(input_ids)
+        cache, states = state if state is not None else (None, [None] * len(self._insertions))
+        with self._stepping(states):
+            output = self.base(input_ids=input_ids, past_key_values=cache, use_cache=True)
+            states = [insertion.state for insertion in self._insertions]
+        return output.logits, (output.past_key_values, states)
+
+    def auxiliary_losses(self) -> dict[str, torch.Tensor]:
+        """The memory adapters' router losses of the last forward pass, summed by name."""
+        totals: dict[str, torch.Tensor] = {}
+        for adapter in self.memory_adapters.values():
+            for name, value in adapter.memory.aux_losses.items():
+                totals[name] = totals[name] + value if name in totals else value
+        return totals
+
+    def num_parameters(self) -> int:
+        """Distinct parameters, frozen and trainable (a tied head counts once; a quantised weight counts its
+        d_out x d_in entries)."""
+        quantized = sum(m.in_features * m.out_features for m in self.base.modules() if isinstance(m, QuantizedLinear))
+        return sum(p.numel() for p in self.parameters()) + quantized
+
+    def trainable_parameters(self) -> int:
+        """Parameters the optimizer updates."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def state_dict(self, *args, **kwargs) -> dict:
+        """The trainable parameters and the adapters' buffers only (see the module docstring)."""
+        return {key: value for key, value in super().state_dict(*args, **kwargs).items() if key in self._kept}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load what `state_dict` saved; with `strict`, its keys must be exactly the trainable ones."""
+        if strict and (missing := self._kept - set(state_dict)) | (unexpected := set(state_dict) - self._kept):
+            raise RuntimeError(
+                f"adapter state does not fit: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            )
+        return super().load_state_dict(state_dict, strict=False, assign=assign)
