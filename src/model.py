@@ -156,10 +156,11 @@ class PaperModel(nn.Module):
         return self.num_parameters()
 
 
-def build_model(section: dict, file: str = "<config>") -> nn.Module:
-    """The model of a resolved model section: a `PaperModel`, or an `AdaptedModel` (src.adapted) for one with a base."""
+def build_model(section: dict, file: str = "<config>", device: torch.device | str = "cpu") -> nn.Module:
+    """The model of a resolved model section on `device`: a `PaperModel`, or an `AdaptedModel` (src.adapted)
+    for one with a base (built on the device, where its weights are quantised)."""
     if "base" in section:
         from src.adapted.model import AdaptedModel
 
-        return AdaptedModel(section, file)
-    return PaperModel(section, file)
+        return AdaptedModel(section, file, device)
+    return PaperModel(section, file).to(device)

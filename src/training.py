@@ -434,7 +434,7 @@ def build_training(experiment: ExperimentConfig, processes: Processes) -> Traini
     """The seeded model on this process's device, wrapped for `train.parallel`, and its optimizer."""
     cfg = experiment.train
     torch.manual_seed(cfg.seed)
-    model = build_model(experiment.model, experiment.file).to(processes.device)
+    model = build_model(experiment.model, experiment.file, processes.device)
     objective = TrainingObjective(model, cfg)
     wrapped = processes.wrap(objective, getattr(model, "blocks", ()))  # an adapted model trains unwrapped
     trainable = [p for p in model.parameters() if p.requires_grad]  # an adapted model's frozen base is left out

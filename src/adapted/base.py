@@ -93,8 +93,9 @@ def quantize_linears(layers: nn.ModuleList, kind: str) -> None:
                     setattr(module, name, QuantizedLinear(child, kind))
 
 
-def load_base(section: dict) -> nn.Module:
-    """The base causal LM of a resolved `model.base` section: loaded, frozen (unless freeze is false), quantised.
+def load_base(section: dict, device: torch.device | str = "cpu") -> nn.Module:
+    """The base causal LM of a resolved `model.base` section on `device`: loaded, frozen (unless freeze is
+    false), then quantised there (on a GPU in a moment; NF4 on a CPU takes seconds per million weights).
 
     Dropout is off (`eval()` on the base): the adapters train against the deterministic frozen model.
     """
@@ -103,7 +104,7 @@ def load_base(section: dict) -> nn.Module:
     model = transformers.AutoModelForCausalLM.from_pretrained(
         section["directory"], dtype=DTYPES[section["dtype"]], local_files_only=True
     )
-    model.eval().requires_grad_(not section["freeze"])
+    model.to(device).eval().requires_grad_(not section["freeze"])
     if section["quantization"] != "none":
         quantize_linears(decoder_layers(model), section["quantization"])
     return model

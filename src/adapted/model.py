@@ -68,11 +68,11 @@ class _Insertion:
 class AdaptedModel(nn.Module):
     """A frozen Hugging Face causal LM with memory and LoRA adapters; see the module docstring."""
 
-    def __init__(self, config: dict, file: str = "<config>"):
-        """Build from a resolved model section with `base` and `adapters` (the output of `src.adapted.config`)."""
+    def __init__(self, config: dict, file: str = "<config>", device: torch.device | str = "cpu"):
+        """Build on `device` from a resolved model section with `base` and `adapters` (see `src.adapted.config`)."""
         super().__init__()
         self.config, self.file = config, file
-        self.base = load_base(config["base"])
+        self.base = load_base(config["base"], device)
         self.storage = frozen_storage(self.base) if config["base"]["freeze"] else None
         hf = self.base.config
         layers = decoder_layers(self.base)

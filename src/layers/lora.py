@@ -43,11 +43,33 @@ def lora_forward(
     Returns:
         (..., d_out) h.
     """
-    sizes = check_shapes(
-        x=(x, "... d_in"), W0=(W0, "d_out d_in"), A=(A, "r d_in"), B=(B, "d_out r"), bias=(bias, "d_out")
-    )
+    check_shapes(x=(x, "... d_in"), W0=(W0, "d_out d_in"), A=(A, "r d_in"), B=(B, "d_out r"), bias=(bias, "d_out"))
+    return F.linear(x, W0, bias) + lora_update(x, A, B, alpha)
+
+
+def lora_update(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: float) -> torch.Tensor:
+    r"""The low-rank term of the adapted layer's output, added to whatever computes the frozen W_0 x.
+
+    Paper: LoRA (Hu et al. 2021, arXiv:2106.09685), Sec. 4.1, Eq. (3), the update term
+
+    .. math::
+        \Delta W x = \frac{\alpha}{r} B A x
+
+    computed as (x A^T) B^T. `LoRALinear` adds it to its frozen layer's own forward, so a quantised
+    W_0 is applied by `QuantizedLinear` (which keeps no dequantised copy for backward).
+
+    Args:
+        x: (..., d_in) inputs.
+        A: (r, d_in) down-projection.
+        B: (d_out, r) up-projection.
+        alpha: α > 0.
+
+    Returns:
+        (..., d_out) ΔW x.
+    """
+    sizes = check_shapes(x=(x, "... d_in"), A=(A, "r d_in"), B=(B, "d_out r"))
     check_positive("alpha", alpha)
-    return F.linear(x, W0, bias) + (alpha / sizes["r"]) * F.linear(F.linear(x, A), B)
+    return (alpha / sizes["r"]) * F.linear(F.linear(x, A), B)
 
 
 def lora_merge(W0: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -81,7 +103,8 @@ class LoRALinear(nn.Module):
     `weight` serves the layers that read their weight directly instead of calling the module
     (attention's output projection through `concat_heads`, for example). A and B are float32 (or
     float64 over a float64 layer) whatever the frozen weight's dtype, as QLoRA trains its adapters
-    above a 4-bit base; the forward casts W_0, A and B to the input's dtype.
+    above a 4-bit base. The forward is Eq. (3) as the frozen layer's own output plus `lora_update`
+    (A and B cast to the input's dtype), so a quantised base keeps its memory-saving backward.
     """
 
     def __init__(self, base: nn.Linear | QuantizedLinear, rank: int, alpha: float):
@@ -105,9 +128,8 @@ class LoRALinear(nn.Module):
         return self.base.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.base.bias is None else self.base.bias.to(x.dtype)
-        W0, A, B = (tensor.to(x.dtype) for tensor in (self.base.weight, self.A, self.B))
-        return lora_forward(x, W0, A, B, self.alpha, bias)
+        frozen = self.base(x)
+        return frozen + lora_update(x.to(frozen.dtype), self.A.to(frozen.dtype), self.B.to(frozen.dtype), self.alpha)
 
     def merged(self) -> nn.Linear:
         """A plain `nn.Linear` holding W = W_0 + (α/r) B A (Sec. 4.1), for serving."""

@@ -274,14 +274,30 @@ def double_dequantize(codes: torch.Tensor, scale: torch.Tensor, mean: torch.Tens
     return (groups * scale[:, None] / 448).flatten()[: codes.numel()] + mean
 
 
+class _DequantizedProduct(torch.autograd.Function):
+    """x W^T with W dequantised in forward and again in backward, so no full-precision W is kept
+    between them (the frozen W gets no gradient; bitsandbytes' 4-bit layers do the same)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: "QuantizedLinear") -> torch.Tensor:
+        ctx.layer = layer
+        return F.linear(x, layer.weight.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad @ ctx.layer.weight.to(grad.dtype), None
+
+
 class QuantizedLinear(nn.Module):
     """A frozen linear layer whose weight is stored quantised and dequantised on the fly (weight-only).
 
     `kind` "int8": per output row absmax int8 (`quantize_absmax_int8`, LLM.int8()'s Eq. (1) applied
     row-wise), 8 + 32 / d_in bits per weight. "nf4": block-wise NF4 (`quantize_nf4`, blocks of 64)
     with double-quantized constants (`double_quantize`, groups of 256), about 4.127 bits per weight.
-    Each forward rebuilds the weight in the input's dtype and runs `F.linear`; the bias, if any,
-    stays in floating point. Nothing here trains: wrap it with `LoRALinear` to adapt it (QLoRA).
+    Each forward rebuilds the weight in the input's dtype (under autocast, the autocast dtype) and
+    applies it; backward rebuilds it again instead of keeping it, so a training step holds the
+    quantised codes and one layer's dequantised weight at a time. The bias, if any, stays in
+    floating point. Nothing here trains: wrap it with `LoRALinear` to adapt it (QLoRA).
     """
 
     def __init__(self, linear: nn.Linear, kind: str):
@@ -316,5 +332,7 @@ class QuantizedLinear(nn.Module):
         return sum(buffer.numel() * buffer.element_size() for name, buffer in self.named_buffers() if name != "bias")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.weight.to(x.dtype), bias)
+        if torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        y = _DequantizedProduct.apply(x, self)
+        return y if self.bias is None else y + self.bias.to(y.dtype)

@@ -56,3 +56,22 @@ def test_lora_on_a_quantized_base_starts_equal_and_trains_only_its_factors():
 def test_unknown_kind_is_named():
     with pytest.raises(ValueError, match="kind must be 'int8' or 'nf4'"):
         QuantizedLinear(layer(), "fp4")
+
+
+@pytest.mark.parametrize("kind", ["int8", "nf4"])
+def test_the_input_gradient_is_that_of_the_dequantised_weight(kind):
+    quantized = QuantizedLinear(layer(), kind)
+    x = torch.randn(3, 5, 256, dtype=torch.float64, requires_grad=True)
+    reference = x.detach().clone().requires_grad_(True)
+    (quantized(x) * torch.arange(96.0, dtype=torch.float64)).sum().backward()
+    (F.linear(reference, quantized.weight.double(), quantized.bias.double()) * torch.arange(96.0)).sum().backward()
+    torch.testing.assert_close(x.grad, reference.grad)
+    assert torch.autograd.gradcheck(lambda v: quantized(v), (x[:1, :2].detach().requires_grad_(True),))
+
+
+def test_autocast_runs_the_product_in_the_autocast_dtype():
+    quantized, x = QuantizedLinear(layer(), "nf4"), torch.randn(4, 256)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = quantized(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), quantized(x), atol=0.05, rtol=0.05)

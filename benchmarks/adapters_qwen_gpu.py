@@ -1,0 +1,131 @@
+"""Adapters on a model of Qwen2.5-0.5B's published configuration, random weights: trainable parameters,
+peak memory and training tokens/s with the frozen base in bfloat16, int8 and NF4 (one GPU).
+
+No checkpoint can be downloaded here, so the base is Qwen2.5-0.5B's config.json values (hidden 896,
+24 layers, 14 heads, 2 KV heads, intermediate 4864, vocabulary 151,936, tied embeddings, RoPE theta
+1e6) with random weights, written once in bfloat16 with save_pretrained. Each row builds the adapted
+model through the config path (`resolve_model_section` -> `AdaptedModel`) and trains it with the
+harness's `training_step` under bfloat16 autocast, the loss computed 1,024 positions at a time.
+Tokens/s is measured over `--steps` steps after 3 warm-up steps; the model's memory is what is
+allocated once it is built (frozen base and adapters), the peak is `torch.cuda.max_memory_allocated`
+over the whole row (loading, quantization and training).
+
+    PYTHONPATH=. python3 benchmarks/adapters_qwen_gpu.py --out benchmarks/results/adapters_qwen05b_h100.md
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from src.config import TrainConfig, resolve_model_section
+from src.model import build_model
+from src.training import TrainingObjective, training_step
+
+QWEN25_05B = {
+    "vocab_size": 151936,
+    "hidden_size": 896,
+    "intermediate_size": 4864,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 32768,
+    "rope_theta": 1_000_000.0,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+}
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ADAPTERS = {
+    "memory (A, layers 8 and 16, 1,024 slots)": [
+        {"type": "memory", "layers": [8, 16], "variant": "A", "n_heads": 14, "n_memory": 1024}
+    ],
+    "LoRA (r 16, all 7 projections)": [{"type": "lora", "targets": ALL_PROJECTIONS, "rank": 16, "alpha": 32}],
+}
+
+
+def write_base(directory: Path) -> None:
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(Qwen2Config(**QWEN25_05B), dtype=torch.bfloat16)
+    model.save_pretrained(directory)
+
+
+def measure(directory: Path, adapters: list, quantization: str, batch: int, length: int, steps: int) -> dict:
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = {"directory": str(directory), "dtype": "bfloat16", "quantization": quantization}
+    section = resolve_model_section({"base": base, "adapters": adapters}, "<benchmark>")
+    model = build_model(section, "<benchmark>", "cuda")
+    model_gib = torch.cuda.memory_allocated() / 2**30
+    train = TrainConfig(
+        steps=steps, batch_size=batch, lr=1e-4, warmup_steps=0, weight_decay=0.0, grad_clip=1.0, seed=0,
+        out_dir="-", eval_every=steps, device="cuda", precision="bfloat16", loss_chunk_tokens=1024,
+    )  # fmt: skip
+    objective = TrainingObjective(model, train)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    inputs = torch.randint(0, QWEN25_05B["vocab_size"], (batch, length), device="cuda", generator=g)
+    targets = torch.randint(0, QWEN25_05B["vocab_size"], (batch, length), device="cuda", generator=g)
+    for _ in range(3):
+        loss = training_step(objective, optimizer, inputs, targets, train)[0]
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        loss = training_step(objective, optimizer, inputs, targets, train)[0]
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    return {
+        "trainable": model.trainable_parameters(),
+        "frozen_bytes": model.storage["bytes_per_parameter"],
+        "linear_bytes": model.storage["linear_bytes_per_parameter"],
+        "model_gib": model_gib,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "tokens_per_s": steps * batch * length / seconds,
+        "loss": loss.item(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--length", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp) / "qwen2.5-0.5b-random"
+        write_base(directory)
+        for name, adapters in ADAPTERS.items():
+            for quantization in ("none", "int8", "nf4"):
+                result = measure(directory, adapters, quantization, args.batch, args.length, args.steps)
+                rows.append((name, quantization, result))
+                print(name, quantization, result, flush=True)
+    device = torch.cuda.get_device_name()
+    lines = [
+        f"# Adapters on Qwen2.5-0.5B's configuration (random weights), {device}",
+        "",
+        f"Batch {args.batch} x {args.length} tokens, bfloat16 autocast, AdamW on the adapters, {args.steps} timed "
+        "steps after 3 warm-up steps. Frozen base stored in bfloat16 (`none`) or with its decoder linears in int8 / "
+        "NF4 (embedding, norms stay bfloat16). Command: "
+        "`PYTHONPATH=. python3 benchmarks/adapters_qwen_gpu.py --out <this file>`.",
+        "",
+        "| adapter | frozen linears | trainable params | bytes / frozen param (all / linears) | model GiB | "
+        "peak GiB | tokens/s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, quantization, r in rows:
+        kind = {"none": "bfloat16"}.get(quantization, quantization)
+        lines.append(
+            f"| {name} | {kind} | {r['trainable']:,} | {r['frozen_bytes']:.3f} / {r['linear_bytes']:.3f} | "
+            f"{r['model_gib']:.2f} | {r['peak_gib']:.2f} | {r['tokens_per_s']:,.0f} |"
+        )
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
