@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from src.config import ExperimentConfig, count_parameters
+from src.config import ExperimentConfig, parameter_counts
 from src.needle import write_needles
 from src.training import CHECKPOINT, METRICS, setting_label, train
 
@@ -35,15 +35,20 @@ def _columns(experiment: ExperimentConfig) -> list[tuple[str, str]]:
 
 
 def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    """A markdown table: model, parameters, the metric columns, tokens per second; failures say why."""
+    """A markdown table: model, parameters, the metric columns, tokens per second; failures say why.
+
+    A model that trains only part of its parameters (an adapted pretrained base) shows both counts.
+    """
     header = ["model", "parameters", *(title for _, title in columns), "train tokens/s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
+        trained = row.get("trained_parameters", row["parameters"])
+        size = f"{row['parameters']:,}" + (f" ({trained:,} trained)" if trained != row["parameters"] else "")
         if "error" in row:
-            cells = [row["model"], f"{row['parameters']:,}", f"failed: {row['error']}", *["–"] * len(columns)]
+            cells = [row["model"], size, f"failed: {row['error']}", *["–"] * len(columns)]
         else:
             metrics = [f"{row[key]:.4f}" for key, _ in columns]
-            cells = [row["model"], f"{row['parameters']:,}", *metrics, f"{row['tokens_per_s']:,.0f}"]
+            cells = [row["model"], size, *metrics, f"{row['tokens_per_s']:,.0f}"]
         lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
     return "\n".join(lines)
 
@@ -125,7 +130,8 @@ def compare(
     rows = []
     for name, experiment in experiments.items():
         log(f"== {name}")
-        row = {"model": name, "parameters": count_parameters(experiment.model, experiment.file)}
+        total, trained = parameter_counts(experiment.model, experiment.file)
+        row = {"model": name, "parameters": total, "trained_parameters": trained}
         try:
             started = (Path(experiment.train.out_dir) / CHECKPOINT).exists()
             fresh = resume and not started  # nothing to resume: its partial run (if any) holds no step

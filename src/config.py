@@ -251,6 +251,17 @@ def count_parameters(model: dict, file: str = "<config>") -> int:
     return total
 
 
+def parameter_counts(model: dict, file: str = "<config>") -> tuple[int, int]:
+    """(all, trained) parameters of a resolved model section, without building it (see `count_parameters`
+    and, for an adapted pretrained model, `src.adapted.config.count_adapted_parameters`)."""
+    if "base" in model:
+        from src.adapted.config import count_adapted_parameters
+
+        return count_adapted_parameters(model)
+    total = count_parameters(model, file)
+    return total, total
+
+
 def resolve_model_section(raw, file: str, section: str = "model") -> dict:
     """Validate a model section (key `section` of the file) and return it with every default filled in.
 

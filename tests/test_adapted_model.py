@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 
+from src.adapted.config import count_adapted_parameters
 from src.adapted.model import AdaptedModel
 from src.config import resolve_model_section
 
@@ -181,3 +182,12 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_bases):
 def test_bad_ids_are_named(tiny_bases, ids, message):
     with pytest.raises((TypeError, ValueError), match=message):
         adapted(tiny_bases["llama"], [LORA])(ids)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("base", [{}, {"quantization": "nf4"}, {"freeze": False}])
+def test_counting_without_weights_equals_the_built_model(tiny_bases, kind, base):
+    adapters = [] if base.get("freeze") is False else ALL_ADAPTERS
+    section = resolve_model_section({"base": {"directory": str(tiny_bases[kind]), **base}, "adapters": adapters}, "t")
+    model = AdaptedModel(section)
+    assert count_adapted_parameters(section) == (model.num_parameters(), model.trainable_parameters())

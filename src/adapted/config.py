@@ -159,3 +159,30 @@ def is_adapted(model: dict) -> bool:
 def base_vocab_size(model: dict) -> int:
     """The vocabulary of an adapted section's base (its config.json)."""
     return read_hf_config(Path(model["base"]["directory"]))["vocab_size"]
+
+
+def count_adapted_parameters(model: dict) -> tuple[int, int]:
+    """(all, trained) parameters of a resolved adapted section, counted on the meta device without its weights.
+
+    The base counts every weight (a quantised one by its d_out x d_in entries, a tied head once);
+    each memory adapter is built on the meta device and counted; each LoRA adapter adds r (d_in +
+    d_out) per wrapped projection. Equal to `AdaptedModel.num_parameters` and
+    `trainable_parameters` (tested).
+    """
+    base = skeleton(Path(model["base"]["directory"]))
+    layers = decoder_layers(base)
+    d_model, eps = base.config.hidden_size, getattr(base.config, "rms_norm_eps", 1e-5)
+    frozen = sum(p.numel() for p in base.parameters())
+    adapters = 0
+    for spec in model["adapters"]:
+        if spec["type"] == "memory":
+            bank = {key: value for key, value in spec.items() if key not in ("type", "layers", "variant")}
+            with torch.device("meta"):
+                adapter = MemoryAdapter(d_model, eps, **bank)
+            adapters += len(spec["layers"]) * sum(p.numel() for p in adapter.parameters())
+        else:
+            for index in spec["layers"] if spec["layers"] is not None else range(len(layers)):
+                for path, module in layers[index].named_modules():
+                    if path.rpartition(".")[2] in spec["targets"] and isinstance(module, torch.nn.Linear):
+                        adapters += spec["rank"] * (module.in_features + module.out_features)
+    return frozen + adapters, adapters + (0 if model["base"]["freeze"] else frozen)

@@ -158,10 +158,11 @@ class AdaptedModel(nn.Module):
         return totals
 
     def num_parameters(self) -> int:
-        """Distinct parameters, frozen and trainable (a tied head counts once; a quantised weight counts its
-        d_out x d_in entries)."""
-        quantized = sum(m.in_features * m.out_features for m in self.base.modules() if isinstance(m, QuantizedLinear))
-        return sum(p.numel() for p in self.parameters()) + quantized
+        """Distinct parameters, frozen and trainable (a tied head counts once; a quantised linear counts its
+        d_out x d_in weights and its bias)."""
+        quantized = [m for m in self.base.modules() if isinstance(m, QuantizedLinear)]
+        stored = sum(m.in_features * m.out_features + (0 if m.bias is None else m.bias.numel()) for m in quantized)
+        return sum(p.numel() for p in self.parameters()) + stored
 
     def trainable_parameters(self) -> int:
         """Parameters the optimizer updates."""
