@@ -148,3 +148,8 @@ def test_a_task_vocabulary_beyond_the_base_is_refused(tmp_path, tiny_bases):
     task = {"type": "associative_recall", "vocab_size": 1024, "num_pairs": 4, "num_queries": 2}
     with pytest.raises(ConfigError, match=r"key 'model\.base' \(512\) must be >= the task's vocabulary \(1024\)"):
         load_experiment(experiment(tmp_path, tiny_bases["llama"], task=task))
+
+
+def test_estimate_says_it_does_not_cover_an_adapted_model(tmp_path, tiny_bases, capsys):
+    assert main(["estimate", experiment(tmp_path, tiny_bases["llama"])]) == 2
+    assert "estimate covers models built from blocks" in capsys.readouterr().err
