@@ -37,12 +37,14 @@ QWEN25_05B = {
     "tie_word_embeddings": True,
 }
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-ADAPTERS = {
-    "memory (A, layers 8 and 16, 1,024 slots)": [
-        {"type": "memory", "layers": [8, 16], "variant": "A", "n_heads": 14, "n_memory": 1024}
-    ],
-    "LoRA (r 16, all 7 projections)": [{"type": "lora", "targets": ALL_PROJECTIONS, "rank": 16, "alpha": 32}],
-}
+MEMORY = [{"type": "memory", "layers": [8, 16], "variant": "A", "n_heads": 14, "n_memory": 1024}]
+LORA = [{"type": "lora", "targets": ALL_PROJECTIONS, "rank": 16, "alpha": 32}]
+ADAPTED = {"memory (A, layers 8 and 16, 1,024 slots)": MEMORY, "LoRA (r 16, all 7 projections)": LORA}
+ROWS = [  # (row name, its adapters, the base section's keys besides the directory)
+    *((name, adapters, {"dtype": "bfloat16", "quantization": quantization})
+      for name, adapters in ADAPTED.items() for quantization in ("none", "int8", "nf4")),
+    ("full fine-tuning", [], {"dtype": "float32", "freeze": False}),
+]  # fmt: skip
 
 
 def write_base(directory: Path) -> None:
@@ -53,12 +55,11 @@ def write_base(directory: Path) -> None:
     model.save_pretrained(directory)
 
 
-def measure(directory: Path, adapters: list, quantization: str, batch: int, length: int, steps: int) -> dict:
+def measure(directory: Path, adapters: list, base: dict, batch: int, length: int, steps: int) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    base = {"directory": str(directory), "dtype": "bfloat16", "quantization": quantization}
-    section = resolve_model_section({"base": base, "adapters": adapters}, "<benchmark>")
-    model = build_model(section, "<benchmark>", "cuda")
+    section = resolve_model_section({"base": {"directory": str(directory), **base}, "adapters": adapters}, "<b>")
+    model = build_model(section, "<b>", "cuda")
     model_gib = torch.cuda.memory_allocated() / 2**30
     train = TrainConfig(
         steps=steps, batch_size=batch, lr=1e-4, warmup_steps=0, weight_decay=0.0, grad_clip=1.0, seed=0,
@@ -79,8 +80,7 @@ def measure(directory: Path, adapters: list, quantization: str, batch: int, leng
     seconds = time.perf_counter() - started
     return {
         "trainable": model.trainable_parameters(),
-        "frozen_bytes": model.storage["bytes_per_parameter"],
-        "linear_bytes": model.storage["linear_bytes_per_parameter"],
+        "storage": model.storage,
         "model_gib": model_gib,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
         "tokens_per_s": steps * batch * length / seconds,
@@ -99,28 +99,33 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp) / "qwen2.5-0.5b-random"
         write_base(directory)
-        for name, adapters in ADAPTERS.items():
-            for quantization in ("none", "int8", "nf4"):
-                result = measure(directory, adapters, quantization, args.batch, args.length, args.steps)
-                rows.append((name, quantization, result))
-                print(name, quantization, result, flush=True)
+        for name, adapters, base in ROWS:
+            result = measure(directory, adapters, base, args.batch, args.length, args.steps)
+            rows.append((name, base, result))
+            print(name, base, result, flush=True)
     device = torch.cuda.get_device_name()
     lines = [
         f"# Adapters on Qwen2.5-0.5B's configuration (random weights), {device}",
         "",
-        f"Batch {args.batch} x {args.length} tokens, bfloat16 autocast, AdamW on the adapters, {args.steps} timed "
-        "steps after 3 warm-up steps. Frozen base stored in bfloat16 (`none`) or with its decoder linears in int8 / "
-        "NF4 (embedding, norms stay bfloat16). Command: "
+        f"Batch {args.batch} x {args.length} tokens, bfloat16 autocast, AdamW on the trained parameters, {args.steps} "
+        "timed steps after 3 warm-up steps. Frozen base stored in bfloat16 or with its decoder linears in int8 / NF4 "
+        "(embedding and norms stay bfloat16); full fine-tuning keeps float32 weights. Command: "
         "`PYTHONPATH=. python3 benchmarks/adapters_qwen_gpu.py --out <this file>`.",
         "",
-        "| adapter | frozen linears | trainable params | bytes / frozen param (all / linears) | model GiB | "
+        "| adapter | base linears | trained params | bytes / frozen param (all / linears) | model GiB | "
         "peak GiB | tokens/s |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for name, quantization, r in rows:
-        kind = {"none": "bfloat16"}.get(quantization, quantization)
+    for name, base, r in rows:
+        kind = base.get("quantization", "none").replace("none", base["dtype"])
+        storage = r["storage"]
+        frozen = (
+            "–"
+            if storage is None
+            else f"{storage['bytes_per_parameter']:.3f} / {storage['linear_bytes_per_parameter']:.3f}"
+        )
         lines.append(
-            f"| {name} | {kind} | {r['trainable']:,} | {r['frozen_bytes']:.3f} / {r['linear_bytes']:.3f} | "
+            f"| {name} | {kind} | {r['trainable']:,} | {frozen} | "
             f"{r['model_gib']:.2f} | {r['peak_gib']:.2f} | {r['tokens_per_s']:,.0f} |"
         )
     Path(args.out).write_text("\n".join(lines) + "\n")

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
 
 from src.cli import main
 from src.config import ConfigError, load_experiment
 from tests.conftest import CORPUS
 
 pytest.importorskip("transformers")
+safetensors = pytest.importorskip("safetensors.torch")
 
 MEMORY = {"type": "memory", "layers": [1], "variant": "A", "n_heads": 4, "n_memory": 16}
 LORA = {"type": "lora", "targets": ["q_proj", "v_proj"], "rank": 2, "alpha": 4}
@@ -63,9 +63,9 @@ def test_a_changed_base_is_refused_by_every_command(tmp_path, tiny_bases, capsys
     path = experiment(tmp_path, base, adapters=[LORA])
     assert main(["train", path]) == 0
     capsys.readouterr()
-    weights = load_file(base / "model.safetensors")
+    weights = safetensors.load_file(base / "model.safetensors")
     weights["model.norm.weight"] = weights["model.norm.weight"] + 1
-    save_file(weights, base / "model.safetensors", metadata={"format": "pt"})
+    safetensors.save_file(weights, base / "model.safetensors", metadata={"format": "pt"})
     checkpoint = str(tmp_path / "run" / "checkpoint.pt")
     assert main(["generate", checkpoint, "--prompt", "A"]) == 2
     assert "weights_sha256" in capsys.readouterr().err

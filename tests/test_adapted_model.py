@@ -8,7 +8,7 @@ import torch
 
 from src.adapted.config import count_adapted_parameters
 from src.adapted.model import AdaptedModel
-from src.config import resolve_model_section
+from src.config import ConfigError, resolve_model_section
 
 transformers = pytest.importorskip("transformers")
 
@@ -191,3 +191,13 @@ def test_counting_without_weights_equals_the_built_model(tiny_bases, kind, base)
     section = resolve_model_section({"base": {"directory": str(tiny_bases[kind]), **base}, "adapters": adapters}, "t")
     model = AdaptedModel(section)
     assert count_adapted_parameters(section) == (model.num_parameters(), model.trainable_parameters())
+
+
+def test_from_config_reads_the_model_section(tiny_bases, tmp_path):
+    path = tmp_path / "adapted.yaml"
+    lora = "{type: lora, targets: [q_proj], rank: 2, alpha: 2}"
+    path.write_text(f"model:\n  base: {{directory: {tiny_bases['llama']}}}\n  adapters: [{lora}]\n")
+    assert AdaptedModel.from_config(path).trainable_parameters() == 2 * 2 * (64 + 64)  # 2 layers x r (d_in + d_out)
+    path.write_text("model: {vocab_size: 8, d_model: 4, tie_embeddings: true, blocks: []}\n")
+    with pytest.raises(ConfigError, match="not an adapted pretrained model"):
+        AdaptedModel.from_config(path)

@@ -18,11 +18,14 @@ checkpoint never copies the frozen base, which the config names by directory and
 """
 
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from src.adapted.base import decoder_layers, frozen_storage, load_base
+from src.adapted.config import resolve_adapted_section
+from src.config import ConfigError, read_yaml
 from src.layers.lora import LoRALinear
 from src.layers.memory_adapter import MemoryAdapter
 from src.layers.quantization import QuantizedLinear
@@ -94,6 +97,14 @@ class AdaptedModel(nn.Module):
         self.vocab_size = hf.vocab_size
         self._trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         self._kept = self._trainable | {f"memory_adapters.{name}" for name, _ in self.memory_adapters.named_buffers()}
+
+    @classmethod
+    def from_config(cls, path: str | Path, device: torch.device | str = "cpu") -> "AdaptedModel":
+        """Build the adapted model declared in the `model` section (`base`, `adapters`) of a YAML file."""
+        raw = read_yaml(path)
+        if not isinstance(raw.get("model"), dict) or "base" not in raw["model"]:
+            raise ConfigError(f"{path}: key 'model.base' is missing: not an adapted pretrained model")
+        return cls(resolve_adapted_section(raw["model"], str(path)), str(path), device)
 
     def _check_ids(self, input_ids: torch.Tensor) -> None:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
