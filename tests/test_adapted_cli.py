@@ -2,6 +2,7 @@
 adapter-only checkpoints and the base-weight hash."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,11 @@ def test_a_task_vocabulary_beyond_the_base_is_refused(tmp_path, tiny_bases):
 def test_estimate_says_it_does_not_cover_an_adapted_model(tmp_path, tiny_bases, capsys):
     assert main(["estimate", experiment(tmp_path, tiny_bases["llama"])]) == 2
     assert "estimate covers models built from blocks" in capsys.readouterr().err
+
+
+def test_without_the_hf_extra_the_error_names_it(tmp_path, tiny_bases, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now raises ImportError
+    path = experiment(tmp_path, tiny_bases["llama"])
+    assert main(["train", path]) == 2
+    err = capsys.readouterr().err
+    assert "needs the 'hf' extra" in err and "uv sync --extra hf" in err and path in err
