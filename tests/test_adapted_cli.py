@@ -2,6 +2,7 @@
 adapter-only checkpoints and the base-weight hash."""
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -162,3 +163,12 @@ def test_without_the_hf_extra_the_error_names_it(tmp_path, tiny_bases, monkeypat
     assert main(["train", path]) == 2
     err = capsys.readouterr().err
     assert "needs the 'hf' extra" in err and "uv sync --extra hf" in err and path in err
+
+
+def test_an_nf4_base_trains_in_bfloat16_with_every_memory_option(tmp_path, tiny_bases, capsys):
+    path = experiment(tmp_path, tiny_bases["qwen2"], quantization="nf4")
+    raw = yaml.safe_load(Path(path).read_text())
+    raw["train"] |= {"precision": "bfloat16", "checkpoint_blocks": True, "loss_chunk_tokens": 16}
+    assert main(["train", write(tmp_path, raw)]) == 0
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [2, 4] and all(math.isfinite(m["eval_loss"]) for m in metrics)
