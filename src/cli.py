@@ -46,8 +46,14 @@ def _example(experiment, checkpoint_path: str, shown: int = 8) -> str:
         predicted = model(inputs).argmax(-1)[0].tolist()
     inputs, targets = inputs[0].tolist(), targets[0].tolist()
     scored = [t for t, target in enumerate(targets) if target != IGNORE][:shown]
-    context = " ".join(map(str, inputs[: scored[0]][-48:]))
-    answers = [f"{inputs[t]} -> {predicted[t]} ({'right' if predicted[t] == targets[t] else f'expected {targets[t]}'})"
+
+    def show(ids: list[int]) -> str:  # text tasks as quoted text (their bytes or tokenizer), the others as ids
+        text = _decode(experiment.task, ids)
+        return repr(text) if experiment.task["type"] in TOKENIZED_TASKS else text
+
+    context = show(inputs[: scored[0]][-48:])
+    answers = [f"{show([inputs[t]])} -> {show([predicted[t]])} "
+               f"({'right' if predicted[t] == targets[t] else f'expected {show([targets[t]])}'})"
                for t in scored]  # fmt: skip
     return f"example (held-out): context {context}\n  query -> model's answer: " + ", ".join(answers)
 
