@@ -11,6 +11,10 @@ allocated once it is built (frozen base and adapters), the peak is `torch.cuda.m
 over the whole row (loading, quantization and training).
 
     PYTHONPATH=. python3 benchmarks/adapters_qwen_gpu.py --out benchmarks/results/adapters_qwen05b_h100.md
+
+`--profile` adds, per row, torch.profiler's CPU and GPU time of 3 more steps (self times summed
+over all operations) and the number of kernel launches: where the CPU time exceeds the GPU time,
+the step is bound by dispatching kernels, not by the GPU.
 """
 
 import argparse
@@ -19,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity
 
 from src.config import TrainConfig, resolve_model_section
 from src.model import build_model
@@ -55,7 +60,7 @@ def write_base(directory: Path) -> None:
     model.save_pretrained(directory)
 
 
-def measure(directory: Path, adapters: list, base: dict, batch: int, length: int, steps: int) -> dict:
+def measure(directory: Path, adapters: list, base: dict, batch: int, length: int, steps: int, profile: bool) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     section = resolve_model_section({"base": {"directory": str(directory), **base}, "adapters": adapters}, "<b>")
@@ -78,7 +83,19 @@ def measure(directory: Path, adapters: list, base: dict, batch: int, length: int
         loss = training_step(objective, optimizer, inputs, targets, train)[0]
     torch.cuda.synchronize()
     seconds = time.perf_counter() - started
+    if profile:
+        with torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as trace:
+            for _ in range(3):
+                training_step(objective, optimizer, inputs, targets, train)
+            torch.cuda.synchronize()
+        events = trace.key_averages()
+        profiled = {
+            "cpu_ms_per_step": sum(e.self_cpu_time_total for e in events) / 3e3,
+            "gpu_ms_per_step": sum(e.self_device_time_total for e in events) / 3e3,
+            "launches_per_step": sum(e.count for e in events if e.key == "cudaLaunchKernel") / 3,
+        }
     return {
+        **(profiled if profile else {}),
         "trainable": model.trainable_parameters(),
         "storage": model.storage,
         "model_gib": model_gib,
@@ -94,13 +111,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--length", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--profile", action="store_true", help="add CPU / GPU time per step and kernel launches")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp) / "qwen2.5-0.5b-random"
         write_base(directory)
         for name, adapters, base in ROWS:
-            result = measure(directory, adapters, base, args.batch, args.length, args.steps)
+            result = measure(directory, adapters, base, args.batch, args.length, args.steps, args.profile)
             rows.append((name, base, result))
             print(name, base, result, flush=True)
     device = torch.cuda.get_device_name()
@@ -113,8 +131,8 @@ def main() -> None:
         "`PYTHONPATH=. python3 benchmarks/adapters_qwen_gpu.py --out <this file>`.",
         "",
         "| adapter | base linears | trained params | bytes / frozen param (all / linears) | model GiB | "
-        "peak GiB | tokens/s |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "peak GiB | tokens/s |" + (" CPU / GPU ms per step | kernel launches per step |" if args.profile else ""),
+        "|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if args.profile else ""),
     ]
     for name, base, r in rows:
         kind = base.get("quantization", "none").replace("none", base["dtype"])
@@ -127,6 +145,11 @@ def main() -> None:
         lines.append(
             f"| {name} | {kind} | {r['trainable']:,} | {frozen} | "
             f"{r['model_gib']:.2f} | {r['peak_gib']:.2f} | {r['tokens_per_s']:,.0f} |"
+            + (
+                f" {r['cpu_ms_per_step']:.0f} / {r['gpu_ms_per_step']:.0f} | {r['launches_per_step']:,.0f} |"
+                if args.profile
+                else ""
+            )
         )
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
