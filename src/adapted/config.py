@@ -151,11 +151,6 @@ def resolve_adapted_section(raw, file: str, section: str = "model") -> dict:
     return {"base": base, "adapters": adapters}
 
 
-def is_adapted(model: dict) -> bool:
-    """Whether a resolved model section describes an adapted pretrained model (else a PaperModel)."""
-    return "base" in model
-
-
 def base_vocab_size(model: dict) -> int:
     """The vocabulary of an adapted section's base (its config.json)."""
     return read_hf_config(Path(model["base"]["directory"]))["vocab_size"]
