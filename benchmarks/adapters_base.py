@@ -5,7 +5,7 @@
 2. That config trains it with full fine-tuning (`freeze: false`) through the ordinary harness.
 3. The trained weights are saved with `save_pretrained`, beside the tokenizer, in `--out`.
 
-    uv run python benchmarks/adapters_base.py            # runs/bases/tiny-llama (about 4 minutes on 2 cores)
+    uv run --extra hf python benchmarks/adapters_base.py            # runs/bases/tiny-llama (about 5 minutes on 2 cores)
 """
 
 import argparse
