@@ -21,6 +21,25 @@ from src.layers.selective_ssm import _GatedSSMBlock
 from src.pretrained import model_section_from_hf_config, read_hf_weights, state_dict_from_hf
 
 
+def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
+    """A language model's input: an int64 / int32 (batch, length >= 1) tensor of ids in [0, vocab_size)."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"input_ids must be an int64 or int32 tensor, got {getattr(input_ids, 'dtype', input_ids)}")
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must have shape (batch, length >= 1), got {tuple(input_ids.shape)}")
+    if has_values(input_ids) and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
+        raise ValueError(f"input_ids must lie in [0, {vocab_size}), got range [{input_ids.min()}, {input_ids.max()}]")
+
+
+def sum_auxiliary_losses(mixers) -> dict[str, torch.Tensor]:
+    """The auxiliary losses the mixers' last calls recorded (`Mixer.aux_losses`), summed by name."""
+    totals: dict[str, torch.Tensor] = {}
+    for mixer in mixers:
+        for name, value in mixer.aux_losses.items():
+            totals[name] = totals[name] + value if name in totals else value
+    return totals
+
+
 class PaperModel(nn.Module):
     """A language model whose block list comes from a config; see the module docstring."""
 
@@ -82,17 +101,6 @@ class PaperModel(nn.Module):
             raise ValueError(f"{path}: the weights do not fit the model its config.json describes: {error}") from error
         return model
 
-    def _check_ids(self, input_ids: torch.Tensor) -> None:
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"input_ids must be an int64 or int32 tensor, got {getattr(input_ids, 'dtype', input_ids)}")
-        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-            raise ValueError(f"input_ids must have shape (batch, length >= 1), got {tuple(input_ids.shape)}")
-        vocab_size = self.config["vocab_size"]
-        if has_values(input_ids) and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
-            raise ValueError(
-                f"input_ids must lie in [0, {vocab_size}), got range [{input_ids.min()}, {input_ids.max()}]"
-            )
-
     def hidden_states(self, input_ids: torch.Tensor, checkpoint_blocks: bool = False) -> torch.Tensor:
         """(batch, length) token ids -> (batch, length, d_model) final normalised hidden states.
 
@@ -100,7 +108,7 @@ class PaperModel(nn.Module):
         there (block-level activation checkpointing): peak activation memory becomes one block's
         activations plus one (batch, length, d_model) tensor per block.
         """
-        self._check_ids(input_ids)
+        check_token_ids(input_ids, self.vocab_size)
         x = self.embedding(input_ids)
         for block in self.blocks:
             x = checkpoint(block, x, use_reentrant=False) if checkpoint_blocks else block(x)
@@ -120,7 +128,7 @@ class PaperModel(nn.Module):
         Returns:
             logits (batch, T, vocab_size) and the new state (one entry per block).
         """
-        self._check_ids(input_ids)
+        check_token_ids(input_ids, self.vocab_size)
         if state is None:
             state = [None] * len(self.blocks)
         if len(state) != len(self.blocks):
@@ -137,11 +145,7 @@ class PaperModel(nn.Module):
 
         Each already carries its coefficient from the config; the training loop adds their sum.
         """
-        totals: dict[str, torch.Tensor] = {}
-        for block in self.blocks:
-            for name, value in block.mixer.aux_losses.items():
-                totals[name] = totals[name] + value if name in totals else value
-        return totals
+        return sum_auxiliary_losses(block.mixer for block in self.blocks)
 
     @property
     def vocab_size(self) -> int:

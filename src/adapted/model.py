@@ -29,6 +29,7 @@ from src.config import ConfigError, read_yaml
 from src.layers.lora import LoRALinear
 from src.layers.memory_adapter import MemoryAdapter
 from src.layers.quantization import QuantizedLinear
+from src.model import check_token_ids, sum_auxiliary_losses
 
 
 class _Insertion:
@@ -106,23 +107,13 @@ class AdaptedModel(nn.Module):
             raise ConfigError(f"{path}: key 'model.base' is missing: not an adapted pretrained model")
         return cls(resolve_adapted_section(raw["model"], str(path)), str(path), device)
 
-    def _check_ids(self, input_ids: torch.Tensor) -> None:
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"input_ids must be an int64 or int32 tensor, got {getattr(input_ids, 'dtype', input_ids)}")
-        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-            raise ValueError(f"input_ids must have shape (batch, length >= 1), got {tuple(input_ids.shape)}")
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.vocab_size):
-            raise ValueError(
-                f"input_ids must lie in [0, {self.vocab_size}), got range [{input_ids.min()}, {input_ids.max()}]"
-            )
-
     def hidden_states(self, input_ids: torch.Tensor, checkpoint_blocks: bool = False) -> torch.Tensor:
         """(batch, length) ids -> (batch, length, hidden) final normalised hidden states.
 
         `checkpoint_blocks` turns on the base's own gradient checkpointing of its decoder layers
         (the adapters' hooks run inside them and are recomputed with them).
         """
-        self._check_ids(input_ids)
+        check_token_ids(input_ids, self.vocab_size)
         if checkpoint_blocks != self._checkpointing:
             base = self.base  # transformers 5 renames gradient_checkpointing_* to activation_checkpointing_*
             if checkpoint_blocks:
@@ -153,7 +144,7 @@ class AdaptedModel(nn.Module):
 
         The state is the base's KV cache and each memory adapter's routing state (None at the start).
         """
-        self._check_ids(input_ids)
+        check_token_ids(input_ids, self.vocab_size)
         cache, states = state if state is not None else (None, [None] * len(self._insertions))
         with self._stepping(states):
             output = self.base(input_ids=input_ids, past_key_values=cache, use_cache=True)
@@ -162,11 +153,7 @@ class AdaptedModel(nn.Module):
 
     def auxiliary_losses(self) -> dict[str, torch.Tensor]:
         """The memory adapters' router losses of the last forward pass, summed by name."""
-        totals: dict[str, torch.Tensor] = {}
-        for adapter in self.memory_adapters.values():
-            for name, value in adapter.memory.aux_losses.items():
-                totals[name] = totals[name] + value if name in totals else value
-        return totals
+        return sum_auxiliary_losses(adapter.memory for adapter in self.memory_adapters.values())
 
     def num_parameters(self) -> int:
         """Distinct parameters, frozen and trainable (a tied head counts once; a quantised linear counts its
