@@ -13,6 +13,7 @@ bitsandbytes is not used); the embedding, the norms and the output head stay in 
 
 import hashlib
 import json
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -45,10 +46,20 @@ def weight_files(directory: Path) -> list[Path]:
 
 
 def weights_sha256(directory: str | Path) -> str:
-    """SHA-256 of the bytes of the directory's weight files, in order: the identity of the frozen weights."""
+    """SHA-256 of the bytes of the directory's weight files, in order: the identity of the frozen weights.
+
+    Every model of a comparison resolves its base's hash; the files are read once per process for
+    as long as their paths, sizes and modification times stay the same.
+    """
+    files = [(file.resolve(), file.stat()) for file in weight_files(Path(directory))]
+    return _files_sha256(tuple((str(path), stat.st_size, stat.st_mtime_ns) for path, stat in files))
+
+
+@cache
+def _files_sha256(files: tuple[tuple[str, int, int], ...]) -> str:
     digest = hashlib.sha256()
-    for file in weight_files(Path(directory)):
-        with file.open("rb") as handle:
+    for path, _, _ in files:
+        with open(path, "rb") as handle:
             while chunk := handle.read(1 << 24):
                 digest.update(chunk)
     return digest.hexdigest()
