@@ -68,6 +68,17 @@ class LoRAAdapter:
 
 
 ADAPTERS = ("memory", "lora")
+PLACEMENT_KEYS = ("type", "layers", "variant")  # a memory adapter's keys that are not the bank's
+
+
+def bank_arguments(spec: dict) -> dict:
+    """A resolved memory adapter's `MemoryBankAttention` arguments (its keys besides type and placement)."""
+    return {key: value for key, value in spec.items() if key not in PLACEMENT_KEYS}
+
+
+def lora_layers(spec: dict, n_layers: int) -> list[int] | range:
+    """The decoder layers a resolved LoRA adapter wraps: those it lists, else all of them."""
+    return spec["layers"] if spec["layers"] is not None else range(n_layers)
 
 
 def _resolve_base(raw, where: str, file: str) -> dict:
@@ -171,12 +182,11 @@ def count_adapted_parameters(model: dict) -> tuple[int, int]:
     adapters = 0
     for spec in model["adapters"]:
         if spec["type"] == "memory":
-            bank = {key: value for key, value in spec.items() if key not in ("type", "layers", "variant")}
             with torch.device("meta"):
-                adapter = MemoryAdapter(d_model, eps, **bank)
+                adapter = MemoryAdapter(d_model, eps, **bank_arguments(spec))
             adapters += len(spec["layers"]) * sum(p.numel() for p in adapter.parameters())
         else:
-            for index in spec["layers"] if spec["layers"] is not None else range(len(layers)):
+            for index in lora_layers(spec, len(layers)):
                 for path, module in layers[index].named_modules():
                     if path.rpartition(".")[2] in spec["targets"] and isinstance(module, torch.nn.Linear):
                         adapters += spec["rank"] * (module.in_features + module.out_features)

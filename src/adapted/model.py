@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from src.adapted.base import decoder_layers, frozen_storage, load_base
-from src.adapted.config import resolve_adapted_section
+from src.adapted.config import bank_arguments, lora_layers, resolve_adapted_section
 from src.config import ConfigError, read_yaml
 from src.layers.lora import LoRALinear
 from src.layers.memory_adapter import MemoryAdapter
@@ -85,13 +85,12 @@ class AdaptedModel(nn.Module):
         self._insertions: list[_Insertion] = []
         for spec in config["adapters"]:
             if spec["type"] == "memory":
-                bank = {key: value for key, value in spec.items() if key not in ("type", "layers", "variant")}
                 for i in spec["layers"]:
-                    adapter = MemoryAdapter(hf.hidden_size, eps, **bank).to(self.base.device)
+                    adapter = MemoryAdapter(hf.hidden_size, eps, **bank_arguments(spec)).to(self.base.device)
                     self.memory_adapters[f"layer{i}{spec['variant']}"] = adapter
                     self._insertions.append(_Insertion(adapter, layers[i], spec["variant"]))
             else:
-                for i in spec["layers"] if spec["layers"] is not None else range(len(layers)):
+                for i in lora_layers(spec, len(layers)):
                     LoRALinear.add_to(layers[i], spec["targets"], spec["rank"], spec["alpha"])
         self.head = self.base.get_output_embeddings()
         self._checkpointing = False
