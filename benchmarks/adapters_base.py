@@ -15,7 +15,7 @@ from pathlib import Path
 from src import training
 from src.adapted.tiny_base import write_tiny_base
 from src.config import load_experiment
-from src.model import build_model
+from src.runs import CHECKPOINT, build_model, load_model, read_checkpoint
 
 CONFIG = Path("configs/adapters_pretrain_base.yaml")
 LLAMA = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -31,8 +31,8 @@ def main() -> None:
     experiment = load_experiment(CONFIG)
     result = training.train(experiment, overwrite=True)
     model = build_model(experiment.model, experiment.file)
-    checkpoint = Path(experiment.train.out_dir) / training.CHECKPOINT
-    training.load_model(checkpoint, training.read_checkpoint(checkpoint), model)
+    checkpoint = Path(experiment.train.out_dir) / CHECKPOINT
+    load_model(checkpoint, read_checkpoint(checkpoint), model)
     out = Path(args.out)
     model.base.save_pretrained(out)
     shutil.copy(initial / "tokenizer.json", out / "tokenizer.json")

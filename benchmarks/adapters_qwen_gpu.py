@@ -26,7 +26,7 @@ import torch
 from torch.profiler import ProfilerActivity
 
 from src.config import TrainConfig, resolve_model_section
-from src.model import build_model
+from src.runs import build_model
 from src.training import TrainingObjective, training_step
 
 QWEN25_05B = {

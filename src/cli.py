@@ -10,12 +10,12 @@ import sys
 
 import torch
 
-from src import training
+from src import runs, training
 from src.checkpoints import CheckpointError
 from src.compare import ComparisonError, compare
 from src.config import TOKENIZED_TASKS, ConfigError, load_comparison, load_experiment, read_yaml
 from src.distributed import launched_rank
-from src.tasks.tokenizer import encode, load_tokenizer
+from src.tasks.tokenizer import decode_bytes, encode, load_tokenizer
 
 
 class UsageError(ValueError):
@@ -31,16 +31,14 @@ class _Parser(argparse.ArgumentParser):
 
 def _device(args, configured: str, where: str) -> torch.device:
     """The --device flag if given, else the config's train.device (`where` names it)."""
-    return training.select_device(args.device or configured, "--device" if args.device else where)
+    return runs.select_device(args.device or configured, "--device" if args.device else where)
 
 
 def _example(experiment, checkpoint_path: str, shown: int = 8) -> str:
     """One held-out example and the trained model's answers at its first `shown` scored positions."""
-    from src.model import build_model
     from src.tasks import IGNORE, build_task, held_out
 
-    model = build_model(experiment.model, experiment.file).eval()
-    training.load_model(checkpoint_path, training.read_checkpoint(checkpoint_path), model)
+    model = runs.load_trained_model(checkpoint_path, torch.device("cpu"), experiment.model).model
     inputs, targets = held_out(build_task(experiment.task)).sample(1, seed=experiment.eval.seed)
     with torch.no_grad():
         predicted = model(inputs).argmax(-1)[0].tolist()
@@ -80,15 +78,12 @@ def _compare(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from src.model import build_model
-
     experiment = load_experiment(args.config)
     device = _device(args, experiment.train.device, f"{experiment.file}: train.device")
-    checkpoint = training.read_checkpoint(args.checkpoint)
-    training.check_config_matches(args.checkpoint, checkpoint["config"], experiment, ("model", "task"))
-    model = build_model(experiment.model, experiment.file)
-    training.load_model(args.checkpoint, checkpoint, model)
-    result = training.evaluate(model.to(device), experiment)
+    checkpoint = runs.read_checkpoint(args.checkpoint)
+    runs.check_config_matches(args.checkpoint, checkpoint["config"], experiment, ("model", "task"))
+    model = runs.load_trained_model(args.checkpoint, device, experiment.model).model
+    result = training.evaluate(model, experiment)
     print(
         f"step {checkpoint['step']}: eval_loss {result['eval_loss']:.4f}  eval_accuracy {result['eval_accuracy']:.4f}"
     )
@@ -124,8 +119,6 @@ def _tokenizer_call(function, tokenizer: str, *args):
 
 def _decode(task: dict, ids: list[int]) -> str:
     """Generated ids as text (the model's text task's bytes or tokenizer), else as numbers."""
-    from src.generation import decode_bytes
-
     if task["type"] not in TOKENIZED_TASKS:
         return " ".join(map(str, ids))
     if task.get("tokenizer") is None:
@@ -136,9 +129,8 @@ def _decode(task: dict, ids: list[int]) -> str:
 def _generate(args) -> int:
     from src.config import model_vocab_size, resolve_model_section
     from src.generation import check_sampling, generate
-    from src.model import build_model
 
-    checkpoint = training.read_checkpoint(args.checkpoint)
+    checkpoint = runs.read_checkpoint(args.checkpoint)
     config = checkpoint["config"]
     model_section = resolve_model_section(config["model"], args.checkpoint)
     vocab_size = model_vocab_size(model_section)
@@ -148,10 +140,9 @@ def _generate(args) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from error
     device = _device(args, config["train"].get("device", "cpu"), f"{args.checkpoint}: train.device")
-    model = build_model(model_section, args.checkpoint)
-    training.load_model(args.checkpoint, checkpoint, model)
+    model = runs.load_trained_model(args.checkpoint, device, model_section).model
     ids = generate(
-        model.to(device),
+        model,
         torch.tensor([prompt], device=device),
         args.max_new_tokens,
         args.temperature,
@@ -167,8 +158,6 @@ def _estimate(args) -> int:
     from src.estimate import estimate_training_memory
 
     experiment = load_experiment(args.config)
-    if "base" in experiment.model:
-        raise UsageError(f"{args.config}: estimate covers models built from blocks, not an adapted pretrained base")
     for flag, value in (("--batch", args.batch), ("--length", args.length)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
@@ -253,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ConfigError, CheckpointError, training.RunError, UsageError, ComparisonError) as error:
+    except (ConfigError, CheckpointError, runs.RunError, UsageError, ComparisonError) as error:
         message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
         print(f"{parser.prog} {args.command}: error: {message}", file=sys.stderr)
         return 2

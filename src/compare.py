@@ -16,7 +16,8 @@ from pathlib import Path
 
 from src.config import ExperimentConfig, parameter_counts
 from src.needle import write_needles
-from src.training import CHECKPOINT, METRICS, setting_label, train
+from src.runs import CHECKPOINT, METRICS
+from src.training import setting_label, train
 
 
 class ComparisonError(RuntimeError):

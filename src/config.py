@@ -354,8 +354,6 @@ def _experiment(raw: dict, raw_model: Any, file: str, model_key: str = "model") 
     train = TrainConfig(**arguments_for(TrainConfig, raw["train"], "train", file))
     if train.betas is not None and len(train.betas) != 2:
         raise ConfigError(f"{file}: key 'train.betas' must have two entries, got {train.betas}")
-    if "base" in model and train.parallel != "none":
-        raise ConfigError(f"{file}: key 'train.parallel': an adapted pretrained model trains in one process (none)")
     evaluation = EvalConfig(**arguments_for(EvalConfig, raw["eval"], "eval", file))
     for i, override in enumerate(evaluation.settings or []):
         try:

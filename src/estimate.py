@@ -21,8 +21,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-from src.config import ExperimentConfig, count_parameters
-from src.model import PaperModel
+from src.config import ExperimentConfig, parameter_counts
+from src.runs import build_model
 from src.tasks import build_task
 from src.training import TrainingObjective, training_step
 
@@ -113,9 +113,9 @@ def estimate_training_memory(
         tracker = _LiveStorage()
         with tracker:
             with device:  # built where it trains (moving it after would copy every parameter)
-                model = PaperModel(experiment.model, experiment.file)
+                model = build_model(experiment.model, experiment.file, None, base_weights=False)
             parameter_bytes = tracker.live
-            optimizer = torch.optim.AdamW(model.parameters(), lr=experiment.train.lr)
+            optimizer = torch.optim.AdamW(model.parameter_groups(experiment.train.weight_decay), lr=experiment.train.lr)
             fake_inputs = fake_mode.from_tensor(inputs).to(device)
             fake_targets = fake_mode.from_tensor(targets).to(device)
             for _ in range(2):
@@ -134,7 +134,7 @@ def estimate_training_memory(
         device=device.type,
         batch=batch,
         length=length,
-        parameters=count_parameters(experiment.model, experiment.file),
+        parameters=parameter_counts(experiment.model, experiment.file)[0],
         parameter_bytes=parameter_bytes,
         gradient_bytes=gradient_bytes,
         optimizer_bytes=optimizer_bytes,

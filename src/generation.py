@@ -1,21 +1,19 @@
 """Generation: greedy, temperature, top-k and nucleus sampling, stepping the model's state.
 
-`generate` feeds the prompt once through `PaperModel.step` and then one token at a time with the
+`generate` feeds the prompt once through `LanguageModel.step` and then one token at a time with the
 returned state (KV cache, SSM state, memories), so the prefix is never recomputed. Each sampling
 rule is one function on a (batch, vocab) logits tensor. Every argument is checked before the
 first token, whatever the temperature.
 """
 
 import dataclasses
-import itertools
 import math
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 
+from src.language_model import LanguageModel
 from src.layers.length_penalty import length_penalty
-from src.model import PaperModel
 
 
 def greedy(logits: torch.Tensor) -> torch.Tensor:
@@ -96,22 +94,9 @@ def check_sampling(
         raise ValueError(f"seed must lie in [0, 2**63), got {seed}")
 
 
-def decode_bytes(ids: list[int]) -> str:
-    """Byte-level token ids as UTF-8 text; an id >= 256 is no byte and shows as `<id>`.
-
-    (A text model whose vocab_size exceeds 256 has such ids: they never occur in its training data
-    but can still be sampled.)
-    """
-    pieces = []
-    for is_byte, group in itertools.groupby(ids, key=lambda i: i < 256):
-        run = list(group)
-        pieces.append(bytes(run).decode("utf-8", errors="replace") if is_byte else "".join(f"<{i}>" for i in run))
-    return "".join(pieces)
-
-
 @torch.no_grad()
 def generate(
-    model: PaperModel,
+    model: LanguageModel,
     prompt: torch.Tensor,
     max_new_tokens: int,
     temperature: float = 0.0,
@@ -137,7 +122,7 @@ def generate(
 
 
 def generate_stream(
-    model: PaperModel,
+    model: LanguageModel,
     prompt: torch.Tensor,
     max_new_tokens: int,
     temperature: float = 0.0,
@@ -180,20 +165,6 @@ def _check_end_id(end_id: int | None, vocab_size: int) -> None:
         raise ValueError(f"end_id must lie in [0, {vocab_size}) (the vocabulary), got {end_id}")
 
 
-def _select_beams(state: Any, index: torch.Tensor) -> Any:
-    """Rows `index` of every batch-first tensor in a model state (lists, dicts and frozen dataclasses of them)."""
-    if isinstance(state, torch.Tensor):
-        return state.index_select(0, index)
-    if isinstance(state, list):
-        return [_select_beams(entry, index) for entry in state]
-    if isinstance(state, dict):
-        return {key: _select_beams(value, index) for key, value in state.items()}
-    if dataclasses.is_dataclass(state):
-        fields = {field.name: _select_beams(getattr(state, field.name), index) for field in dataclasses.fields(state)}
-        return dataclasses.replace(state, **fields)
-    return state  # positions and other per-model scalars are shared by every beam
-
-
 @dataclasses.dataclass(frozen=True)
 class BeamHypothesis:
     """A finished hypothesis: its new tokens, log P(Y | prompt) and the normalised score s = log P / lp(Y)."""
@@ -205,7 +176,7 @@ class BeamHypothesis:
 
 @torch.no_grad()
 def beam_search(
-    model: PaperModel,
+    model: LanguageModel,
     prompt: torch.Tensor,
     max_new_tokens: int,
     beam_width: int,
@@ -221,7 +192,7 @@ def beam_search(
     too, and the finished one with the highest s(Y) = log P(Y | prompt) / lp(Y) is returned
     (`src.layers.length_penalty`, |Y| counting the end token). Width 1 is greedy decoding; a width
     of at least the number of live hypotheses at every step is exhaustive search. The beams share
-    one batch of `PaperModel.step`, their states reordered as beams are kept.
+    one batch of `LanguageModel.step`, their states reordered as beams are kept.
     """
     vocab_size = model.vocab_size
     if max_new_tokens < 1:
@@ -262,6 +233,6 @@ def beam_search(
         if step + 1 == max_new_tokens:
             finish(live_tokens, live_log_probs)
             break
-        logits, state = model.step(live_tokens[:, -1:], _select_beams(state, beam[keep]))
+        logits, state = model.step(live_tokens[:, -1:], state.select(beam[keep]))
     model.train(was_training)
     return max(finished, key=lambda hypothesis: hypothesis.score)

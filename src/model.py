@@ -8,6 +8,7 @@ tokens at a time from per-block state. The model section is validated by `src.co
 """
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,10 +16,22 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from src.config import ConfigError, build_block, read_yaml, resolve_model_section
+from src.language_model import (
+    LanguageModel,
+    ModelState,
+    StateError,
+    bytes_payload,
+    from_plain,
+    map_tensors,
+    state_types,
+    tensor_bytes,
+    to_plain,
+)
 from src.layers._checks import has_values
 from src.layers.normalization import RMSNorm
 from src.layers.selective_ssm import _GatedSSMBlock
 from src.pretrained import model_section_from_hf_config, read_hf_weights, state_dict_from_hf
+from src.tasks.tokenizer import ByteTokenizer, Tokenizer
 
 
 def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
@@ -40,7 +53,20 @@ def sum_auxiliary_losses(mixers) -> dict[str, torch.Tensor]:
     return totals
 
 
-class PaperModel(nn.Module):
+@dataclass(frozen=True)
+class PaperModelState(ModelState):
+    """A PaperModel's state: one entry per block, its mixer's `State` (a frozen dataclass of batch-first tensors)."""
+
+    blocks: tuple
+
+    def select(self, rows: torch.Tensor) -> "PaperModelState":
+        return PaperModelState(map_tensors(self.blocks, lambda tensor: tensor.index_select(0, rows)))
+
+    def to_bytes(self) -> bytes:
+        return tensor_bytes({"kind": "PaperModel", "blocks": to_plain(self.blocks)})
+
+
+class PaperModel(LanguageModel):
     """A language model whose block list comes from a config; see the module docstring."""
 
     def __init__(self, config: dict, file: str = "<config>"):
@@ -114,11 +140,7 @@ class PaperModel(nn.Module):
             x = checkpoint(block, x, use_reentrant=False) if checkpoint_blocks else block(x)
         return self.norm(x)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(batch, length) token ids -> (batch, length, vocab_size) logits."""
-        return self.head(self.hidden_states(input_ids))
-
-    def step(self, input_ids: torch.Tensor, state: list | None) -> tuple[torch.Tensor, list]:
+    def step(self, input_ids: torch.Tensor, state: PaperModelState | None) -> tuple[torch.Tensor, PaperModelState]:
         """Continue each sequence with the next token(s).
 
         Args:
@@ -129,16 +151,28 @@ class PaperModel(nn.Module):
             logits (batch, T, vocab_size) and the new state (one entry per block).
         """
         check_token_ids(input_ids, self.vocab_size)
-        if state is None:
-            state = [None] * len(self.blocks)
-        if len(state) != len(self.blocks):
-            raise ValueError(f"state has {len(state)} entries, the model has {len(self.blocks)} blocks")
+        if state is not None and not isinstance(state, PaperModelState):
+            raise TypeError(f"state must be a PaperModelState or None, got {type(state).__name__}")
+        blocks = (None,) * len(self.blocks) if state is None else state.blocks
+        if len(blocks) != len(self.blocks):
+            raise ValueError(f"state has {len(blocks)} entries, the model has {len(self.blocks)} blocks")
         x = self.embedding(input_ids)
         new_state = []
-        for block, block_state in zip(self.blocks, state):
+        for block, block_state in zip(self.blocks, blocks):
             x, block_state = block.step(x, block_state)
             new_state.append(block_state)
-        return self.head(self.norm(x)), new_state
+        return self.head(self.norm(x)), PaperModelState(tuple(new_state))
+
+    def state_from_bytes(self, data: bytes) -> PaperModelState:
+        blocks = bytes_payload(data, "PaperModel")["blocks"]
+        if not isinstance(blocks, list) or len(blocks) != len(self.blocks):
+            raise StateError(f"the state is not one of {len(self.blocks)} blocks")
+        types = state_types(block.mixer.State for block in self.blocks)
+        restored = tuple(from_plain(entry, types, self.device) for entry in blocks)
+        for i, (block, entry) in enumerate(zip(self.blocks, restored)):
+            if not isinstance(entry, block.mixer.State):
+                raise StateError(f"block {i}'s state is a {type(entry).__name__}, not a {block.mixer.State.__name__}")
+        return PaperModelState(restored)
 
     def auxiliary_losses(self) -> dict[str, torch.Tensor]:
         """The auxiliary losses the last forward pass recorded (router losses), summed by name over blocks.
@@ -147,24 +181,18 @@ class PaperModel(nn.Module):
         """
         return sum_auxiliary_losses(block.mixer for block in self.blocks)
 
+    def sharding_units(self) -> list[nn.Module]:
+        return list(self.blocks)
+
     @property
     def vocab_size(self) -> int:
         return self.config["vocab_size"]
 
-    def num_parameters(self) -> int:
-        """Number of distinct parameters (a tied head counts once)."""
-        return sum(p.numel() for p in self.parameters())
+    @property
+    def hidden_size(self) -> int:
+        return self.config["d_model"]
 
-    def trainable_parameters(self) -> int:
-        """Parameters the optimizer updates: all of them."""
-        return self.num_parameters()
-
-
-def build_model(section: dict, file: str = "<config>", device: torch.device | str = "cpu") -> nn.Module:
-    """The model of a resolved model section on `device`: a `PaperModel`, or an `AdaptedModel` (src.adapted)
-    for one with a base (built on the device, where its weights are quantised)."""
-    if "base" in section:
-        from src.adapted.model import AdaptedModel
-
-        return AdaptedModel(section, file, device)
-    return PaperModel(section, file).to(device)
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """UTF-8 bytes (a model trained on another task reads ids that are not text)."""
+        return ByteTokenizer()

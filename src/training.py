@@ -15,33 +15,30 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from src import checkpoints, distributed
-from src.checkpoints import CheckpointError
 from src.config import ExperimentConfig, TrainConfig
 from src.distributed import Processes
-from src.model import PaperModel, build_model
+from src.language_model import LanguageModel
+from src.runs import (
+    CHECKPOINT,
+    METRICS,
+    SECTIONS,
+    RunError,
+    build_model,
+    check_config_matches,
+    load_training_state,
+    read_checkpoint,
+    save_checkpoint,
+    select_device,
+)
 from src.tasks import IGNORE, build_task, held_out
 from src.tasks.text_corpus import TextCorpus
-
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
-SECTIONS = ("model", "task", "train", "eval")
-RUN_CHECKPOINT = {"step": int, "tokens": int, "metrics": dict, "config": str}
-FULL_STATE = {"model": dict, "optimizer": dict}  # train.parallel none or ddp: the state in the file
-SHARDED_STATE = {"shards": str}  # fsdp: the DCP directory beside the file (src.distributed)
-ABSENT = "<absent>"  # a key one of two compared configs does not have
-
-
-class RunError(RuntimeError):
-    """A run cannot start or go on (its directory, its device, a diverging loss); the message says where."""
 
 
 def learning_rate(step: int, train: TrainConfig) -> float:
@@ -85,11 +82,11 @@ def masked_loss_and_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tup
 
 
 def loss_and_accuracy(
-    model: PaperModel, inputs: torch.Tensor, targets: torch.Tensor, train: TrainConfig
+    model: LanguageModel, inputs: torch.Tensor, targets: torch.Tensor, train: TrainConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The training objective with the train section's memory options.
 
-    `train.checkpoint_blocks` recomputes each block in backward (PaperModel.hidden_states);
+    `train.checkpoint_blocks` recomputes each block in backward (LanguageModel.hidden_states);
     `train.loss_chunk_tokens` computes the loss without materialising all logits.
     """
     hidden = model.hidden_states(inputs, checkpoint_blocks=train.checkpoint_blocks)
@@ -116,7 +113,7 @@ class TrainingObjective(nn.Module):
     loss, the accuracy and the auxiliary losses; `forward(inputs)` gives the logits (evaluation).
     """
 
-    def __init__(self, model: PaperModel, train: TrainConfig):
+    def __init__(self, model: LanguageModel, train: TrainConfig):
         super().__init__()
         self.model = model
         self.train_config = train
@@ -213,61 +210,6 @@ def _progress(step: int, steps: int) -> None:
         print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {step}/{steps}", end="", file=sys.stderr, flush=True)
 
 
-def select_device(name: str, where: str) -> torch.device:
-    """The torch device `name` ('cpu' or 'cuda'); `where` names its source (config key or flag) in errors."""
-    if name not in ("cpu", "cuda"):
-        raise RunError(f"{where} must be 'cpu' or 'cuda', got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RunError(f"{where} is 'cuda' but no CUDA device is available")
-    return torch.device(name)
-
-
-def differing_keys(first: Any, second: Any, key: str) -> list[tuple[str, Any, Any]]:
-    """(dotted key, first value, second value) wherever two parsed configs differ; `key` names the root."""
-    if isinstance(first, dict) and isinstance(second, dict):
-        names = [*first, *(name for name in second if name not in first)]
-        return [
-            difference
-            for name in names
-            for difference in differing_keys(first.get(name, ABSENT), second.get(name, ABSENT), f"{key}.{name}")
-        ]
-    if isinstance(first, list) and isinstance(second, list) and len(first) == len(second):
-        return [
-            difference
-            for i, pair in enumerate(zip(first, second))
-            for difference in differing_keys(*pair, f"{key}[{i}]")
-        ]
-    return [] if first == second else [(key, first, second)]
-
-
-def check_config_matches(
-    path: Path, stored: dict, experiment: ExperimentConfig, sections: tuple[str, ...], allowed: tuple[str, ...] = ()
-) -> None:
-    """Refuse a checkpoint whose stored config differs from `experiment` in `sections` (except `allowed` keys)."""
-    current = yaml.safe_load(experiment.to_yaml())
-    for section in sections:
-        for key, was, now in differing_keys(stored[section], current[section], section):
-            if key not in allowed:
-                raise CheckpointError(f"{path}: was written with {key} = {was!r}, but {experiment.file} has {now!r}")
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """A checkpoint written by `train`, on the CPU, with its stored config parsed into a dict.
-
-    It holds the model and optimizer state, or (train.parallel fsdp) the name of their shards' directory.
-    """
-    checkpoint = checkpoints.load(path, {})
-    state = SHARDED_STATE if "shards" in checkpoint else FULL_STATE
-    checkpoints.check_entries(checkpoint, {**state, **RUN_CHECKPOINT}, path)
-    try:
-        config = yaml.safe_load(checkpoint["config"])
-    except yaml.YAMLError as error:
-        raise CheckpointError(f"{path}: its stored config is not valid YAML") from error
-    if not isinstance(config, dict) or not all(isinstance(config.get(name), dict) for name in SECTIONS):
-        raise CheckpointError(f"{path}: its stored config must have the sections {list(SECTIONS)}")
-    return {**checkpoint, "config": config}
-
-
 def _check_out_dir(out_dir: Path, file: str, resume: bool, overwrite: bool) -> None:
     """Refuse, before anything is written, a run directory that cannot hold this run."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -319,7 +261,7 @@ def _log_metrics(path: Path, result: dict, replace: bool) -> None:
 def _check_finite(
     objectives: list[torch.Tensor],
     step: int,
-    model: PaperModel,
+    model: LanguageModel,
     processes: Processes,
     file: str,
     path: Path,
@@ -352,23 +294,6 @@ def _restore(path: Path, experiment: ExperimentConfig) -> dict:
     if checkpoint["step"] > experiment.train.steps:
         raise RunError(f"{experiment.file}: train.steps ({experiment.train.steps}) is below the step of {path}")
     return checkpoint
-
-
-def load_training_state(path: Path, checkpoint: dict, model: PaperModel, optimizer) -> None:
-    """Put a checkpoint's model and optimizer state (its file's, or its fsdp shards') into model and optimizer."""
-    if "shards" in checkpoint:
-        distributed.load_shards(model, optimizer, checkpoint, path)
-    else:
-        checkpoints.load_state(model, checkpoint["model"], path, "model")
-        checkpoints.load_state(optimizer, checkpoint["optimizer"], path, "optimizer")
-
-
-def load_model(path: str | Path, checkpoint: dict, model: PaperModel) -> None:
-    """Put the model state of a checkpoint read by `read_checkpoint` into an unsharded model (one process)."""
-    if "shards" in checkpoint:
-        distributed.load_sharded_model(model, checkpoint, Path(path))
-    else:
-        checkpoints.load_state(model, checkpoint["model"], path, "model")
 
 
 def _progress_line(result: dict, steps: int) -> str:
@@ -424,7 +349,7 @@ def local_batch(
 class Training:
     """What a run trains: the model, its objective, the objective as the processes run it, and AdamW."""
 
-    model: PaperModel
+    model: LanguageModel
     objective: TrainingObjective
     wrapped: nn.Module  # the objective in DDP, sharded by FSDP2, or itself (src.distributed)
     optimizer: torch.optim.Optimizer
@@ -436,10 +361,9 @@ def build_training(experiment: ExperimentConfig, processes: Processes) -> Traini
     torch.manual_seed(cfg.seed)
     model = build_model(experiment.model, experiment.file, processes.device)
     objective = TrainingObjective(model, cfg)
-    wrapped = processes.wrap(objective, getattr(model, "blocks", ()))  # an adapted model trains unwrapped
-    trainable = [p for p in model.parameters() if p.requires_grad]  # an adapted model's frozen base is left out
+    wrapped = processes.wrap(objective, model.sharding_units())
     optimizer = torch.optim.AdamW(  # built after wrapping: under fsdp the parameters are shards
-        trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas or (0.9, 0.999))
+        model.parameter_groups(cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas or (0.9, 0.999))
     )
     return Training(model, objective, wrapped, optimizer)
 
@@ -527,21 +451,3 @@ def _train(experiment: ExperimentConfig, processes: Processes, log, resume: bool
             saved_step = step + 1
             log(_progress_line(result, cfg.steps))
     return result
-
-
-def save_checkpoint(
-    path: Path, model: PaperModel, optimizer, metrics: dict, experiment: ExperimentConfig, processes: Processes
-) -> None:
-    """Write, atomically, model and optimizer state, the step and tokens reached, their metrics and the config.
-
-    One file from rank 0; under fsdp every process first writes its shards, then rank 0 the file naming them.
-    """
-    step, config = metrics["step"], experiment.to_yaml()
-    metadata = {"step": step, "tokens": metrics["tokens"], "metrics": metrics, "config": config}
-    if processes.parallel == "fsdp":
-        shards = distributed.save_shards(path.parent, step, model, optimizer, processes.is_main)
-        if processes.is_main:
-            checkpoints.save({"shards": shards, **metadata}, path)
-            distributed.remove_other_shards(path.parent, keep=shards)
-    elif processes.is_main:
-        checkpoints.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **metadata}, path)

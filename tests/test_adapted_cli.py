@@ -138,23 +138,10 @@ def test_config_errors_name_the_key_and_the_file(tmp_path, tiny_bases, capsys, c
     assert not (tmp_path / "run").exists()
 
 
-def test_an_adapted_model_trains_in_one_process(tmp_path, tiny_bases):
-    path = experiment(tmp_path, tiny_bases["llama"])
-    raw = yaml.safe_load(Path(path).read_text())
-    raw["train"]["parallel"] = "ddp"
-    with pytest.raises(ConfigError, match=r"train\.parallel': an adapted pretrained model trains in one process"):
-        load_experiment(write(tmp_path, raw))
-
-
 def test_a_task_vocabulary_beyond_the_base_is_refused(tmp_path, tiny_bases):
     task = {"type": "associative_recall", "vocab_size": 1024, "num_pairs": 4, "num_queries": 2}
     with pytest.raises(ConfigError, match=r"key 'model\.base' \(512\) must be >= the task's vocabulary \(1024\)"):
         load_experiment(experiment(tmp_path, tiny_bases["llama"], task=task))
-
-
-def test_estimate_says_it_does_not_cover_an_adapted_model(tmp_path, tiny_bases, capsys):
-    assert main(["estimate", experiment(tmp_path, tiny_bases["llama"])]) == 2
-    assert "estimate covers models built from blocks" in capsys.readouterr().err
 
 
 def test_without_the_hf_extra_the_error_names_it(tmp_path, tiny_bases, monkeypatch, capsys):

@@ -13,7 +13,7 @@ import yaml
 
 from src.checkpoints import CheckpointError, load, save, temporary_path
 from src.config import read_yaml
-from src.training import CHECKPOINT, METRICS, read_checkpoint
+from src.runs import CHECKPOINT, METRICS, read_checkpoint
 from tests.conftest import ROOT
 
 STRUCTURE = {"weights": dict, "step": int}

@@ -5,7 +5,6 @@ import torch
 
 from src.generation import (
     apply_temperature,
-    decode_bytes,
     generate,
     greedy,
     nucleus_filter,
@@ -13,6 +12,7 @@ from src.generation import (
     top_k_filter,
 )
 from src.model import PaperModel
+from src.tasks.tokenizer import decode_bytes
 from tests.conftest import ROOT
 
 

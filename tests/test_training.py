@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from src.config import TrainConfig, load_experiment
+from src.runs import ABSENT, METRICS, differing_keys
 from src.tasks import IGNORE
-from src.training import ABSENT, METRICS, differing_keys, learning_rate, masked_loss_and_accuracy, train
+from src.training import learning_rate, masked_loss_and_accuracy, train
 from tests.test_cli import Interrupted, tiny_experiment
 
 CFG = TrainConfig(

@@ -104,18 +104,28 @@ def quantize_linears(layers: nn.ModuleList, kind: str) -> None:
                     setattr(module, name, QuantizedLinear(child, kind))
 
 
-def load_base(section: dict, device: torch.device | str = "cpu") -> nn.Module:
+def load_base(section: dict, device: torch.device | str | None = "cpu", weights: bool = True) -> nn.Module:
     """The base causal LM of a resolved `model.base` section on `device`: loaded, frozen (unless freeze is
     false), then quantised there (on a GPU in a moment; NF4 on a CPU takes seconds per million weights).
 
     Dropout is off (`eval()` on the base): the adapters train against the deterministic frozen model.
+    `device` None leaves the model where it was built. Without `weights`, the base is built from its
+    config.json alone, initialised at random (what
+    `src.estimate` measures under fake tensors: the sizes, not the values).
     """
     transformers = transformers_library()
     transformers.logging.disable_progress_bar()  # one line per weight file on stderr otherwise
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        section["directory"], dtype=DTYPES[section["dtype"]], local_files_only=True
-    )
-    model.to(device).eval().requires_grad_(not section["freeze"])
+    dtype = DTYPES[section["dtype"]]
+    if weights:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            section["directory"], dtype=dtype, local_files_only=True
+        )
+    else:
+        config = transformers.AutoConfig.from_pretrained(section["directory"], local_files_only=True)
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if device is not None:  # None: built on the default device already
+        model.to(device)
+    model.eval().requires_grad_(not section["freeze"])
     if section["quantization"] != "none":
         quantize_linears(decoder_layers(model), section["quantization"])
     return model

@@ -10,26 +10,77 @@ Built from a resolved `model` section with `base` and `adapters` (`src.adapted.c
   the layer then adds to its input, so with the gate at 0 every sum is the base's, bit for bit;
 - a LoRA adapter wraps the named projections of the listed layers (all by default) in `LoRALinear`.
 
-The model offers what the training loop, evaluation and generation use from `PaperModel`:
-`hidden_states`, `head`, `forward`, `step` (the base's KV cache and the adapters' routing states),
-`auxiliary_losses`, `num_parameters`, `vocab_size`. Its `state_dict` holds only the trainable
-parameters (the adapters', or every parameter under full fine-tuning) and the adapters' buffers: a
-checkpoint never copies the frozen base, which the config names by directory and weight hash.
+It implements the language-model contract (`src.language_model.LanguageModel`); its step state is
+the base's KV cache and the adapters' routing states (`AdaptedModelState`), its tokenizer the
+base's `tokenizer.json`, its FSDP units the decoder layers. Its `state_dict` holds only the
+trainable parameters (the adapters', or every parameter under full fine-tuning) and the adapters'
+buffers: a checkpoint never copies the frozen base, which the config names by directory and weight
+hash.
 """
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from src.adapted.base import decoder_layers, frozen_storage, load_base
+from src.adapted.base import decoder_layers, frozen_storage, load_base, transformers_library
 from src.adapted.config import bank_arguments, lora_layers, resolve_adapted_section
 from src.config import ConfigError, read_yaml
+from src.language_model import (
+    LanguageModel,
+    ModelState,
+    StateError,
+    bytes_payload,
+    from_plain,
+    map_tensors,
+    state_types,
+    tensor_bytes,
+    to_plain,
+)
 from src.layers.lora import LoRALinear
 from src.layers.memory_adapter import MemoryAdapter
 from src.layers.quantization import QuantizedLinear
 from src.model import check_token_ids, sum_auxiliary_losses
+from src.tasks.tokenizer import DirectoryTokenizer, Tokenizer
+
+
+def _kv_cache(config, keys: list[torch.Tensor], values: list[torch.Tensor]):
+    """A transformers `DynamicCache` for `config` holding each layer's keys and values (batch, heads, T, d)."""
+    cache = transformers_library().DynamicCache(config=config)
+    for index, (key, value) in enumerate(zip(keys, values)):
+        cache.update(key, value, index)
+    return cache
+
+
+@dataclass(frozen=True)
+class AdaptedModelState(ModelState):
+    """An adapted model's state: the base's KV cache (a transformers `Cache`) and each memory adapter's state.
+
+    The base extends its cache in place, so a state is spent by the `step` it is given to (as the
+    cache of `transformers.generate` is); `select` and `state_from_bytes` give independent copies.
+    """
+
+    cache: Any
+    memories: tuple
+    config: Any  # the base's transformers config, which lays out its cache
+
+    def _layers(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        layers = self.cache.layers
+        return [layer.keys for layer in layers], [layer.values for layer in layers]
+
+    def select(self, rows: torch.Tensor) -> "AdaptedModelState":
+        keys, values = self._layers()
+        pick = lambda tensor: tensor.index_select(0, rows)  # noqa: E731
+        cache = _kv_cache(self.config, [pick(k) for k in keys], [pick(v) for v in values])
+        return AdaptedModelState(cache, map_tensors(self.memories, pick), self.config)
+
+    def to_bytes(self) -> bytes:
+        keys, values = self._layers()
+        payload = {"keys": to_plain(keys), "values": to_plain(values), "memories": to_plain(self.memories)}
+        return tensor_bytes({"kind": "AdaptedModel", **payload})
 
 
 class _Insertion:
@@ -69,14 +120,17 @@ class _Insertion:
         return (updated, *rest) if isinstance(output, tuple) else updated
 
 
-class AdaptedModel(nn.Module):
+class AdaptedModel(LanguageModel):
     """A frozen Hugging Face causal LM with memory and LoRA adapters; see the module docstring."""
 
-    def __init__(self, config: dict, file: str = "<config>", device: torch.device | str = "cpu"):
-        """Build on `device` from a resolved model section with `base` and `adapters` (see `src.adapted.config`)."""
+    def __init__(
+        self, config: dict, file: str = "<config>", device: torch.device | str | None = "cpu", base_weights: bool = True
+    ):
+        """Build on `device` from a resolved model section with `base` and `adapters` (see `src.adapted.config`);
+        without `base_weights` the base is built from its config alone (`src.adapted.base.load_base`)."""
         super().__init__()
         self.config, self.file = config, file
-        self.base = load_base(config["base"], device)
+        self.base = load_base(config["base"], device, base_weights)
         self.storage = frozen_storage(self.base) if config["base"]["freeze"] else None
         hf = self.base.config
         layers = decoder_layers(self.base)
@@ -86,7 +140,9 @@ class AdaptedModel(nn.Module):
         for spec in config["adapters"]:
             if spec["type"] == "memory":
                 for i in spec["layers"]:
-                    adapter = MemoryAdapter(hf.hidden_size, eps, **bank_arguments(spec)).to(self.base.device)
+                    adapter = MemoryAdapter(hf.hidden_size, eps, **bank_arguments(spec))
+                    if adapter.alpha.device != self.base.device:  # built there already under src.estimate's fakes
+                        adapter.to(self.base.device)
                     self.memory_adapters[f"layer{i}{spec['variant']}"] = adapter
                     self._insertions.append(_Insertion(adapter, layers[i], spec["variant"]))
             else:
@@ -94,7 +150,6 @@ class AdaptedModel(nn.Module):
                     LoRALinear.add_to(layers[i], spec["targets"], spec["rank"], spec["alpha"])
         self.head = self.base.get_output_embeddings()
         self._checkpointing = False
-        self.vocab_size = hf.vocab_size
         self._trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         self._kept = self._trainable | {f"memory_adapters.{name}" for name, _ in self.memory_adapters.named_buffers()}
 
@@ -124,10 +179,6 @@ class AdaptedModel(nn.Module):
             self._checkpointing = checkpoint_blocks
         return self.base.model(input_ids=input_ids, use_cache=False).last_hidden_state
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(batch, length) token ids -> (batch, length, vocab_size) logits."""
-        return self.head(self.hidden_states(input_ids))
-
     @contextmanager
     def _stepping(self, states: list):
         for insertion, state in zip(self._insertions, states):
@@ -138,21 +189,54 @@ class AdaptedModel(nn.Module):
             for insertion in self._insertions:
                 insertion.stepping = False
 
-    def step(self, input_ids: torch.Tensor, state: tuple | None) -> tuple[torch.Tensor, tuple]:
+    def step(self, input_ids: torch.Tensor, state: AdaptedModelState | None) -> tuple[torch.Tensor, AdaptedModelState]:
         """Continue each sequence with the next token(s): logits (batch, T, vocab) and the new state.
 
         The state is the base's KV cache and each memory adapter's routing state (None at the start).
         """
         check_token_ids(input_ids, self.vocab_size)
-        cache, states = state if state is not None else (None, [None] * len(self._insertions))
-        with self._stepping(states):
+        if state is not None and not isinstance(state, AdaptedModelState):
+            raise TypeError(f"state must be an AdaptedModelState or None, got {type(state).__name__}")
+        cache = _kv_cache(self.base.config, [], []) if state is None else state.cache
+        memories = (None,) * len(self._insertions) if state is None else state.memories
+        with self._stepping(memories):
             output = self.base(input_ids=input_ids, past_key_values=cache, use_cache=True)
-            states = [insertion.state for insertion in self._insertions]
-        return output.logits, (output.past_key_values, states)
+            memories = tuple(insertion.state for insertion in self._insertions)
+        return output.logits, AdaptedModelState(output.past_key_values, memories, self.base.config)
+
+    def state_from_bytes(self, data: bytes) -> AdaptedModelState:
+        payload = bytes_payload(data, "AdaptedModel")
+        keys, values, memories = payload.get("keys"), payload.get("values"), payload.get("memories")
+        layers = len(decoder_layers(self.base))
+        if not (isinstance(keys, list) and isinstance(values, list) and len(keys) == len(values) == layers):
+            raise StateError(f"the state's KV cache is not one of {layers} decoder layers")
+        if not isinstance(memories, list) or len(memories) != len(self._insertions):
+            raise StateError(f"the state does not hold {len(self._insertions)} memory adapters' states")
+        types = state_types(insertion.adapter.memory.State for insertion in self._insertions)
+        device = self.device
+        cache = _kv_cache(self.base.config, [k.to(device) for k in keys], [v.to(device) for v in values])
+        memories = tuple(from_plain(entry, types, device) for entry in memories)
+        return AdaptedModelState(cache, memories, self.base.config)
 
     def auxiliary_losses(self) -> dict[str, torch.Tensor]:
         """The memory adapters' router losses of the last forward pass, summed by name."""
         return sum_auxiliary_losses(adapter.memory for adapter in self.memory_adapters.values())
+
+    def sharding_units(self) -> list[nn.Module]:
+        return list(decoder_layers(self.base))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.base.config.vocab_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self.base.config.hidden_size
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The base directory's `tokenizer.json`."""
+        return DirectoryTokenizer(self.config["base"]["directory"])
 
     def num_parameters(self) -> int:
         """Distinct parameters, frozen and trainable (a tied head counts once; a quantised linear counts its
@@ -160,10 +244,6 @@ class AdaptedModel(nn.Module):
         quantized = [m for m in self.base.modules() if isinstance(m, QuantizedLinear)]
         stored = sum(m.in_features * m.out_features + (0 if m.bias is None else m.bias.numel()) for m in quantized)
         return sum(p.numel() for p in self.parameters()) + stored
-
-    def trainable_parameters(self) -> int:
-        """Parameters the optimizer updates."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def state_dict(self, *args, **kwargs) -> dict:
         """The trainable parameters and the adapters' buffers only (see the module docstring)."""

@@ -58,7 +58,7 @@ class MemoryAdapter(nn.Module):
         super().__init__()
         self.norm = RMSNorm(d_model, norm_eps)
         self.memory = MemoryBankAttention(d_model, **bank)
-        self.alpha = nn.Parameter(torch.zeros(()))
+        self.alpha = nn.Parameter(torch.zeros(1))  # α, held as (1,): FSDP2 shards no 0-dim parameter
 
     def step(self, h: torch.Tensor, state=None, into: torch.Tensor | None = None) -> tuple[torch.Tensor, object]:
         """Read the bank from the stream h (batch, T, d_model), after the bank's routing `state`.
@@ -68,7 +68,7 @@ class MemoryAdapter(nn.Module):
         """
         into = h if into is None else into
         read, state = self.memory.step(self.norm(h.to(self.alpha.dtype)), state)
-        return tanh_gated_residual(into.to(self.alpha.dtype), read, self.alpha).to(into.dtype), state
+        return tanh_gated_residual(into.to(self.alpha.dtype), read, self.alpha[0]).to(into.dtype), state
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.step(h)[0]

@@ -1,7 +1,7 @@
 """Text embeddings from the serving language model: mean-pooled final hidden states, L2-normalised.
 
-A byte-level model reads UTF-8 bytes, so no tokenizer and no separate embedding model is needed;
-any `PaperModel` (a trained checkpoint or an adapted pretrained one) embeds the same way.
+The text is read through the model's own tokenizer (UTF-8 bytes for a byte-level model, the base's
+for an adapted one), so no separate embedding model is needed; any `LanguageModel` embeds the same way.
 """
 
 from collections import defaultdict
@@ -9,31 +9,26 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from src.model import PaperModel
-
-
-def encode(text: str) -> list[int]:
-    """The token ids of a byte-level model: the text's UTF-8 bytes."""
-    return list(text.encode("utf-8"))
+from src.language_model import LanguageModel
 
 
 @torch.no_grad()
-def embed_texts(model: PaperModel, texts: list[str], batch_size: int = 256) -> np.ndarray:
-    """(len(texts), d_model) float32 unit vectors: the mean over positions of `model.hidden_states`.
+def embed_texts(model: LanguageModel, texts: list[str], batch_size: int = 256) -> np.ndarray:
+    """(len(texts), hidden_size) float32 unit vectors: the mean over positions of `model.hidden_states`.
 
-    Texts of equal byte length share one forward pass (no padding, so any mixer, causal or not,
+    Texts of equal token length share one forward pass (no padding, so any mixer, causal or not,
     sees exactly its text), at most `batch_size` texts at a time. Every text must be non-empty.
     """
     if any(not text for text in texts):
         raise ValueError("texts must be non-empty to be embedded")
-    device = next(model.parameters()).device
+    device = model.device
     was_training = model.training
     model.eval()
     by_length: dict[int, list[int]] = defaultdict(list)
-    encoded = [encode(text) for text in texts]
+    encoded = [model.tokenizer.encode(text) for text in texts]
     for i, ids in enumerate(encoded):
         by_length[len(ids)].append(i)
-    out = np.empty((len(texts), model.config["d_model"]), dtype=np.float32)
+    out = np.empty((len(texts), model.hidden_size), dtype=np.float32)
     for same_length in by_length.values():
         for start in range(0, len(same_length), batch_size):
             rows = same_length[start : start + batch_size]

@@ -6,15 +6,16 @@ A reply is generated from a prompt of the session's memories and conversation:
     <USER>:\n<turn>\n\n<MODEL>:\n<turn>\n\n ...     (the short-term buffer)
     <USER>:\n<message>\n\n<MODEL>:\n
 
-cut to its last `chat.context_bytes` bytes, in the layout of a play script (the tinyshakespeare
-corpus names the speaker on its own line). Generation stops at the stop byte or at
-`max_new_tokens`; the exchange is then written to memory in one transaction. The model is used
-under one lock (generation and learning change or read its weights); embeddings come from a frozen
-copy of the base model taken before any adapter exists, so stored vectors stay comparable while the
-adapter learns.
+read through the model's tokenizer (`LanguageModel.tokenizer`: UTF-8 bytes, or an adapted model's
+base tokenizer) and cut to its last `chat.context_bytes` tokens (bytes for a byte-level model), in
+the layout of a play script (the tinyshakespeare corpus names the speaker on its own line).
+Generation stops at the stop token (`chat.stop`, one token) or at `max_new_tokens`; the exchange is
+then written to memory in one transaction. The model is any checkpoint of `memory-models train`
+(`src.runs.load_trained_model`), used under one lock (generation and learning change or read its
+weights); embeddings come from a frozen copy of the model taken before any adapter exists, so
+stored vectors stay comparable while the adapter learns.
 """
 
-import codecs
 import copy
 import threading
 from collections.abc import Iterator
@@ -22,13 +23,12 @@ from dataclasses import dataclass
 
 import torch
 
-from src import training
-from src.checkpoints import load_state
-from src.config import ConfigError, resolve_model_section
-from src.generation import beam_search, check_sampling, decode_bytes, generate_stream
-from src.memory_system.embedding import embed_texts, encode
+from src.config import ConfigError
+from src.generation import beam_search, check_sampling, generate_stream
+from src.language_model import LanguageModel
+from src.memory_system.embedding import embed_texts
 from src.memory_system.manager import MemoryInputError, MemoryManager, Recalled
-from src.model import PaperModel
+from src.runs import load_trained_model, select_device
 from src.serve.config import ServeConfig
 from src.serve.learning import IncrementalLearner
 
@@ -45,31 +45,38 @@ class GenerationRequest:
     beam_width: int = 1
 
 
-def load_model(checkpoint_path: str, device: str) -> PaperModel:
-    """The model of a `memory-models train` checkpoint; it must read bytes (vocab_size >= 256)."""
-    checkpoint = training.read_checkpoint(checkpoint_path)
-    section = resolve_model_section(checkpoint["config"]["model"], checkpoint_path)
-    if section["vocab_size"] < 256:
+def load_model(checkpoint_path: str, device: str) -> LanguageModel:
+    """The model of a `memory-models train` checkpoint, a PaperModel or an adapted model; a byte-level model
+    must read every byte (vocab_size >= 256)."""
+    model = load_trained_model(checkpoint_path, select_device(device, "device")).model
+    if model.vocab_size < 256:
         raise ConfigError(
-            f"{checkpoint_path}: a chat model reads UTF-8 bytes, so its vocab_size must be >= 256, "
-            f"got {section['vocab_size']}"
+            f"{checkpoint_path}: a chat model reads text, so its vocabulary must hold at least the 256 bytes, "
+            f"got vocab_size {model.vocab_size}"
         )
-    model = PaperModel(section, checkpoint_path)
-    load_state(model, checkpoint["model"], checkpoint_path, "model")
-    return model.to(training.select_device(device, "device")).eval()
+    return model
+
+
+def stop_token(config: ServeConfig, model: LanguageModel) -> int:
+    """The one token id of `chat.stop` under the model's tokenizer (a ConfigError names the key otherwise)."""
+    ids = model.tokenizer.encode(config.chat.stop)
+    if len(ids) != 1:
+        raise ConfigError(f"{config.file}: key 'chat.stop' must be one token of the model, it is {len(ids)}: {ids}")
+    return ids[0]
 
 
 class ChatService:
     """Replies with memory for every session; see the module docstring."""
 
-    def __init__(self, config: ServeConfig, model: PaperModel):
+    def __init__(self, config: ServeConfig, model: LanguageModel):
         self.config = config
         self.model = model.eval()
+        self.tokenizer = model.tokenizer
+        self.stop_id = stop_token(config, model)
         self._embedder = copy.deepcopy(model).requires_grad_(False)
         self._model_lock, self._embed_lock = threading.Lock(), threading.Lock()
-        self.memory = MemoryManager(config.database, model.config["d_model"], self._embed, config.memory)
+        self.memory = MemoryManager(config.database, model.hidden_size, self._embed, config.memory)
         self.learner = IncrementalLearner(model, config.learning)
-        self.stop_id = config.chat.stop.encode("utf-8")[0]
 
     def _embed(self, texts: list[str]):
         with self._embed_lock:
@@ -104,10 +111,10 @@ class ChatService:
         layout = "".join(f"{line}\n" for line in remembered)
         layout += "".join(f"{names[turn.role]}:\n{turn.text}\n\n" for turn in turns)
         layout += f"{chat.user_name}:\n{text}\n\n{chat.model_name}:\n"
-        return encode(layout)[-chat.context_bytes :], recalled
+        return self.tokenizer.encode(layout)[-chat.context_bytes :], recalled
 
     def _reply_text(self, tokens: list[int]) -> str:
-        return decode_bytes(tokens[:-1] if tokens and tokens[-1] == self.stop_id else tokens)
+        return self.tokenizer.decode(tokens[:-1] if tokens and tokens[-1] == self.stop_id else tokens)
 
     def reply(self, session: str, text: str, request: GenerationRequest) -> dict:
         """A whole reply: generated (sampled, greedy or beam search), then stored with the message."""
@@ -131,8 +138,8 @@ class ChatService:
     def stream(self, session: str, text: str, request: GenerationRequest) -> Iterator[dict]:
         """Check everything, then return an iterator of events: one per token, then the stored reply.
 
-        Token events carry the id and the text it completes (UTF-8 characters whole: a character
-        split over several bytes arrives with its last byte). Beam search does not stream.
+        Token events carry the id and the text it completes (characters whole: a character split
+        over several tokens, as UTF-8 bytes are, arrives with its last token). Beam search does not stream.
         """
         self.memory.check_session(session)
         self.memory.check_text(text)
@@ -144,12 +151,12 @@ class ChatService:
         return self._events(session, text, prompt, max_new_tokens, request)
 
     def _events(self, session, text, prompt, max_new_tokens, request) -> Iterator[dict]:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        decode = self.tokenizer.stream_decoder()
         tokens = []
         with self._model_lock:
             for index, token in enumerate(self._stream_tokens(prompt, max_new_tokens, request)):
                 tokens.append(token)
-                piece = "" if token == self.stop_id else decoder.decode(bytes([token])) if token < 256 else f"<{token}>"
+                piece = "" if token == self.stop_id else decode(token)
                 yield {"event": "token", "index": index, "token": token, "text": piece}
         reply = self._reply_text(tokens)
         stored = self.memory.record_exchange(session, text, reply)
@@ -169,8 +176,8 @@ class ChatService:
         if not 1 <= steps <= self.config.learning.max_steps:
             raise MemoryInputError(f"steps must lie in [1, {self.config.learning.max_steps}], got {steps}")
         chat = self.config.chat
-        prompt = encode(f"{chat.user_name}:\n{text}\n\n{chat.model_name}:\n")
-        target = [*encode(reply), self.stop_id]
+        prompt = self.tokenizer.encode(f"{chat.user_name}:\n{text}\n\n{chat.model_name}:\n")
+        target = [*self.tokenizer.encode(reply), self.stop_id]
         with self._model_lock:
             return self.learner.learn(prompt[-chat.context_bytes :], target, steps)
 
@@ -184,7 +191,7 @@ class ChatService:
 
     @property
     def _device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self.model.device
 
     def close(self) -> None:
         self.memory.close()

@@ -40,6 +40,7 @@ class LearningConfig:
     steps: PositiveInt = 4
     max_steps: PositiveInt = 32
     lr: PositiveFloat = 1.0e-3
+    grad_clip: PositiveFloat = 1.0
     adapter_path: str = "runs/serve/adapter.pt"
 
 
@@ -71,10 +72,8 @@ def load_serve_config(path: str | Path) -> ServeConfig:
         name: kind(**arguments_for(kind, raw.get(name, {}), name, file))
         for name, kind in (("memory", MemoryConfig), ("chat", ChatConfig), ("learning", LearningConfig))
     }
-    if len(sections["chat"].stop.encode("utf-8")) != 1:
-        raise ConfigError(
-            f"{file}: key 'chat.stop' must be one byte (a byte-level stop token), got {sections['chat'].stop!r}"
-        )
+    if not sections["chat"].stop:
+        raise ConfigError(f"{file}: key 'chat.stop' must be a non-empty text (one token of the model)")
     if sections["memory"].chunk_bytes > sections["memory"].max_text_bytes:
         raise ConfigError(f"{file}: key 'memory.chunk_bytes' must be <= memory.max_text_bytes")
     return ServeConfig(

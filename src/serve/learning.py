@@ -3,56 +3,63 @@
 `LoRALinear.add_to` (`src.layers.lora`) wraps the configured linear layers of the model
 (attention's W_q, W_k, W_v, W_o; Mamba's in_proj, out_proj; SwiGLU's W, V, W2) with low-rank
 adapters, h = W_0 x + (α/r) B A x (Hu et al. 2021, arXiv:2106.09685, Sec. 4.1, Eq. (3): A Gaussian,
-B zero, so training starts from the base model); only the adapters train, with AdamW on the
-next-token loss of the reply given the prompt (the prompt's positions are not scored). The adapter
-is saved and restored atomically (`src.checkpoints`): a killed save leaves the previous file.
+B zero, so training starts from the base model); only the adapters train, by the training step of
+`memory-models train` (`src.training.training_step`: the masked next-token loss of the reply given
+the prompt, whose positions are not scored; clipped AdamW). The adapter is saved and restored
+atomically (`src.checkpoints`): a killed save leaves the previous file.
 """
 
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from src import checkpoints
-from src.config import ConfigError
+from src.config import ConfigError, TrainConfig
+from src.language_model import LanguageModel
 from src.layers.lora import LoRALinear
-from src.model import PaperModel
 from src.serve.config import LearningConfig
 from src.tasks import IGNORE
+from src.training import TrainingObjective, masked_loss_and_accuracy, training_step
+
+
+def interaction_training(config: LearningConfig) -> TrainConfig:
+    """The train section of learning one interaction: `steps` full-batch AdamW steps at a constant lr."""
+    return TrainConfig(
+        steps=config.steps, batch_size=1, lr=config.lr, warmup_steps=0, weight_decay=0.0,
+        grad_clip=config.grad_clip, seed=0, out_dir=str(Path(config.adapter_path).parent), eval_every=config.steps,
+    )  # fmt: skip
 
 
 class IncrementalLearner:
     """LoRA adapters on `config.targets` of `model` and their optimizer."""
 
-    def __init__(self, model: PaperModel, config: LearningConfig):
+    def __init__(self, model: LanguageModel, config: LearningConfig):
         self.model, self.config = model, config
         model.requires_grad_(False)
         adapters = LoRALinear.add_to(model, config.targets, config.rank, config.alpha)
         if not adapters:
             raise ConfigError(f"learning.targets {config.targets} name no linear layer of the model")
         self.adapters = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
-        self.optimizer = torch.optim.AdamW(self.adapters.values(), lr=config.lr, weight_decay=0.0)
+        self.training = interaction_training(config)
+        self.objective = TrainingObjective(model, self.training)
+        self.optimizer = self._optimizer()
 
-    def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.model(inputs)[0], targets[0], ignore_index=IGNORE)
+    def _optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.model.parameter_groups(0.0), lr=self.config.lr)
 
     def learn(self, prompt: list[int], reply: list[int], steps: int) -> dict:
         """`steps` AdamW steps on log p(reply | prompt); returns the loss before and after, per reply token."""
-        device = next(self.model.parameters()).device
-        ids = torch.tensor([prompt + reply], device=device)
+        ids = torch.tensor([prompt + reply], device=self.model.device)
         inputs, targets = ids[:, :-1], ids[:, 1:].clone()
         targets[:, : len(prompt) - 1] = IGNORE  # only the reply is learned
         self.model.train()
         losses = []
         for _ in range(steps):
-            loss = self._loss(inputs, targets)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            loss, *_ = training_step(self.objective, self.optimizer, inputs, targets, self.training)
             losses.append(loss.item())
         self.model.eval()
         with torch.no_grad():
-            after = self._loss(inputs, targets).item()
+            after = masked_loss_and_accuracy(self.model(inputs), targets)[0].item()
         return {"steps": steps, "loss_before": losses[0], "loss_after": after}
 
     def save(self, path: str | Path) -> dict:
@@ -75,5 +82,5 @@ class IncrementalLearner:
                 if saved["adapter"][name].shape != parameter.shape:
                     raise checkpoints.CheckpointError(f"{path}: adapter tensor {name} has another shape")
                 parameter.copy_(saved["adapter"][name])
-        self.optimizer = torch.optim.AdamW(self.adapters.values(), lr=self.config.lr, weight_decay=0.0)
+        self.optimizer = self._optimizer()
         return {"path": str(path), "tensors": len(self.adapters)}

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.memory_system.embedding import embed_texts, encode
+from src.memory_system.embedding import embed_texts
+from src.tasks.tokenizer import ByteTokenizer
 
 
 def test_equals_mean_pooled_normalised_hidden_states(model):
@@ -28,6 +29,6 @@ def test_batching_does_not_change_a_vector(model):
 
 
 def test_bytes_are_the_tokens_and_empty_text_is_refused(model):
-    assert encode("é!") == [0xC3, 0xA9, 0x21]
+    assert ByteTokenizer().encode("é!") == [0xC3, 0xA9, 0x21]
     with pytest.raises(ValueError, match="non-empty"):
         embed_texts(model, ["ok", ""])

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from src.generation import beam_search, generate
-from src.memory_system.embedding import encode
 from src.serve.chat import load_model
+from src.tasks.tokenizer import ByteTokenizer
 
 PROMPT = "USER:\n{}\n\nMODEL:\n"  # a new session's prompt: no memories, no earlier turns
 
@@ -67,7 +67,7 @@ def test_store_recall_delete_forget_and_stats(client):
 
 def test_chat_message_is_greedy_decoding_of_the_prompt_and_is_remembered(client, model):
     reply = client.post("/chat/message", json={"session": "greedy", "text": "Who art thou?"}).json()
-    prompt = torch.tensor([encode(PROMPT.format("Who art thou?"))])
+    prompt = torch.tensor([ByteTokenizer().encode(PROMPT.format("Who art thou?"))])
     expected = generate(model, prompt, 24)[0, prompt.shape[1] :].tolist()
     stop = expected.index(10) + 1 if 10 in expected else len(expected)
     assert reply["tokens"] == expected[:stop]
@@ -80,7 +80,7 @@ def test_chat_message_is_greedy_decoding_of_the_prompt_and_is_remembered(client,
 
 def test_beam_search_reply_equals_beam_search_on_the_model(client, model):
     reply = client.post("/chat/message", json={"session": "beam", "text": "Good morrow", "beam_width": 4}).json()
-    prompt = torch.tensor([encode(PROMPT.format("Good morrow"))])
+    prompt = torch.tensor([ByteTokenizer().encode(PROMPT.format("Good morrow"))])
     assert reply["tokens"] == beam_search(model, prompt, 24, 4, alpha=0.6, end_id=10).tokens
 
 

@@ -26,7 +26,7 @@ def test_unknown_and_mistyped_keys_are_named(capsys, tmp_path, checkpoint):
     path = write_config(tmp_path, checkpoint, memory={"chunk_byte": 10})
     assert "unknown key 'memory.chunk_byte'" in serve_error(capsys, path)
     path = write_config(tmp_path, checkpoint, chat={"stop": "\n\n"})
-    assert "key 'chat.stop' must be one byte" in serve_error(capsys, path)
+    assert "key 'chat.stop' must be one token of the model, it is 2" in serve_error(capsys, path)
     path = write_config(tmp_path, checkpoint, memory={"recency_decay": 1.5})
     assert "key 'memory.recency_decay' must be <= 1" in serve_error(capsys, path)
 
@@ -43,7 +43,7 @@ def test_a_model_that_does_not_read_bytes_is_refused(capsys, tmp_path):
     (tmp_path / "mqar.yaml").write_text(yaml.safe_dump(experiment))
     train(load_experiment(tmp_path / "mqar.yaml"), log=lambda line: None)
     path = write_config(tmp_path, tmp_path / "mqar" / "checkpoint.pt")
-    assert "vocab_size must be >= 256, got 64" in serve_error(capsys, path)
+    assert "at least the 256 bytes, got vocab_size 64" in serve_error(capsys, path)
 
 
 def test_a_database_of_another_model_is_refused(capsys, tmp_path, checkpoint):

@@ -7,12 +7,12 @@ import torch
 from src.checkpoints import CheckpointError, temporary_path
 from src.config import ConfigError, resolve_model_section
 from src.generation import generate
-from src.memory_system.embedding import encode
 from src.model import PaperModel
 from src.serve.config import LearningConfig
 from src.serve.learning import IncrementalLearner
+from src.tasks.tokenizer import ByteTokenizer
 
-PROMPT, REPLY = encode("USER:\nWho art thou?\n\nMODEL:\n"), encode("I am Romeo.\n")
+PROMPT, REPLY = ByteTokenizer().encode("USER:\nWho art thou?\n\nMODEL:\n"), ByteTokenizer().encode("I am Romeo.\n")
 
 
 def model() -> PaperModel:
@@ -51,7 +51,7 @@ def test_adapter_checkpoint_round_trip_is_exact_and_atomic(tmp_path):
     assert saved["tensors"] == len(learner.adapters) and path.is_file() and not temporary_path(path).exists()
     with torch.no_grad():
         expected = learner_model(torch.tensor([PROMPT]))
-    learner.learn(PROMPT, encode("Nay, I am Tybalt!\n"), 10)
+    learner.learn(PROMPT, ByteTokenizer().encode("Nay, I am Tybalt!\n"), 10)
     with torch.no_grad():
         assert not torch.equal(learner_model(torch.tensor([PROMPT])), expected)
     learner.restore(path)
