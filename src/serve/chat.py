@@ -94,8 +94,7 @@ class ChatService:
             raise MemoryInputError("beam search is deterministic: beam_width > 1 needs temperature 0")
         try:
             check_sampling(
-                max_new_tokens, request.temperature, request.top_k, request.top_p, request.seed,
-                self.model.config["vocab_size"],
+                max_new_tokens, request.temperature, request.top_k, request.top_p, request.seed, self.model.vocab_size
             )  # fmt: skip
         except ValueError as error:
             raise MemoryInputError(str(error)) from error
