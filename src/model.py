@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from src.config import ConfigError, build_block, read_yaml, resolve_model_section
+from src.hf_directory import read_directory, save_directory
 from src.language_model import (
     LanguageModel,
     ModelState,
@@ -30,7 +31,6 @@ from src.language_model import (
 from src.layers._checks import has_values
 from src.layers.normalization import RMSNorm
 from src.layers.selective_ssm import _GatedSSMBlock
-from src.pretrained import model_section_from_hf_config, read_hf_weights, state_dict_from_hf
 from src.tasks.tokenizer import ByteTokenizer, Tokenizer
 
 
@@ -111,21 +111,28 @@ class PaperModel(LanguageModel):
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "PaperModel":
-        """A MambaGPT from a Hugging Face `MambaForCausalLM.save_pretrained` directory.
+        """The model of a `save_pretrained` directory, or a MambaGPT from a Hugging Face
+        `MambaForCausalLM.save_pretrained` one (config and weight names translated by `src.pretrained`).
 
-        The config and weight names are translated by `src.pretrained`; parameters are float32
-        (a half-precision checkpoint is widened exactly). Every checkpoint tensor must find its
-        parameter and every parameter its tensor.
+        Parameters are float32 (a half-precision checkpoint is widened exactly). Every checkpoint
+        tensor must find its parameter and every parameter its tensor.
         """
         path = Path(path)
-        file = str(path / "config.json")
-        model = cls(resolve_model_section(model_section_from_hf_config(path), file), file)
-        state = state_dict_from_hf(read_hf_weights(path), model.config["tie_embeddings"])
+        section, state = read_directory(path)
+        model = cls(section, str(path / "config.json"))
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as error:
             raise ValueError(f"{path}: the weights do not fit the model its config.json describes: {error}") from error
         return model
+
+    def save_pretrained(self, directory: str | Path, overwrite: bool = False) -> None:
+        """Write `config.json` + `model.safetensors` that `from_pretrained` reads back (`src.hf_directory`);
+        a pure Mamba model's directory is also one transformers' `MambaForCausalLM.from_pretrained` reads.
+
+        A non-empty `directory` is refused unless `overwrite` and it holds an earlier export.
+        """
+        save_directory(directory, self.config, self.state_dict(), overwrite)
 
     def hidden_states(self, input_ids: torch.Tensor, checkpoint_blocks: bool = False) -> torch.Tensor:
         """(batch, length) token ids -> (batch, length, d_model) final normalised hidden states.
