@@ -180,6 +180,33 @@ def _serve(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from src.config import resolve_model_section
+    from src.hf_directory import DirectoryError, check_target
+    from src.pretrained import hf_mamba_config, safetensors_torch
+
+    try:  # before the checkpoint is read, so a refusal costs nothing
+        safetensors_torch("export")
+        check_target(args.directory, args.overwrite)
+    except (ImportError, DirectoryError) as error:
+        raise UsageError(str(error)) from error
+    checkpoint = runs.read_checkpoint(args.checkpoint)  # read once: load_trained_model would read it again
+    if "base" in checkpoint["config"]["model"]:
+        raise UsageError(
+            f"{args.checkpoint}: an adapted model (model.base) does not export; only PaperModels (block lists) do: "
+            "an adapted model keeps its frozen base by reference, and its checkpoint holds only what trains"
+        )
+    model = runs.build_model(resolve_model_section(checkpoint["config"]["model"], args.checkpoint), args.checkpoint)
+    runs.load_model(args.checkpoint, checkpoint, model)
+    try:
+        model.save_pretrained(args.directory, overwrite=args.overwrite)
+    except DirectoryError as error:
+        raise UsageError(str(error)) from error
+    form = "Hugging Face MambaForCausalLM" if hf_mamba_config(model.config) else "memory_models"
+    print(f"{args.directory}: config.json + model.safetensors ({form}) of step {checkpoint['step']}")
+    return 0
+
+
 def _equations(args) -> int:
     from src.catalogue import catalogue, format_table
 
@@ -237,6 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     serving.add_argument("--host", default="127.0.0.1")
     serving.add_argument("--port", type=int, default=8000)
     serving.set_defaults(run=_serve)
+    export = commands.add_parser(
+        "export", help="write the model of a train CHECKPOINT as DIRECTORY: config.json + model.safetensors"
+    )
+    export.add_argument("checkpoint")
+    export.add_argument("directory")
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export in DIRECTORY")
+    export.set_defaults(run=_export)
     equations = commands.add_parser("equations", help="print the equation catalogue")
     equations.set_defaults(run=_equations)
     args = parser.parse_args(argv)

@@ -1,15 +1,23 @@
-"""PaperModel.save_pretrained / from_pretrained: a model round-trips through `config.json` +
-`model.safetensors`, and a pure Mamba one is read by transformers' MambaForCausalLM."""
+"""PaperModel.save_pretrained / from_pretrained and `memory-models export`: a model round-trips through
+`config.json` + `model.safetensors`, and a pure Mamba one is read by transformers' MambaForCausalLM.
+`export` writes the model of a train checkpoint, fsdp shards included; bad input is one line, exit 2."""
 
 import json
 
 import pytest
 import torch
+import yaml
 
-from src.config import ConfigError, resolve_model_section
+from src.checkpoints import save
+from src.cli import main
+from src.config import ConfigError, read_yaml, resolve_model_section
 from src.hf_directory import DirectoryError, save_directory
 from src.model import PaperModel
-from tests.test_cli_bad_input import files
+from src.runs import load_model, read_checkpoint
+from tests.conftest import ROOT
+from tests.test_cli import tiny_experiment
+from tests.test_cli_bad_input import files, one_error_line
+from tests.test_distributed import experiment_file, parameters, run_processes
 
 pytest.importorskip("safetensors", reason="extra 'pretrained' not installed")
 
@@ -133,3 +141,70 @@ def test_a_failed_write_keeps_the_earlier_export(tmp_path):
         save_directory(tmp_path / "saved", model.config, state, overwrite=True)
     assert files(tmp_path / "saved") == before
     assert [path.name for path in tmp_path.iterdir()] == ["saved"]
+
+
+def mamba_experiment(tmp_path) -> str:
+    """A 2-step run of a tiny pure Mamba on associative recall."""
+    raw = read_yaml(ROOT / "configs" / "mamba_tiny.yaml")
+    raw["model"].update(d_model=16)
+    raw["train"].update(steps=2, batch_size=4, eval_every=2, warmup_steps=1, out_dir=str(tmp_path / "run"))
+    raw["eval"].update(num_examples=8, batch_size=8)
+    path = tmp_path / "mamba.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+@pytest.mark.parametrize("experiment", [tiny_experiment, mamba_experiment])
+def test_export_writes_the_trained_model(tmp_path, capsys, experiment):
+    assert main(["train", experiment(tmp_path)]) == 0
+    capsys.readouterr()
+    checkpoint = str(tmp_path / "run" / "checkpoint.pt")
+    assert main(["export", checkpoint, str(tmp_path / "exported")]) == 0
+    assert "config.json + model.safetensors" in capsys.readouterr().out
+    stored = read_checkpoint(checkpoint)
+    trained = PaperModel(resolve_model_section(stored["config"]["model"], checkpoint))
+    load_model(checkpoint, stored, trained)
+    exported = PaperModel.from_pretrained(tmp_path / "exported")
+    assert exported.config == trained.config
+    assert torch.equal(logits(exported, IDS % 16), logits(trained.eval(), IDS % 16))
+    assert main(["export", checkpoint, str(tmp_path / "exported"), "--overwrite"]) == 0
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    """The checkpoint of a finished tiny transformer run."""
+    tmp_path = tmp_path_factory.mktemp("export")
+    assert main(["train", tiny_experiment(tmp_path)]) == 0
+    return str(tmp_path / "run" / "checkpoint.pt")
+
+
+def test_bad_export_input_is_one_line(tmp_path, capsys, checkpoint):
+    missing = one_error_line(capsys, "export", str(tmp_path / "nowhere.pt"), str(tmp_path / "out"))
+    assert "nowhere.pt: no checkpoint file there" in missing
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("keep")
+    assert "full: exists and is not empty" in one_error_line(capsys, "export", checkpoint, str(tmp_path / "full"))
+    (tmp_path / "file").write_text("keep")
+    assert "file: is a file" in one_error_line(capsys, "export", checkpoint, str(tmp_path / "file"))
+    assert files(tmp_path / "full") == {"notes.txt": b"keep"} and (tmp_path / "file").read_text() == "keep"
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_adapted_checkpoint_is_refused(tmp_path, capsys, checkpoint):
+    stored = torch.load(checkpoint, weights_only=True)
+    config = yaml.safe_load(stored["config"])
+    config["model"] = {"base": {"directory": str(tmp_path / "base")}, "adapters": [{"type": "lora"}]}
+    save({**stored, "config": yaml.safe_dump(config)}, tmp_path / "adapted.pt")
+    error = one_error_line(capsys, "export", str(tmp_path / "adapted.pt"), str(tmp_path / "out"))
+    assert "an adapted model (model.base) does not export; only PaperModels" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_reads_the_shards_of_an_fsdp_run(tmp_path, capsys):
+    path = experiment_file(tmp_path, parallel="fsdp")
+    run_processes(path, world_size=1)
+    assert "shards" in read_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert main(["export", str(tmp_path / "run" / "checkpoint.pt"), str(tmp_path / "exported")]) == 0
+    exported = PaperModel.from_pretrained(tmp_path / "exported").state_dict()
+    trained = parameters(tmp_path / "run", path)
+    assert exported.keys() == trained.keys() and all(torch.equal(exported[n], trained[n]) for n in trained)
