@@ -21,8 +21,8 @@ export (a directory with a config.json); the old one is set aside until the new 
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -75,8 +75,8 @@ def directory_contents(section: dict, state: dict[str, torch.Tensor]) -> tuple[d
 
 
 def _fsync(path: Path) -> None:
-    """Flush a file's or a directory's entries to disk (a directory cannot be opened for it on Windows)."""
-    if os.name == "posix" or path.is_file():
+    """Flush a file's or a directory's entries to disk (POSIX: a directory cannot be opened for it on Windows)."""
+    if os.name == "posix":
         descriptor = os.open(path, os.O_RDONLY)
         try:
             os.fsync(descriptor)
@@ -84,12 +84,17 @@ def _fsync(path: Path) -> None:
             os.close(descriptor)
 
 
+def _beside(directory: Path, suffix: str) -> Path:
+    """An unused hidden name next to `directory` (tempfile.mkdtemp would make the export private, mode 0700)."""
+    return directory.parent / f".{directory.name}.{secrets.token_hex(6)}{suffix}"
+
+
 def _move_into_place(temporary: Path, directory: Path) -> None:
     """Rename the written `temporary` onto `directory`; a replaced export is set aside until then."""
     if not directory.is_dir() or not any(directory.iterdir()):
         os.replace(temporary, directory)  # an empty directory is replaced by the rename itself
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old", dir=directory.parent))
+    old = _beside(directory, ".old")
     os.replace(directory, old)
     try:
         os.replace(temporary, directory)
@@ -107,7 +112,8 @@ def save_directory(directory: str | Path, section: dict, state: dict[str, torch.
     config, tensors = directory_contents(section, state)
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
-        temporary = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+        temporary = _beside(directory, ".tmp")
+        temporary.mkdir()
         try:
             (temporary / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
             save_file(tensors, str(temporary / WEIGHTS), metadata={"format": "pt"})  # transformers requires "format"
@@ -135,7 +141,12 @@ def read_directory(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     file = str(path / CONFIG)
     if not (path / CONFIG).is_file():
         raise FileNotFoundError(f"{path}: no {CONFIG}; expected a saved model or a Hugging Face Mamba directory")
-    config = json.loads((path / CONFIG).read_text())
+    try:
+        config = json.loads((path / CONFIG).read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{file}: not valid JSON: {error}") from error
+    if not isinstance(config, dict):
+        raise ConfigError(f"{file}: must hold a JSON object, got {type(config).__name__}")
     if FORMAT not in config and config.get("model_type") != FORMAT:
         section = resolve_model_section(model_section_from_hf_config(path), file)
         return section, state_dict_from_hf(read_hf_weights(path), section["tie_embeddings"])

@@ -3,6 +3,7 @@
 `export` writes the model of a train checkpoint, fsdp shards included; bad input is one line, exit 2."""
 
 import json
+import stat
 
 import pytest
 import torch
@@ -114,6 +115,19 @@ def test_an_adapted_section_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match=r"key 'memory_models.base': only a PaperModel's section"):
         PaperModel.from_pretrained(tmp_path)
+
+
+def test_a_config_that_is_not_json_is_named(tmp_path):
+    paper_model("transformer").save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{")
+    with pytest.raises(ConfigError, match=r"config\.json: not valid JSON"):
+        PaperModel.from_pretrained(tmp_path)
+
+
+def test_the_directory_has_the_permissions_of_a_new_directory(tmp_path):
+    (tmp_path / "plain").mkdir()
+    paper_model("transformer").save_pretrained(tmp_path / "saved")
+    assert stat.S_IMODE((tmp_path / "saved").stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
 
 
 def test_a_non_empty_directory_is_replaced_only_when_it_holds_an_export(tmp_path):
