@@ -1,11 +1,14 @@
 """Config validation: every error names the key and the file."""
 
 import re
+from dataclasses import dataclass
+from typing import Literal
 
 import pytest
 import yaml
 
-from src.config import ConfigError, load_comparison, load_experiment, read_yaml
+from src.config import ConfigError, arguments_for, build, load_comparison, load_experiment, read_yaml
+from src.schema import PositiveInt
 from tests.conftest import ROOT
 
 QUICKSTART = ROOT / "configs" / "transformer_mqar.yaml"
@@ -175,3 +178,21 @@ def test_bad_tensor_memory_settings_are_named(tmp_path, heads, layer, message):
     path = with_change(tmp_path, lambda raw: tensor_memory_heads(raw, heads, **layer))
     with pytest.raises(ConfigError, match=rf"^{re.escape(path)}: {message}"):
         load_experiment(path)
+
+
+@dataclass(frozen=True)
+class Inner:
+    size: PositiveInt = 2
+    name: Literal["a", "b"] = "a"
+
+
+def with_options(width: PositiveInt, options: Inner = Inner(), more: list[Inner] | None = None) -> tuple:
+    return width, options, more
+
+
+def test_any_dataclass_typed_argument_is_validated_field_by_field_and_built():
+    resolved = arguments_for(with_options, {"width": 3, "more": [{"name": "b"}]}, "x", "f.yaml")
+    assert resolved == {"width": 3, "options": {"size": 2, "name": "a"}, "more": [{"size": 2, "name": "b"}]}
+    assert build(with_options, resolved, "x", "f.yaml") == (3, Inner(), [Inner(name="b")])
+    with pytest.raises(ConfigError, match=r"^f\.yaml: key 'x\.more\[0\]\.size' must be >= 1, got 0"):
+        arguments_for(with_options, {"width": 3, "more": [{"size": 0}]}, "x", "f.yaml")
