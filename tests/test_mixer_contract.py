@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from src.layers import MIXERS
+from src.layers.neural_memory import NeuralMemoryOptions
 
 D_MODEL = 16
 EXAMPLES = {
@@ -43,22 +44,36 @@ EXAMPLES = {
     ),
     "infini_attention": ("infini_attention", {"n_heads": 2, "segment_size": 4}),
     "infini_attention-delta": ("infini_attention", {"n_heads": 2, "segment_size": 3, "update": "delta"}),
-    "neural_memory": ("neural_memory", {"chunk_size": 4, "n_persistent": 2}),
-    "neural_memory-mlp": ("neural_memory", {"memory": "mlp", "chunk_size": 3, "d_hidden": 8}),
-    "titans_mag": ("titans_mag", {"n_heads": 2, "window": 4, "chunk_size": 4, "n_persistent": 2}),
-    "titans_mac": ("titans_mac", {"n_heads": 2, "segment_size": 4, "chunk_size": 2, "n_persistent": 2}),
+    "neural_memory": ("neural_memory", {"memory": NeuralMemoryOptions(chunk_size=4), "n_persistent": 2}),
+    "neural_memory-mlp": ("neural_memory", {"memory": NeuralMemoryOptions("mlp", chunk_size=3, d_hidden=8)}),
+    "titans_mag": (
+        "titans_mag",
+        {"n_heads": 2, "window": 4, "n_persistent": 2, "memory": NeuralMemoryOptions(chunk_size=4)},
+    ),
+    "titans_mac": (
+        "titans_mac",
+        {"n_heads": 2, "segment_size": 4, "n_persistent": 2, "memory": NeuralMemoryOptions(chunk_size=2)},
+    ),
     "titans_mac-mlp": (
         "titans_mac",
-        {"n_heads": 2, "segment_size": 3, "memory": "mlp", "chunk_size": 2, "d_hidden": 8},
+        {"n_heads": 2, "segment_size": 3, "memory": NeuralMemoryOptions("mlp", chunk_size=2, d_hidden=8)},
     ),
-    "titans_mal": ("titans_mal", {"n_heads": 2, "window": 4, "chunk_size": 4, "n_persistent": 2}),
+    "titans_mal": (
+        "titans_mal",
+        {"n_heads": 2, "window": 4, "n_persistent": 2, "memory": NeuralMemoryOptions(chunk_size=4)},
+    ),
     "neural_memory-deep-conv-gate": (
         "neural_memory",
-        {"memory": "mlp", "memory_depth": 3, "chunk_size": 3, "d_hidden": 8, "conv_kernel": 4, "output_gate": True},
+        {"memory": NeuralMemoryOptions("mlp", chunk_size=3, d_hidden=8, depth=3, conv_kernel=4, output_gate=True)},
     ),
     "titans_mac-conv-gate": (
         "titans_mac",
-        {"n_heads": 2, "segment_size": 4, "chunk_size": 2, "n_persistent": 1, "conv_kernel": 3, "output_gate": True},
+        {
+            "n_heads": 2,
+            "segment_size": 4,
+            "n_persistent": 1,
+            "memory": NeuralMemoryOptions(chunk_size=2, conv_kernel=3, output_gate=True),
+        },
     ),
     "memory_bank": ("memory_bank", {"n_heads": 2, "n_memory": 8}),
     "memory_bank-token": ("memory_bank", {"n_heads": 2, "n_memory": 16, "chapters": 4, "top_k": 2}),
@@ -71,8 +86,19 @@ EXAMPLES = {
 # At L = 65,536 each fast form runs (attention without the L x L scores), with the chunk and
 # segment sizes of the configs: the examples' tiny ones would only time the Python loop over chunks.
 LONG_SIZES = {"chunk_size": 64, "segment_size": 256}
+
+
+def long_sizes(value):
+    """An example's argument with the long chunk and segment sizes, inside option dataclasses too."""
+    if isinstance(value, dict):
+        return {key: LONG_SIZES.get(key, long_sizes(item)) for key, item in value.items()}
+    if dataclasses.is_dataclass(value):
+        return dataclasses.replace(value, **long_sizes(dataclasses.asdict(value)))
+    return value
+
+
 LONG = {
-    name: (kind, {key: LONG_SIZES.get(key, value) for key, value in kwargs.items()})
+    name: (kind, long_sizes(kwargs))
     for name, (kind, kwargs) in EXAMPLES.items()
     if not name.endswith(("-sequential", "-delta", "-clamps"))  # literal loops: references, or clamped writes
 }
