@@ -13,8 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from src.config import build
 from src.layers import MIXERS
-from src.layers.neural_memory import NeuralMemoryOptions
 
 D_MODEL = 16
 EXAMPLES = {
@@ -44,27 +44,18 @@ EXAMPLES = {
     ),
     "infini_attention": ("infini_attention", {"n_heads": 2, "segment_size": 4}),
     "infini_attention-delta": ("infini_attention", {"n_heads": 2, "segment_size": 3, "update": "delta"}),
-    "neural_memory": ("neural_memory", {"memory": NeuralMemoryOptions(chunk_size=4), "n_persistent": 2}),
-    "neural_memory-mlp": ("neural_memory", {"memory": NeuralMemoryOptions("mlp", chunk_size=3, d_hidden=8)}),
-    "titans_mag": (
-        "titans_mag",
-        {"n_heads": 2, "window": 4, "n_persistent": 2, "memory": NeuralMemoryOptions(chunk_size=4)},
-    ),
-    "titans_mac": (
-        "titans_mac",
-        {"n_heads": 2, "segment_size": 4, "n_persistent": 2, "memory": NeuralMemoryOptions(chunk_size=2)},
-    ),
+    "neural_memory": ("neural_memory", {"memory": {"chunk_size": 4}, "n_persistent": 2}),
+    "neural_memory-mlp": ("neural_memory", {"memory": {"kind": "mlp", "chunk_size": 3, "d_hidden": 8}}),
+    "titans_mag": ("titans_mag", {"n_heads": 2, "window": 4, "n_persistent": 2, "memory": {"chunk_size": 4}}),
+    "titans_mac": ("titans_mac", {"n_heads": 2, "segment_size": 4, "n_persistent": 2, "memory": {"chunk_size": 2}}),
     "titans_mac-mlp": (
         "titans_mac",
-        {"n_heads": 2, "segment_size": 3, "memory": NeuralMemoryOptions("mlp", chunk_size=2, d_hidden=8)},
+        {"n_heads": 2, "segment_size": 3, "memory": {"kind": "mlp", "chunk_size": 2, "d_hidden": 8}},
     ),
-    "titans_mal": (
-        "titans_mal",
-        {"n_heads": 2, "window": 4, "n_persistent": 2, "memory": NeuralMemoryOptions(chunk_size=4)},
-    ),
+    "titans_mal": ("titans_mal", {"n_heads": 2, "window": 4, "n_persistent": 2, "memory": {"chunk_size": 4}}),
     "neural_memory-deep-conv-gate": (
         "neural_memory",
-        {"memory": NeuralMemoryOptions("mlp", chunk_size=3, d_hidden=8, depth=3, conv_kernel=4, output_gate=True)},
+        {"memory": {"kind": "mlp", "chunk_size": 3, "d_hidden": 8, "depth": 3, "conv_kernel": 4, "output_gate": True}},
     ),
     "titans_mac-conv-gate": (
         "titans_mac",
@@ -72,7 +63,7 @@ EXAMPLES = {
             "n_heads": 2,
             "segment_size": 4,
             "n_persistent": 1,
-            "memory": NeuralMemoryOptions(chunk_size=2, conv_kernel=3, output_gate=True),
+            "memory": {"chunk_size": 2, "conv_kernel": 3, "output_gate": True},
         },
     ),
     "memory_bank": ("memory_bank", {"n_heads": 2, "n_memory": 8}),
@@ -89,11 +80,9 @@ LONG_SIZES = {"chunk_size": 64, "segment_size": 256}
 
 
 def long_sizes(value):
-    """An example's argument with the long chunk and segment sizes, inside option dataclasses too."""
+    """An example's arguments with the long chunk and segment sizes, in nested options too."""
     if isinstance(value, dict):
         return {key: LONG_SIZES.get(key, long_sizes(item)) for key, item in value.items()}
-    if dataclasses.is_dataclass(value):
-        return dataclasses.replace(value, **long_sizes(dataclasses.asdict(value)))
     return value
 
 
@@ -109,7 +98,7 @@ def make(name: str, dtype=torch.float64, seed: int = 0, examples: dict = EXAMPLE
     Titans' W2 and M_0) carry signal too."""
     kind, kwargs = examples[name]
     torch.manual_seed(seed)
-    mixer = MIXERS[kind](d_model=D_MODEL, **kwargs)
+    mixer = build(MIXERS[kind], kwargs, name, "EXAMPLES", d_model=D_MODEL)  # nested options as a config gives them
     with torch.no_grad():
         for parameter in mixer.parameters():
             parameter.add_(0.1 * torch.randn_like(parameter))
