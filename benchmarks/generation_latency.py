@@ -28,7 +28,7 @@ MIXER_ARGUMENTS = {  # every registered mixer needs an entry: the benchmark cove
     "lti_ssm": {},
     "tensor_memory": {"n_heads": 4},
     "infini_attention": {"n_heads": 4, "segment_size": 256},
-    "neural_memory": {"chunk_size": 16},
+    "neural_memory": {"memory": {"chunk_size": 16}},
     "titans_mag": {"n_heads": 4, "window": 256},
     "memory_bank": {"n_heads": 4, "n_memory": 256, "chapters": 8, "top_k": 2},
 }

@@ -1,4 +1,6 @@
-"""The equation catalogue: every public function of `src/layers/` with its paper reference.
+"""The equation catalogue: every public function of `src/layers/`, and of the equation modules
+that are not layers and live beside their one user (`OTHER_EQUATION_MODULES`), with its paper
+reference.
 
 Each equation function's docstring opens with one reference line,
 
@@ -23,13 +25,17 @@ REFERENCE = re.compile(
 )
 EQUATION_TESTS = Path(__file__).resolve().parents[1] / "tests" / "test_equations"
 CONTRACT_MODULES = {"mixer"}  # the mixer base class and its registry: no equations
+OTHER_EQUATION_MODULES = (  # equations that are not layers, beside the code that uses them
+    "src.generation_scoring",  # GNMT's length penalty, for beam search (src.generation)
+    "src.memory_system.episodic_retrieval",  # Generative Agents' retrieval score, for the episodic memory
+)
 
 
 @dataclass(frozen=True)
 class Entry:
     """One equation function and where its paper and its test are."""
 
-    function: str  # module.function, relative to src.layers
+    function: str  # module.function, relative to src.layers (or to src, outside it)
     paper: str | None  # title and citation, None when the reference line is missing
     arxiv: str | None
     section: str | None
@@ -37,13 +43,18 @@ class Entry:
     test_file: str | None  # path relative to tests/test_equations, None when missing
 
 
+def equation_modules() -> list[str]:
+    """The modules of src.layers (but private and contract ones), in name order, then `OTHER_EQUATION_MODULES`."""
+    layers = sorted(pkgutil.iter_modules(src.layers.__path__), key=lambda m: m.name)
+    names = [f"src.layers.{m.name}" for m in layers if not m.name.startswith("_") and m.name not in CONTRACT_MODULES]
+    return names + list(OTHER_EQUATION_MODULES)
+
+
 def equation_functions() -> list:
-    """All public functions defined in the modules of src.layers, in module order."""
+    """All public functions defined in the equation modules, in module order."""
     functions = []
-    for info in sorted(pkgutil.iter_modules(src.layers.__path__), key=lambda m: m.name):
-        if info.name.startswith("_") or info.name in CONTRACT_MODULES:
-            continue
-        module = importlib.import_module(f"src.layers.{info.name}")
+    for module_name in equation_modules():
+        module = importlib.import_module(module_name)
         for name, function in inspect.getmembers(module, inspect.isfunction):
             if function.__module__ == module.__name__ and not name.startswith("_"):
                 functions.append(function)
@@ -81,7 +92,7 @@ def catalogue() -> list[Entry]:
     entries = []
     for function in equation_functions():
         reference = parse_reference(function) or dict.fromkeys(("paper", "arxiv", "section", "equation"))
-        module = function.__module__.removeprefix("src.layers.")
+        module = function.__module__.removeprefix("src.layers.").removeprefix("src.")
         entries.append(Entry(f"{module}.{function.__name__}", **reference, test_file=find_test(function.__name__)))
     return entries
 

@@ -67,8 +67,10 @@ def _type_name(hint: Any) -> str:
 def check_value(value: Any, hint: Any, key: str, file: str) -> Any:
     """Validate one config value against a type hint; return it (ints accepted for floats).
 
-    A dataclass hint (e.g. a memory's per-head settings) takes a mapping checked against the
-    dataclass's fields and returns it with their defaults filled in.
+    A dataclass hint (a layer's options, e.g. the neural memory's or a memory's per-head settings)
+    takes a nested mapping checked field by field against the dataclass's annotations, keys named
+    `key.field`, and returns it as a mapping with the fields' defaults filled in (`build` makes the
+    instance); the dataclass's own checks (its `__post_init__`) run here, named by `key`.
     """
     origin = typing.get_origin(hint)
     if origin is Annotated:
@@ -94,7 +96,12 @@ def check_value(value: Any, hint: Any, key: str, file: str) -> Any:
             raise ConfigError(f"{file}: key '{key}' must be a non-empty list, got {value!r}")
         return [check_value(v, item, f"{key}[{i}]", file) for i, v in enumerate(value)]
     if is_dataclass(hint):  # a nested mapping, validated against the dataclass's fields
-        return arguments_for(hint, value, key, file)
+        resolved = arguments_for(hint, value, key, file)
+        try:
+            instantiate(resolved, hint)
+        except ValueError as error:
+            raise ConfigError(f"{file}: key '{key}': {error}") from error
+        return resolved
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is float and type(value) is float and not math.isfinite(value):
@@ -104,6 +111,31 @@ def check_value(value: Any, hint: Any, key: str, file: str) -> Any:
     if hint in (int, float, str, bool, dict) and (type(value) is hint):
         return value
     raise ConfigError(f"{file}: key '{key}' must be of type {_type_name(hint)}, got {value!r}")
+
+
+def instantiate(value: Any, hint: Any) -> Any:
+    """A resolved config value as the argument its hint declares: each mapping resolved for a
+    dataclass hint (through lists and optional values) becomes that dataclass; other values pass."""
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        return instantiate(value, typing.get_args(hint)[0])
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        (inner,) = [option for option in typing.get_args(hint) if option is not type(None)]
+        return instantiate(value, inner)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return [instantiate(v, item) for v in value]
+    if is_dataclass(hint) and isinstance(value, Mapping):
+        fields = typing.get_type_hints(hint, include_extras=True)
+        return hint(**{name: instantiate(v, fields[name]) for name, v in value.items()})
+    return value
+
+
+def _hints(target: Callable) -> dict[str, Any]:
+    """The annotations of `target`'s parameters (a class's constructor's)."""
+    return typing.get_type_hints(target.__init__ if inspect.isclass(target) else target, include_extras=True)
 
 
 def check_keys(raw: Any, allowed: Mapping[str, bool], where: str, file: str) -> None:
@@ -122,21 +154,30 @@ def arguments_for(target: Callable, raw: Any, where: str, file: str, provided: t
     """Validate `raw` against the keyword parameters of `target` and return the resolved kwargs.
 
     Parameters named in `provided` (such as d_model, set by the model section) are not read from
-    the config. Parameters with defaults are optional; the defaults are filled in.
+    the config. Parameters with defaults are optional; the defaults are filled in (a dataclass
+    default as the mapping of its fields, so the resolved config stays plain YAML).
     """
-    signature = inspect.signature(target)
-    hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target, include_extras=True)
+    signature, hints = inspect.signature(target), _hints(target)
     parameters = {name: p for name, p in signature.parameters.items() if name not in ("self", *provided)}
     check_keys(raw, {name: p.default is inspect.Parameter.empty for name, p in parameters.items()}, where, file)
     resolved = {}
     for name, parameter in parameters.items():
         key = f"{where}.{name}"
-        resolved[name] = check_value(raw[name], hints[name], key, file) if name in raw else parameter.default
+        if name in raw:
+            resolved[name] = check_value(raw[name], hints[name], key, file)
+        elif is_dataclass(parameter.default):
+            resolved[name] = asdict(parameter.default)
+        else:
+            resolved[name] = parameter.default
     return resolved
 
 
 def build(target: Callable, kwargs: dict, where: str, file: str, **provided: Any) -> Any:
-    """Call `target`, turning its own argument errors (cross-field constraints) into ConfigErrors."""
+    """Call `target` with resolved `kwargs` (dataclass-typed ones made instances, `instantiate`;
+    those `target` passes on through **kwargs unchanged), turning its own argument errors
+    (cross-field constraints) into ConfigErrors."""
+    hints = _hints(target)
+    kwargs = {name: instantiate(value, hints.get(name)) for name, value in kwargs.items()}
     try:
         return target(**provided, **kwargs)
     except ValueError as error:

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import torch
 
+from src.generation_scoring import length_penalty
 from src.language_model import LanguageModel
-from src.layers.length_penalty import length_penalty
 
 
 def greedy(logits: torch.Tensor) -> torch.Tensor:
@@ -190,7 +190,7 @@ def beam_search(
     extensions are kept (all of one length, so log P ranks them as s does); an extension ending in
     `end_id` is finished and leaves the beam. After `max_new_tokens` steps the live hypotheses finish
     too, and the finished one with the highest s(Y) = log P(Y | prompt) / lp(Y) is returned
-    (`src.layers.length_penalty`, |Y| counting the end token). Width 1 is greedy decoding; a width
+    (`src.generation_scoring`, |Y| counting the end token). Width 1 is greedy decoding; a width
     of at least the number of live hypotheses at every step is exhaustive search. The beams share
     one batch of `LanguageModel.step`, their states reordered as beams are kept.
     """

@@ -46,4 +46,6 @@ def test_equations_command_prints_the_table(capsys):
     assert out.strip() == format_table(ENTRIES)
     assert "attention.scaled_dot_product_attention" in out and "1706.03762" in out
     assert "test_transformer_eq1_scaled_dot_product_attention.py" in out
+    assert "generation_scoring.length_penalty" in out and "1609.08144" in out  # equations beside their users
+    assert "memory_system.episodic_retrieval.retrieval_score" in out and "2304.03442" in out
     assert "MISSING" not in out

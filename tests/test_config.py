@@ -1,11 +1,16 @@
 """Config validation: every error names the key and the file."""
 
 import re
+from dataclasses import asdict, dataclass
+from typing import Literal
 
 import pytest
 import yaml
 
-from src.config import ConfigError, load_comparison, load_experiment, read_yaml
+from src.config import ConfigError, arguments_for, build, load_comparison, load_experiment, read_yaml
+from src.layers.neural_memory import NeuralMemoryOptions
+from src.model import PaperModel
+from src.schema import PositiveInt
 from tests.conftest import ROOT
 
 QUICKSTART = ROOT / "configs" / "transformer_mqar.yaml"
@@ -175,3 +180,73 @@ def test_bad_tensor_memory_settings_are_named(tmp_path, heads, layer, message):
     path = with_change(tmp_path, lambda raw: tensor_memory_heads(raw, heads, **layer))
     with pytest.raises(ConfigError, match=rf"^{re.escape(path)}: {message}"):
         load_experiment(path)
+
+
+TITANS_MAG = ROOT / "configs" / "titans_mag_mqar.yaml"
+
+
+def titans_memory(tmp_path, memory) -> str:
+    raw = read_yaml(TITANS_MAG)
+    raw["model"]["blocks"][0]["mixer"]["memory"] = memory
+    path = tmp_path / "titans.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_neural_memory_options_are_one_nested_mapping_validated_echoed_and_built(tmp_path):
+    experiment = load_experiment(titans_memory(tmp_path, {"kind": "mlp", "chunk_size": 8, "depth": 3}))
+    echoed = yaml.safe_load(experiment.to_yaml())["model"]["blocks"][0]["mixer"]["memory"]
+    assert echoed == {
+        **asdict(NeuralMemoryOptions()),
+        "kind": "mlp",
+        "chunk_size": 8,
+        "depth": 3,
+    }
+    layer = PaperModel(experiment.model).blocks[0].mixer
+    assert layer.neural_memory.options == NeuralMemoryOptions("mlp", chunk_size=8, depth=3)
+    assert list(layer.neural_memory.initial) == ["W1", "W2", "W3"]
+
+
+def test_default_neural_memory_options_are_echoed(tmp_path):
+    raw = read_yaml(TITANS_MAG)
+    del raw["model"]["blocks"][0]["mixer"]["memory"]
+    path = tmp_path / "titans.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    echoed = yaml.safe_load(load_experiment(path).to_yaml())["model"]["blocks"][0]["mixer"]
+    assert echoed["memory"] == asdict(NeuralMemoryOptions())
+
+
+@pytest.mark.parametrize(
+    ("memory", "message"),
+    [
+        ({"chunk_size": 0}, r"key 'model\.blocks\[0\]\.mixer\.memory\.chunk_size' must be >= 1, got 0"),
+        ({"chunk": 4}, r"unknown key 'model\.blocks\[0\]\.mixer\.memory\.chunk'; allowed keys are \['chunk_size'"),
+        ({"kind": "transformer"}, r"key 'model\.blocks\[0\]\.mixer\.memory\.kind' must be one of \['linear', 'mlp'\]"),
+        ({"theta_max": -0.5}, r"key 'model\.blocks\[0\]\.mixer\.memory\.theta_max' must be > 0"),
+        ({"output_gate": "yes"}, r"key 'model\.blocks\[0\]\.mixer\.memory\.output_gate' must be of type bool"),
+        ({"depth": 3}, r"key 'model\.blocks\[0\]\.mixer\.memory': depth 3 needs kind: mlp"),
+        ("mlp", r"key 'model\.blocks\[0\]\.mixer\.memory' must be a mapping, got 'mlp'"),
+    ],
+)
+def test_bad_neural_memory_options_name_the_dotted_key_and_the_file(tmp_path, memory, message):
+    path = titans_memory(tmp_path, memory)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(path)}: {message}"):
+        load_experiment(path)
+
+
+@dataclass(frozen=True)
+class Inner:
+    size: PositiveInt = 2
+    name: Literal["a", "b"] = "a"
+
+
+def with_options(width: PositiveInt, options: Inner = Inner(), more: list[Inner] | None = None) -> tuple:
+    return width, options, more
+
+
+def test_any_dataclass_typed_argument_is_validated_field_by_field_and_built():
+    resolved = arguments_for(with_options, {"width": 3, "more": [{"name": "b"}]}, "x", "f.yaml")
+    assert resolved == {"width": 3, "options": {"size": 2, "name": "a"}, "more": [{"size": 2, "name": "b"}]}
+    assert build(with_options, resolved, "x", "f.yaml") == (3, Inner(), [Inner(name="b")])
+    with pytest.raises(ConfigError, match=r"^f\.yaml: key 'x\.more\[0\]\.size' must be >= 1, got 0"):
+        arguments_for(with_options, {"width": 3, "more": [{"size": 0}]}, "x", "f.yaml")

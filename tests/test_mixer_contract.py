@@ -13,6 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from src.config import build
 from src.layers import MIXERS
 
 D_MODEL = 16
@@ -43,22 +44,27 @@ EXAMPLES = {
     ),
     "infini_attention": ("infini_attention", {"n_heads": 2, "segment_size": 4}),
     "infini_attention-delta": ("infini_attention", {"n_heads": 2, "segment_size": 3, "update": "delta"}),
-    "neural_memory": ("neural_memory", {"chunk_size": 4, "n_persistent": 2}),
-    "neural_memory-mlp": ("neural_memory", {"memory": "mlp", "chunk_size": 3, "d_hidden": 8}),
-    "titans_mag": ("titans_mag", {"n_heads": 2, "window": 4, "chunk_size": 4, "n_persistent": 2}),
-    "titans_mac": ("titans_mac", {"n_heads": 2, "segment_size": 4, "chunk_size": 2, "n_persistent": 2}),
+    "neural_memory": ("neural_memory", {"memory": {"chunk_size": 4}, "n_persistent": 2}),
+    "neural_memory-mlp": ("neural_memory", {"memory": {"kind": "mlp", "chunk_size": 3, "d_hidden": 8}}),
+    "titans_mag": ("titans_mag", {"n_heads": 2, "window": 4, "n_persistent": 2, "memory": {"chunk_size": 4}}),
+    "titans_mac": ("titans_mac", {"n_heads": 2, "segment_size": 4, "n_persistent": 2, "memory": {"chunk_size": 2}}),
     "titans_mac-mlp": (
         "titans_mac",
-        {"n_heads": 2, "segment_size": 3, "memory": "mlp", "chunk_size": 2, "d_hidden": 8},
+        {"n_heads": 2, "segment_size": 3, "memory": {"kind": "mlp", "chunk_size": 2, "d_hidden": 8}},
     ),
-    "titans_mal": ("titans_mal", {"n_heads": 2, "window": 4, "chunk_size": 4, "n_persistent": 2}),
+    "titans_mal": ("titans_mal", {"n_heads": 2, "window": 4, "n_persistent": 2, "memory": {"chunk_size": 4}}),
     "neural_memory-deep-conv-gate": (
         "neural_memory",
-        {"memory": "mlp", "memory_depth": 3, "chunk_size": 3, "d_hidden": 8, "conv_kernel": 4, "output_gate": True},
+        {"memory": {"kind": "mlp", "chunk_size": 3, "d_hidden": 8, "depth": 3, "conv_kernel": 4, "output_gate": True}},
     ),
     "titans_mac-conv-gate": (
         "titans_mac",
-        {"n_heads": 2, "segment_size": 4, "chunk_size": 2, "n_persistent": 1, "conv_kernel": 3, "output_gate": True},
+        {
+            "n_heads": 2,
+            "segment_size": 4,
+            "n_persistent": 1,
+            "memory": {"chunk_size": 2, "conv_kernel": 3, "output_gate": True},
+        },
     ),
     "memory_bank": ("memory_bank", {"n_heads": 2, "n_memory": 8}),
     "memory_bank-token": ("memory_bank", {"n_heads": 2, "n_memory": 16, "chapters": 4, "top_k": 2}),
@@ -71,8 +77,17 @@ EXAMPLES = {
 # At L = 65,536 each fast form runs (attention without the L x L scores), with the chunk and
 # segment sizes of the configs: the examples' tiny ones would only time the Python loop over chunks.
 LONG_SIZES = {"chunk_size": 64, "segment_size": 256}
+
+
+def long_sizes(value):
+    """An example's arguments with the long chunk and segment sizes, in nested options too."""
+    if isinstance(value, dict):
+        return {key: LONG_SIZES.get(key, long_sizes(item)) for key, item in value.items()}
+    return value
+
+
 LONG = {
-    name: (kind, {key: LONG_SIZES.get(key, value) for key, value in kwargs.items()})
+    name: (kind, long_sizes(kwargs))
     for name, (kind, kwargs) in EXAMPLES.items()
     if not name.endswith(("-sequential", "-delta", "-clamps"))  # literal loops: references, or clamped writes
 }
@@ -83,7 +98,7 @@ def make(name: str, dtype=torch.float64, seed: int = 0, examples: dict = EXAMPLE
     Titans' W2 and M_0) carry signal too."""
     kind, kwargs = examples[name]
     torch.manual_seed(seed)
-    mixer = MIXERS[kind](d_model=D_MODEL, **kwargs)
+    mixer = build(MIXERS[kind], kwargs, name, "EXAMPLES", d_model=D_MODEL)  # nested options as a config gives them
     with torch.no_grad():
         for parameter in mixer.parameters():
             parameter.add_(0.1 * torch.randn_like(parameter))

@@ -25,8 +25,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.layers._checks import check_positive, check_shapes
-from src.layers._heads import HeadProjections
-from src.layers.attention import concat_heads, fused_attention, rotary_embedding
 from src.layers.mixer import Mixer, register_mixer
 from src.layers.normalization import RMSNorm
 from src.layers.selective_ssm import causal_conv1d
@@ -424,6 +422,39 @@ def neural_memory_chunked(
 
 
 @dataclass(frozen=True)
+class NeuralMemoryOptions:
+    """The neural memory's options, shared by `NeuralMemory` and the Titans layers (MAG, MAC, MAL).
+
+    A config gives them as one nested mapping under the layer's `memory:` key, every field
+    optional, e.g. `memory: {kind: mlp, chunk_size: 16, d_hidden: 64, depth: 3}`.
+
+    kind: the memory M of Sec. 3.1, "linear" (M(k) = k M, depth 1) or "mlp" (`MLPMemory`).
+    chunk_size: b of Sec. 3.2, the tokens whose gradients are taken at one memory.
+    d_hidden: the MLP memory's hidden width (None: 2 d_model).
+    theta_max: the largest step size θ_t (`data_dependent_gates`).
+    depth: L_M >= 2 layers of the MLP memory (None: 2); a linear memory has depth 1.
+    conv_kernel: > 1 adds Sec. 4.4's depthwise-separable convolution after the K, V, Q projections.
+    output_gate: Sec. 4.4's normalisation and linear gating before the output projection.
+    """
+
+    kind: Literal["linear", "mlp"] = "linear"
+    chunk_size: PositiveInt = 16
+    d_hidden: PositiveInt | None = None
+    theta_max: PositiveFloat = 0.5
+    depth: PositiveInt | None = None
+    conv_kernel: PositiveInt = 1
+    output_gate: bool = False
+
+    def __post_init__(self):
+        if self.kind not in MEMORIES:
+            raise ValueError(f"kind must be one of {sorted(MEMORIES)}, got {self.kind!r}")
+        if self.kind == "linear" and self.depth not in (None, 1):
+            raise ValueError(f"depth {self.depth} needs kind: mlp (a linear memory has depth 1)")
+        if self.kind == "mlp" and self.depth is not None and self.depth < 2:
+            raise ValueError(f"kind: mlp needs depth >= 2, got {self.depth} (depth 1 is kind: linear)")
+
+
+@dataclass(frozen=True)
 class NeuralMemoryState:
     """The memory's weights at the current chunk's start (the gradient point), its weights now and
     the momentum (dicts of (b, ...) tensors, as `params` in the glossary), and the tokens seen."""
@@ -444,50 +475,34 @@ class NeuralMemory(Mixer):
     positions are dropped). `step` streams tokens through the same chunk boundaries: within a
     chunk each token's gradient is taken at the chunk's starting weights, so step equals forward.
 
-    Options of Sec. 3.1 and 4.4, off by default: `memory_depth` L_M >= 2 layers for the MLP memory
-    (`memory: linear` is L_M = 1); `conv_kernel` > 1, the depthwise-separable convolution after the
-    K, V, Q projections (`memory_projections`); `output_gate`, the normalisation and linear gating
-    before the output projection, W_O (RMSNorm(y_t) ⊙ σ(x_t W_G)).
+    `memory` holds the memory's options (`NeuralMemoryOptions`); those of Sec. 3.1 and 4.4 are off
+    by default: `depth` L_M >= 2 layers for the MLP memory (`kind: linear` is L_M = 1);
+    `conv_kernel` > 1, the depthwise-separable convolution after the K, V, Q projections
+    (`memory_projections`); `output_gate`, the normalisation and linear gating before the output
+    projection, W_O (RMSNorm(y_t) ⊙ σ(x_t W_G)).
     """
 
     State = NeuralMemoryState
 
     def __init__(
-        self,
-        d_model: int,
-        memory: Literal["linear", "mlp"] = "linear",
-        chunk_size: PositiveInt = 16,
-        n_persistent: NonNegativeInt = 0,
-        d_hidden: PositiveInt | None = None,
-        theta_max: PositiveFloat = 0.5,
-        memory_depth: PositiveInt | None = None,
-        conv_kernel: PositiveInt = 1,
-        output_gate: bool = False,
+        self, d_model: int, memory: NeuralMemoryOptions = NeuralMemoryOptions(), n_persistent: NonNegativeInt = 0
     ):
         super().__init__(d_model)
-        if memory not in MEMORIES:
-            raise ValueError(f"memory must be one of {sorted(MEMORIES)}, got {memory!r}")
-        if memory == "linear" and memory_depth not in (None, 1):
-            raise ValueError(f"memory_depth {memory_depth} needs memory: mlp (a linear memory has depth 1)")
-        depth = memory_depth or 2
-        if memory == "mlp" and depth < 2:
-            raise ValueError(f"memory: mlp needs memory_depth >= 2, got {depth} (depth 1 is memory: linear)")
-        self.memory, self.chunk_size, self.theta_max = memory, chunk_size, theta_max
+        self.options = memory
         self.W_K = nn.Linear(d_model, d_model, bias=False)
         self.W_V = nn.Linear(d_model, d_model, bias=False)
         self.W_Q = nn.Linear(d_model, d_model, bias=False)
         self.W_O = nn.Linear(d_model, d_model, bias=False)
         self.gates = nn.Linear(d_model, 3)
         self.persistent = nn.Parameter(0.02 * torch.randn(n_persistent, d_model))
-        self.conv = (
-            nn.Parameter(torch.randn(3 * d_model, conv_kernel) / math.sqrt(conv_kernel)) if conv_kernel > 1 else None
-        )
-        self.output_norm = RMSNorm(d_model) if output_gate else None
-        self.W_G = nn.Linear(d_model, d_model, bias=False) if output_gate else None
-        if memory == "linear":
+        kernel = memory.conv_kernel
+        self.conv = nn.Parameter(torch.randn(3 * d_model, kernel) / math.sqrt(kernel)) if kernel > 1 else None
+        self.output_norm = RMSNorm(d_model) if memory.output_gate else None
+        self.W_G = nn.Linear(d_model, d_model, bias=False) if memory.output_gate else None
+        if memory.kind == "linear":
             self.initial = nn.ParameterDict({"M": nn.Parameter(torch.zeros(d_model, d_model))})
         else:  # W1 .. W_{L_M - 1} random, the last zero: the memory starts by answering 0
-            hidden = d_hidden or 2 * d_model
+            depth, hidden = memory.depth or 2, memory.d_hidden or 2 * d_model
             widths = [d_model] + [hidden] * (depth - 1) + [d_model]
             self.initial = nn.ParameterDict(
                 {
@@ -504,7 +519,7 @@ class NeuralMemory(Mixer):
         """q, k, v and the gates of the tokens x, the convolution reading the `tail` of earlier inputs."""
         window = torch.cat((tail, x), dim=1)
         k, v, q = memory_projections(window, self.W_K.weight, self.W_V.weight, self.W_Q.weight, self.conv)
-        alpha, eta, theta = data_dependent_gates(x, self.gates.weight, self.gates.bias, self.theta_max)
+        alpha, eta, theta = data_dependent_gates(x, self.gates.weight, self.gates.bias, self.options.theta_max)
         earlier = tail.shape[1]
         return q[:, earlier:], k[:, earlier:], v[:, earlier:], alpha, eta, theta
 
@@ -522,7 +537,7 @@ class NeuralMemory(Mixer):
 
     def _tokens(self, inputs: list, state: NeuralMemoryState) -> tuple[torch.Tensor, NeuralMemoryState]:
         """The recurrence token by token, each gradient at the current chunk's start weights."""
-        rule, outputs = MEMORIES[self.memory], []
+        rule, outputs = MEMORIES[self.options.kind], []
         start, params, momentum, position = state.start, state.params, state.momentum, state.position
         q, k, v, alpha, eta, theta = inputs
         for t in range(q.shape[1]):
@@ -531,7 +546,7 @@ class NeuralMemory(Mixer):
             params = {n: forget_and_update(params[n], momentum[n], alpha[:, t]) for n in params}
             outputs.append(rule.read({n: p[:, None] for n, p in params.items()}, q[:, t : t + 1]))
             position += 1
-            if position % self.chunk_size == 0:
+            if position % self.options.chunk_size == 0:
                 start = params
         return torch.cat(outputs, dim=1), NeuralMemoryState(start, params, momentum, position, state.tail)
 
@@ -542,8 +557,9 @@ class NeuralMemory(Mixer):
         if state is None:
             x, state = self._start(x)
         inputs, tail = self._inputs(x, state.tail), self._tail(state.tail, x)
-        lead = min(x.shape[1], -state.position % self.chunk_size)
-        full = (x.shape[1] - lead) - (x.shape[1] - lead) % self.chunk_size
+        chunk_size = self.options.chunk_size
+        lead = min(x.shape[1], -state.position % chunk_size)
+        full = (x.shape[1] - lead) - (x.shape[1] - lead) % chunk_size
         for part, chunked in (
             (slice(0, lead), False),
             (slice(lead, lead + full), True),
@@ -554,7 +570,7 @@ class NeuralMemory(Mixer):
                 continue
             if chunked:
                 y, params, momentum = neural_memory_chunked(
-                    *part_inputs, self.chunk_size, state.params, state.momentum, self.memory
+                    *part_inputs, chunk_size, state.params, state.momentum, self.options.kind
                 )
                 state = NeuralMemoryState(params, params, momentum, state.position + full, state.tail)
             else:
@@ -564,169 +580,3 @@ class NeuralMemory(Mixer):
         if self.W_G is not None:  # Sec. 4.4: normalisation and linear gating before the output projection
             y = self.output_norm(y) * torch.sigmoid(self.W_G(x[:, -n_new:]))
         return self.W_O(y), dataclasses.replace(state, tail=tail)
-
-
-def sliding_window_allowed(L_q: int, L_k: int, window: int, n_persistent: int) -> torch.Tensor:
-    r"""Which keys each query of SW-Attn* sees: the persistent tokens and the last `window` tokens.
-
-    Paper: Titans (Behrouz et al. 2024, arXiv:2501.00663), Sec. 4.2, SW-Attn* of Eq. (26)-(28)
-
-    .. math::
-        \mathrm{allowed}[i, j] = (j < N_p) \lor (0 \le p_i - j < w), \qquad p_i = L_k - L_q + i
-
-    The queries are the last L_q of the L_k positions (as in `scaled_dot_product_attention`);
-    causality (j <= p_i) is applied by the attention itself.
-
-    Args:
-        L_q, L_k: query and key counts.
-        window: w, how many most recent tokens (the query's own included) a query sees.
-        n_persistent: N_p, the leading positions every query sees.
-
-    Returns:
-        (L_q, L_k) bool.
-    """
-    check_positive("window", window)
-    position = torch.arange(L_k - L_q, L_k)[:, None]
-    key = torch.arange(L_k)[None, :]
-    return (key < n_persistent) | (position - key < window)
-
-
-def sliding_window_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, n_persistent: int, block: int = 256
-) -> torch.Tensor:
-    r"""Fast form of SW-Attn*: causal attention to the persistent tokens and the last `window` tokens, banded.
-
-    Paper: Titans (Behrouz et al. 2024, arXiv:2501.00663), Sec. 4.2, SW-Attn* of Eq. (26)-(28), banded form
-
-    .. math::
-        y_i = \mathrm{softmax}_{j \in \mathcal{A}_i}\!\left(\frac{q_i k_j^\top}{\sqrt{d_k}}\right) v_j, \qquad
-        \mathcal{A}_i = \{ j \le p_i : j < N_p \ \lor\ p_i - j < w \}, \quad p_i = L_k - L_q + i
-
-    Equal to `scaled_dot_product_attention(q, k, v, causal=True, allowed=sliding_window_allowed(...))`,
-    the reference, but computed `block` queries at a time against only the keys they can see (the
-    persistent ones and a band of window + block - 1), each block through `fused_attention`: time and
-    memory grow as O(L (N_p + w + block)), never O(L^2).
-
-    Args:
-        q: (..., L_q, d_k) queries, the last L_q of the L_k positions.
-        k: (..., L_k, d_k) keys; the first n_persistent are the persistent tokens'.
-        v: (..., L_k, d_v) values.
-        window: w >= 1, how many most recent tokens (the query's own included) a query sees.
-        n_persistent: N_p >= 0, the leading positions every query sees.
-        block: queries per block (a speed knob; the result does not depend on it).
-
-    Returns:
-        (..., L_q, d_v).
-    """
-    sizes = check_shapes(q=(q, "... L_q d_k"), k=(k, "... L_k d_k"), v=(v, "... L_k d_v"))
-    L_q, L_k = sizes["L_q"], sizes["L_k"]
-    check_positive("window", window)
-    check_positive("block", block)
-    if L_k < L_q or not 0 <= n_persistent <= L_k - L_q:
-        raise ValueError(f"need L_k >= L_q + n_persistent, got L_q={L_q}, L_k={L_k}, n_persistent={n_persistent}")
-    outputs = []
-    for first in range(0, L_q, block):
-        last = min(L_q, first + block)  # queries [first, last) sit at positions L_k - L_q + [first, last)
-        begin, end = L_k - L_q + first, L_k - L_q + last
-        band = torch.arange(max(n_persistent, begin - window + 1), end)
-        keys = torch.cat((torch.arange(n_persistent), band)).to(q.device)
-        position = torch.arange(begin, end, device=q.device)[:, None]
-        allowed = (keys[None, :] <= position) & ((keys[None, :] < n_persistent) | (position - keys[None, :] < window))
-        outputs.append(fused_attention(q[..., first:last, :], k[..., keys, :], v[..., keys, :], False, allowed))
-    return torch.cat(outputs, dim=-2)
-
-
-def _windowed_attention_step(
-    layer: HeadProjections, x: torch.Tensor, state, window: int, n_persistent: int, n_out: int
-):
-    """SW-Attn* of the last `n_out` positions of x, continuing `state` (None, or one with k, v, position).
-
-    Heads of x with RoPE at their positions, the cached keys prepended; returns the attention
-    output through W_o, (b, n_out, d_model), and the new cache (k, v, position): the persistent
-    keys and values, then the last window - 1, so the cache has a constant size.
-    """
-    offset = 0 if state is None else state.position
-    q, k, v = layer._heads(x)
-    q, k = rotary_embedding(q, offset), rotary_embedding(k, offset)
-    if state is not None:
-        k, v = torch.cat((state.k, k), dim=-2), torch.cat((state.v, v), dim=-2)
-    attended = sliding_window_attention(q[..., -n_out:, :], k, v, window, n_persistent)
-    held = k.shape[-2]
-    keep = torch.cat((torch.arange(n_persistent), torch.arange(max(n_persistent, held - window + 1), held)))
-    return concat_heads(attended, layer.W_o.weight), (k[..., keep, :], v[..., keep, :], offset + x.shape[1])
-
-
-class _AttentionBesideMemory(HeadProjections):
-    """Attention heads (with RoPE, so an even head size) beside a `NeuralMemory`: what MAG, MAC and
-    MAL share. `gated` adds MAG's ⊗ (`_gate`): both branches normalised with learnable vector-valued
-    weights (RMSNorm) and the memory's passed through a sigmoid, o = norm(y) ⊙ σ(norm(M))."""
-
-    def __init__(
-        self, d_model: int, n_heads: int, memory_prefix: int, memory: str, chunk_size: int, d_hidden: int | None,
-        theta_max: float, memory_depth: int | None, conv_kernel: int, output_gate: bool, gated: bool,
-    ):  # fmt: skip
-        super().__init__(d_model, n_heads)
-        if (d_model // n_heads) % 2:
-            raise ValueError(f"d_model / n_heads = {d_model // n_heads} must be even for rotary pairs")
-        self.neural_memory = NeuralMemory(
-            d_model, memory, chunk_size, memory_prefix, d_hidden, theta_max, memory_depth, conv_kernel, output_gate
-        )
-        if gated:
-            self.attention_norm = RMSNorm(d_model)
-            self.memory_norm = RMSNorm(d_model)
-
-    def _gate(self, attended: torch.Tensor, memory_out: torch.Tensor) -> torch.Tensor:
-        return self.attention_norm(attended) * torch.sigmoid(self.memory_norm(memory_out))
-
-
-@dataclass(frozen=True)
-class MAGState:
-    """The persistent keys and values and those of the last window - 1 tokens (b, H, n, d_head),
-    the position in x̃ = [persistent; x], and the neural memory's state: constant size."""
-
-    k: torch.Tensor
-    v: torch.Tensor
-    position: int
-    memory: NeuralMemoryState
-
-
-@register_mixer("titans_mag")
-class TitansMAG(_AttentionBesideMemory):
-    """Titans, memory as a gate (MAG, Sec. 4.2, Eq. 26-28): sliding-window attention and the neural
-    memory read the same sequence x̃ = [persistent tokens; x]; o = y ⊗ M(x̃).
-
-    ⊗ follows the paper's description: both branches are normalised with learnable vector-valued
-    weights (RMSNorm) and the memory branch passes a sigmoid, o = norm(y) ⊙ σ(norm(M(x̃))). Attention
-    uses RoPE over the positions of x̃ and runs banded (`sliding_window_attention`).
-    """
-
-    State = MAGState
-
-    def __init__(
-        self,
-        d_model: int,
-        n_heads: PositiveInt,
-        window: PositiveInt,
-        n_persistent: NonNegativeInt = 4,
-        memory: Literal["linear", "mlp"] = "linear",
-        chunk_size: PositiveInt = 16,
-        d_hidden: PositiveInt | None = None,
-        theta_max: PositiveFloat = 0.5,
-        memory_depth: PositiveInt | None = None,
-        conv_kernel: PositiveInt = 1,
-        output_gate: bool = False,
-    ):
-        super().__init__(
-            d_model, n_heads, n_persistent, memory, chunk_size, d_hidden, theta_max, memory_depth, conv_kernel,
-            output_gate, gated=True,
-        )  # fmt: skip
-        self.window = window
-
-    def _step(self, x: torch.Tensor, state: MAGState | None) -> tuple[torch.Tensor, MAGState]:
-        n_p = self.neural_memory.persistent.shape[0]
-        memory_out, memory_state = self.neural_memory.step(x, None if state is None else state.memory)
-        if state is None:  # attention sees x̃ = [persistent; x]
-            x = torch.cat((self.neural_memory.persistent.expand(x.shape[0], -1, -1), x), dim=1)
-        attended, cache = _windowed_attention_step(self, x, state, self.window, n_p, memory_out.shape[1])
-        out = self._gate(attended, memory_out)
-        return out, MAGState(*cache, memory_state)

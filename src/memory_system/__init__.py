@@ -5,7 +5,7 @@
 - long-term: text chunks with their embeddings, searched by cosine similarity (`vector_index`:
   exact by a matrix product, or an approximate HNSW index through the `ann` extra).
 - episodic: experiences (session, time, role, text, importance) recalled by the Generative Agents
-  retrieval score (`src.layers.episodic_retrieval`).
+  retrieval score (`episodic_retrieval`, the equation beside its one user).
 
 Both stores live in one SQLite file (`database.MemoryDatabase`), vectors as BLOBs, so a write that
 touches both is one transaction; `manager.MemoryManager` stores, recalls, forgets and counts, and

@@ -20,8 +20,8 @@ from typing import Annotated, Literal
 import numpy as np
 import torch
 
-from src.layers.episodic_retrieval import retrieval_score
 from src.memory_system.database import LEVELS, MemoryDatabase, NewRow, Row
+from src.memory_system.episodic_retrieval import retrieval_score
 from src.memory_system.short_term import ShortTermBuffer, Turn
 from src.memory_system.vector_index import INDEXES, VectorRows
 from src.schema import NonNegativeFloat, PositiveInt, Range

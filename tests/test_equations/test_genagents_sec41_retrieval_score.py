@@ -8,7 +8,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from src.layers.episodic_retrieval import retrieval_score
+from src.memory_system.episodic_retrieval import retrieval_score
 
 
 def reference(query, keys, hours, importance, decay, alphas):

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from src.layers.length_penalty import length_penalty
+from src.generation_scoring import length_penalty
 
 
 def test_matches_closed_form_per_length():

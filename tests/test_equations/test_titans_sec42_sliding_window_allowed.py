@@ -1,6 +1,6 @@
 """SW-Attn* mask of Titans MAG (Sec. 4.2): a hand-worked table."""
 
-from src.layers.neural_memory import sliding_window_allowed
+from src.layers.titans import sliding_window_allowed
 
 
 def test_hand_worked_table():

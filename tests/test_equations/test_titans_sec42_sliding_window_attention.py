@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from src.layers.attention import scaled_dot_product_attention
-from src.layers.neural_memory import sliding_window_allowed, sliding_window_attention
+from src.layers.titans import sliding_window_allowed, sliding_window_attention
 
 
 def _reference(q, k, v, window, n_persistent):

@@ -1,37 +1,26 @@
-"""NeuralMemory and TitansMAG: the equations composed, window state, persistent tokens, bad input named."""
+"""NeuralMemory: the equations composed, persistent tokens, bad options named."""
 
 import pytest
 import torch
 
-from src.layers.neural_memory import NeuralMemory, TitansMAG, neural_memory_chunked
-
-LAYERS = {
-    "memory_linear": lambda: NeuralMemory(8, "linear", chunk_size=4, n_persistent=2),
-    "memory_mlp": lambda: NeuralMemory(8, "mlp", chunk_size=3, n_persistent=1, d_hidden=6),
-    "mag_linear": lambda: TitansMAG(8, 2, window=4, n_persistent=2, memory="linear", chunk_size=4),
-    "mag_mlp": lambda: TitansMAG(8, 2, window=3, n_persistent=3, memory="mlp", chunk_size=5),
-}
+from src.layers.neural_memory import NeuralMemory, NeuralMemoryOptions, neural_memory_chunked
 
 
-def perturbed(name):
+def perturbed(layer):
     torch.manual_seed(0)
-    layer = LAYERS[name]().double()
+    layer = layer.double()
     with torch.no_grad():  # move the zero-initialised memory weights so every path carries signal
         for parameter in layer.parameters():
             parameter.add_(0.1 * torch.randn_like(parameter))
     return layer
 
 
-def test_mag_state_keeps_only_the_persistent_and_window_keys():
-    layer = perturbed("mag_linear")
-    state = None
-    for _ in range(9):
-        _, state = layer.step(torch.randn(1, 1, 8, dtype=torch.float64), state)
-    assert state.k.shape[-2] == 2 + 4 - 1  # persistent + window - 1
+def linear_memory():
+    return perturbed(NeuralMemory(8, NeuralMemoryOptions("linear", chunk_size=4), n_persistent=2))
 
 
 def test_memory_layer_is_the_chunked_equations_composed_by_hand():
-    layer = perturbed("memory_linear")
+    layer = linear_memory()
     x = torch.randn(2, 6, 8, dtype=torch.float64)
     x_tilde = torch.cat((layer.persistent.expand(2, -1, -1), x), dim=1)  # 8 tokens = 2 chunks of 4
     params0 = {"M": layer.initial["M"].expand(2, -1, -1)}
@@ -40,7 +29,7 @@ def test_memory_layer_is_the_chunked_equations_composed_by_hand():
 
 
 def test_persistent_tokens_change_the_output():
-    layer = perturbed("memory_linear")
+    layer = linear_memory()
     x = torch.randn(1, 5, 8, dtype=torch.float64)
     before = layer(x)
     with torch.no_grad():
@@ -48,6 +37,14 @@ def test_persistent_tokens_change_the_output():
     assert not torch.allclose(layer(x), before)
 
 
-def test_unknown_memory_is_named():
-    with pytest.raises(ValueError, match="memory must be one of"):
-        NeuralMemory(8, memory="transformer")
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"kind": "transformer"}, "kind must be one of"),
+        ({"kind": "linear", "depth": 2}, "depth 2 needs kind: mlp"),
+        ({"kind": "mlp", "depth": 1}, "kind: mlp needs depth >= 2"),
+    ],
+)
+def test_bad_options_are_named(options, message):
+    with pytest.raises(ValueError, match=message):
+        NeuralMemoryOptions(**options)

@@ -1,17 +1,19 @@
-"""TitansMAC and TitansMAL composed by hand from the literal equations (step == forward and causality:
-test_mixer_contract.py)."""
+"""TitansMAC and TitansMAL composed by hand from the literal equations, the layers' bounded states
+(step == forward and causality: test_mixer_contract.py)."""
 
 import torch
 
 from src.layers.attention import concat_heads, rotary_embedding, scaled_dot_product_attention
 from src.layers.neural_memory import (
+    NeuralMemoryOptions,
     data_dependent_gates,
     linear_memory_read,
     memory_projections,
     neural_memory_recurrent,
-    sliding_window_allowed,
 )
-from src.layers.titans import TitansMAC, TitansMAL, memory_context_allowed
+from src.layers.titans import TitansMAC, TitansMAG, TitansMAL, memory_context_allowed, sliding_window_allowed
+
+ONE_TOKEN_CHUNKS = NeuralMemoryOptions(chunk_size=1)  # the literal recurrence
 
 
 def perturbed(layer):
@@ -37,13 +39,13 @@ def rms(x, weight):
 def memory_reads(memory, y, M, S):
     """The linear memory over tokens y with the literal recurrence (chunk size 1): M*_t(q(y_t)) and the state."""
     k, v, q = memory_projections(y, memory.W_K.weight, memory.W_V.weight, memory.W_Q.weight)
-    alpha, eta, theta = data_dependent_gates(y, memory.gates.weight, memory.gates.bias, memory.theta_max)
+    alpha, eta, theta = data_dependent_gates(y, memory.gates.weight, memory.gates.bias, memory.options.theta_max)
     read, M, S = neural_memory_recurrent(q, k, v, alpha, eta, theta, M, S)
     return memory.W_O(read), M, S
 
 
 def test_mac_is_eq21_to_eq25_composed_by_hand():
-    layer = perturbed(TitansMAC(8, n_heads=2, segment_size=3, n_persistent=2, chunk_size=1))
+    layer = perturbed(TitansMAC(8, n_heads=2, segment_size=3, n_persistent=2, memory=ONE_TOKEN_CHUNKS))
     x = torch.randn(2, 7, 8, dtype=torch.float64)
     memory, C, n_p = layer.neural_memory, 3, 2
     M, S = memory.initial["M"].expand(2, -1, -1), torch.zeros(2, 8, 8, dtype=torch.float64)
@@ -67,7 +69,7 @@ def test_mac_is_eq21_to_eq25_composed_by_hand():
 
 
 def test_mal_is_eq29_to_eq31_composed_by_hand():
-    layer = perturbed(TitansMAL(8, n_heads=2, window=3, n_persistent=2, chunk_size=1))
+    layer = perturbed(TitansMAL(8, n_heads=2, window=3, n_persistent=2, memory=ONE_TOKEN_CHUNKS))
     x = torch.randn(2, 6, 8, dtype=torch.float64)
     memory = layer.neural_memory
     x_tilde = torch.cat((memory.persistent.expand(2, -1, -1), x), dim=1)  # Eq. (29)
@@ -80,10 +82,18 @@ def test_mal_is_eq29_to_eq31_composed_by_hand():
 
 
 def test_mac_state_is_bounded_by_the_segment():
-    layer = perturbed(TitansMAC(8, n_heads=2, segment_size=4, n_persistent=1, chunk_size=2))
+    layer = perturbed(TitansMAC(8, n_heads=2, segment_size=4, n_persistent=1, memory=NeuralMemoryOptions(chunk_size=2)))
     state, sizes = None, []
     for _ in range(11):
         _, state = layer.step(torch.randn(1, 1, 8, dtype=torch.float64), state)
         sizes.append(state.k_s.shape[-2])
     assert sizes == [1, 2, 3, 0] * 2 + [1, 2, 3]
     assert state.k_h.shape == state.k_s.shape
+
+
+def test_mag_state_keeps_only_the_persistent_and_window_keys():
+    layer = perturbed(TitansMAG(8, 2, window=4, n_persistent=2, memory=NeuralMemoryOptions(chunk_size=4)))
+    state = None
+    for _ in range(9):
+        _, state = layer.step(torch.randn(1, 1, 8, dtype=torch.float64), state)
+    assert state.k.shape[-2] == 2 + 4 - 1  # persistent + window - 1

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.layers.episodic_retrieval import retrieval_score
 from src.memory_system.database import NewRow
+from src.memory_system.episodic_retrieval import retrieval_score
 from src.memory_system.manager import (
     MemoryConfig,
     MemoryInputError,

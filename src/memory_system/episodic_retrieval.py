@@ -7,6 +7,7 @@ was last retrieved (decay factor 0.995 per hour in the paper), relevance is the 
 the two embeddings, and each of the three is min-max normalised to [0, 1] over the candidate
 memories before their weighted sum (all weights 1 in the paper). The official code's recency
 exponent is a memory's rank by last access, not hours; we follow the paper's text.
+`manager.MemoryManager` ranks the episodic memories of a recall with it.
 """
 
 import torch

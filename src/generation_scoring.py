@@ -7,6 +7,7 @@ hypotheses of different lengths by s(Y, X) = log P(Y|X) / lp(Y), so that longer 
 log-probability is a sum of more negative terms, are not always beaten by shorter ones. α = 0 is
 plain log-probability. GNMT adds a coverage penalty cp(X; Y) over the attention to the source
 sentence; a decoder-only language model has no source sentence, so it is left out here.
+`src.generation.beam_search` ranks its finished hypotheses with it.
 """
 
 import torch
