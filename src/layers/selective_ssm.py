@@ -539,6 +539,7 @@ class GatedSSMBlock(Mixer, ABC):
     """
 
     autocast = True
+    no_weight_decay = ("A_log", "D")  # as the official Mamba module marks them (src.optimizer)
 
     def __init__(self, d_model: int, d_state: int, d_conv: int, expand: int):
         super().__init__(d_model)
@@ -591,6 +592,7 @@ class MambaMixer(GatedSSMBlock):
     """
 
     State = MambaState
+    no_weight_decay = (*GatedSSMBlock.no_weight_decay, "dt_proj.bias")  # the Δ bias
 
     def __init__(
         self,
@@ -643,6 +645,7 @@ class S4DMixer(GatedSSMBlock):
     """
 
     State = S4DState
+    no_weight_decay = (*GatedSSMBlock.no_weight_decay, "delta_bias")  # the Δ bias
 
     def __init__(
         self,
