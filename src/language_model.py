@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from src.optimizer import parameter_groups
 from src.tasks.tokenizer import Tokenizer
 
 _DATACLASS = "__dataclass__"
@@ -178,8 +179,8 @@ class LanguageModel(nn.Module, ABC):
         """The submodules FSDP2 shards one by one before the root (`src.distributed`)."""
 
     def parameter_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW's parameter groups of the trainable parameters."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+        """AdamW's parameter groups of the trainable parameters: decayed, then not (`src.optimizer`)."""
+        return parameter_groups(self, weight_decay)
 
     def num_parameters(self) -> int:
         """Distinct parameters, frozen and trainable (a tied head counts once)."""

@@ -30,7 +30,7 @@ from src.language_model import (
 )
 from src.layers._checks import has_values
 from src.layers.normalization import RMSNorm
-from src.layers.selective_ssm import _GatedSSMBlock
+from src.layers.selective_ssm import GatedSSMBlock
 from src.tasks.tokenizer import ByteTokenizer, Tokenizer
 
 
@@ -96,7 +96,7 @@ class PaperModel(LanguageModel):
         (Mamba and its LTI twin); the other mixers keep their own initialisation.
         """
         for block in self.blocks:
-            if isinstance(block.mixer, _GatedSSMBlock):
+            if isinstance(block.mixer, GatedSSMBlock):
                 residuals = 1 if block.mlp is None else 2
                 with torch.no_grad():
                     block.mixer.out_proj.weight /= math.sqrt(residuals * len(self.blocks))

@@ -24,8 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from src.layers._checks import has_values
-from src.layers.selective_ssm import _prepare_checks
+from src.layers._checks import check_selective_scan_arguments, has_values
 
 CHUNK = 64  # steps between saved states: backward recomputes at most CHUNK states per program
 
@@ -297,7 +296,7 @@ def selective_scan_triton(
     Returns:
         (b, d, l) output, and (b, d, N) last state when `return_last_state`.
     """
-    _prepare_checks(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    check_selective_scan_arguments(u, delta, A, B, C, D, z, delta_bias, initial_state)
     _check_device(u.device)
     args = [None if t is None else t.contiguous() for t in (u, delta, A, B, C, D, z, delta_bias)]
     h0 = None if initial_state is None else initial_state.contiguous()

@@ -59,6 +59,23 @@ def check_shapes(**arguments: tuple[torch.Tensor | None, str]) -> dict[str, int]
     return sizes
 
 
+def check_selective_scan_arguments(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
+    """The argument checks every form of the selective scan shares: the PyTorch scans of
+    `src.layers.selective_ssm` and the Triton kernel of `src.kernels.selective_scan` (Mamba,
+    Algorithm 2's shapes in the official `selective_scan_ref` layout; None skips an optional one)."""
+    check_shapes(
+        u=(u, "b d l"),
+        delta=(delta, "b d l"),
+        A=(A, "d N"),
+        B=(B, "b N l"),
+        C=(C, "b N l"),
+        D=(D, "d"),
+        z=(z, "b d l"),
+        delta_bias=(delta_bias, "d"),
+        initial_state=(initial_state, "b d N"),
+    )
+
+
 def check_positive(name: str, value: float) -> None:
     """Raise a ValueError naming `name` unless `value` is a positive number."""
     if not value > 0:

@@ -19,6 +19,10 @@ compressive and neural memories, memory banks, ...) derives from `Mixer`:
   reductions in float32.
 - `aux_losses` holds the auxiliary losses of the last call (router losses), each already scaled by
   its coefficient; empty for most mixers. The training loop adds their sum to the loss.
+- `no_weight_decay` names the mixer's parameters (relative to the mixer, e.g. "dt_proj.bias") that
+  AdamW never decays, whatever their dimensions (`src.optimizer.parameter_groups`, which also
+  leaves every tensor of fewer than two dimensions undecayed): the SSMs' A_log, D and Δ bias.
+  Empty by default.
 
 A mixer joins `MIXERS` where it is defined, with `@register_mixer("name")`; that name is the
 `type:` a config's block uses, and `tests/test_mixer_contract.py` checks every registered mixer for
@@ -54,6 +58,7 @@ class Mixer(nn.Module, ABC):
     State: ClassVar[type]
     constant_state: ClassVar[bool] = True
     autocast: ClassVar[bool] = False
+    no_weight_decay: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, d_model: int):
         super().__init__()

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.layers._checks import check_positive, check_shapes, has_values
+from src.layers._checks import check_positive, check_selective_scan_arguments, check_shapes, has_values
 from src.layers.mixer import Mixer, register_mixer
 from src.schema import PositiveFloat, PositiveInt
 
@@ -114,24 +114,9 @@ def tau_delta(s_delta: torch.Tensor, delta_bias: torch.Tensor | None = None) -> 
     return F.softplus(s_delta)
 
 
-def _prepare_checks(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
-    """The argument checks every form of the selective scan shares (this module's and the kernels')."""
-    check_shapes(
-        u=(u, "b d l"),
-        delta=(delta, "b d l"),
-        A=(A, "d N"),
-        B=(B, "b N l"),
-        C=(C, "b N l"),
-        D=(D, "d"),
-        z=(z, "b d l"),
-        delta_bias=(delta_bias, "d"),
-        initial_state=(initial_state, "b d N"),
-    )
-
-
 def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
     """Shared argument checks of the two scans; returns Δ and h_0 (zeros when not given)."""
-    _prepare_checks(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    check_selective_scan_arguments(u, delta, A, B, C, D, z, delta_bias, initial_state)
     if delta_softplus:
         delta = tau_delta(delta, delta_bias)
     elif delta_bias is not None:
@@ -544,7 +529,7 @@ class GatedSSMState:
     ssm: torch.Tensor
 
 
-class _GatedSSMBlock(Mixer, ABC):
+class GatedSSMBlock(Mixer, ABC):
     """The block of Fig. 3 around an SSM: in-projection to x and z, causal depthwise conv, SiLU,
     the SSM with D skip, the SiLU(z) gate, out-projection. Subclasses supply `_ssm`.
 
@@ -554,6 +539,7 @@ class _GatedSSMBlock(Mixer, ABC):
     """
 
     autocast = True
+    no_weight_decay = ("A_log", "D")  # as the official Mamba module marks them (src.optimizer)
 
     def __init__(self, d_model: int, d_state: int, d_conv: int, expand: int):
         super().__init__(d_model)
@@ -594,7 +580,7 @@ class S4DState(GatedSSMState):
 
 
 @register_mixer("selective_ssm")
-class MambaMixer(_GatedSSMBlock):
+class MambaMixer(GatedSSMBlock):
     """The Mamba block of Fig. 3, built from the functions above.
 
     Parameter names follow the official `Mamba` module (in_proj, conv1d, x_proj, dt_proj, A_log,
@@ -606,6 +592,7 @@ class MambaMixer(_GatedSSMBlock):
     """
 
     State = MambaState
+    no_weight_decay = (*GatedSSMBlock.no_weight_decay, "dt_proj.bias")  # the Δ bias
 
     def __init__(
         self,
@@ -631,7 +618,8 @@ class MambaMixer(_GatedSSMBlock):
     def _scan_function(self, device: torch.device):
         kind = self.scan if self.scan != "auto" else ("triton" if device.type == "cuda" else "chunked")
         if kind == "triton":
-            from src.kernels.selective_scan import selective_scan_triton  # imports triton, which CUDA needs
+            # Imported when picked: triton comes with torch's Linux CUDA builds only, not everywhere torch runs.
+            from src.kernels.selective_scan import selective_scan_triton
 
             return selective_scan_triton
         return selective_scan if kind == "chunked" else selective_scan_sequential
@@ -646,7 +634,7 @@ class MambaMixer(_GatedSSMBlock):
 
 
 @register_mixer("lti_ssm")
-class S4DMixer(_GatedSSMBlock):
+class S4DMixer(GatedSSMBlock):
     """The non-selective (LTI) baseline of the same block: Δ, B, C do not depend on the input.
 
     Mamba's S4-style comparison (Sec. 4.1.1, Table 1): Δ = softplus(Δ bias) per channel, B = 1
@@ -657,6 +645,7 @@ class S4DMixer(_GatedSSMBlock):
     """
 
     State = S4DState
+    no_weight_decay = (*GatedSSMBlock.no_weight_decay, "delta_bias")  # the Δ bias
 
     def __init__(
         self,
