@@ -250,9 +250,7 @@ def double_quantize(constants: torch.Tensor, block: int = 256) -> tuple[torch.Te
     return codes, scale.flatten(), mean
 
 
-def double_dequantize(
-    codes: torch.Tensor, scale: torch.Tensor, mean: torch.Tensor, block: int = 256
-) -> torch.Tensor:
+def double_dequantize(codes: torch.Tensor, scale: torch.Tensor, mean: torch.Tensor, block: int = 256) -> torch.Tensor:
     r"""Inverse of `double_quantize`: the first level's constants back in float32.
 
     Paper: QLoRA (Dettmers et al. 2023, arXiv:2305.14314), Sec. 3, Double Quantization, inverse

@@ -1,4 +1,4 @@
-"""The inverse of QLoRA's double quantization: hand-worked values, a per-group loop, an exact round trip on FP8's grid."""
+"""The inverse of QLoRA's double quantization: hand-worked values, a per-group loop, a round trip on FP8's grid."""
 
 import pytest
 import torch
