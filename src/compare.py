@@ -7,7 +7,8 @@ stopped half-way keeps the table of the models done. A model that fails (a confi
 rejects at run time, a diverging loss, running out of memory, ...) gets a row with its error and
 the comparison goes on; at the end `ComparisonError` names the failed models. With the `plots`
 extra it also writes `compare.png`: learning curves (held-out loss and accuracy, or bits per byte
-for text, against training tokens) beside the accuracy per evaluation setting.
+for text, against training tokens) beside the accuracy per evaluation setting. For MQAR,
+`recall.md` splits each model's accuracy by query position and key-query distance (src.recall_splits).
 """
 
 import json
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from src.config import ExperimentConfig, parameter_counts
 from src.needle import write_needles
+from src.recall_splits import recall_splits, write_recall_tables
 from src.runs import CHECKPOINT, METRICS
 from src.training import setting_label, train
 
@@ -139,6 +141,7 @@ def compare(
             result = train(
                 experiment, lambda line, name=name: log(f"[{name}] {line}"), resume and started, overwrite or fresh
             )
+            result |= recall_splits(experiment)  # MQAR: accuracy by query position and key-query distance
         except Exception as error:  # any failure of one model; the comparison goes on
             row["error"] = _error_line(error)
             log(f"[{name}] failed: {row['error']}")
@@ -154,6 +157,7 @@ def compare(
     else:
         log(f"wrote {out_dir / 'compare.md'} and compare.json (install the 'plots' extra for compare.png)")
     write_needles(rows, out_dir, log)  # passkey settings with both length and depth: the needle grid
+    write_recall_tables(rows, out_dir, log)
     if failed := [row["model"] for row in rows if "error" in row]:
         raise ComparisonError(f"{len(failed)} of {len(rows)} models failed ({', '.join(failed)}); see {out_dir}")
     return rows

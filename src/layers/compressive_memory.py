@@ -349,14 +349,18 @@ def delta_memory_chunked(
 def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     r"""Scale each vector to unit Euclidean length (the Q/K normalisation of DeltaNet).
 
-    Paper: DeltaNet (Yang et al. 2024, arXiv:2406.06484), Sec. 3.4, L2 normalisation of queries and keys
+    Paper: DeltaNet (Yang et al. 2024, arXiv:2406.06484), Sec. 3.3 (arXiv v5), L2 normalisation of q and k
 
     .. math::
         \hat x = \frac{x}{\max(\lVert x \rVert_2, \epsilon)}
 
-    DeltaNet normalises q and k so that the delta rule's transition I - β k^\top k keeps its
-    eigenvalues in [-1, 1]; `TensorMemory(normalize_qkv=True)` applies it to each head's q, k and
-    v before σ (normalising v as well is this project's choice: every written value then has norm 1).
+    Sec. 3.3 of the final version (arXiv v5, NeurIPS 2024). DeltaNet normalises q and k after its
+    feature map (SiLU), so that its transition I - β k k^\top has the eigenvalues 1 and 1 - β in
+    [0, 1]. `TensorMemory(normalize_qkv=True)` does the same after its feature map σ (ELU + 1):
+    σ(q) and σ(k) are normalised, and v as well (this project's choice: every written value then
+    has norm 1). The eigenvalue bound does not carry over exactly:
+    the delta rule there is Infini-attention's Eq. (5), whose transition I - σ(k)^\top σ(k) / (σ(k) z)
+    has the eigenvalue 1 - ‖σ(k)‖² / (σ(k) z) along σ(k), and a unit σ(k) fixes the numerator only.
     eps only guards x = 0.
 
     Args:
@@ -374,16 +378,17 @@ def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 def clip_update(delta_M: torch.Tensor, max_delta: float) -> torch.Tensor:
     r"""Clamp each entry of one write's increment to [-max_delta, max_delta] (a stability control).
 
-    Paper: Infini-attention (Munkhdalai et al. 2024, arXiv:2404.07143), Sec. 2.1.2, Eq. (4)-(5), clipped increment
+    Paper: Infini-attention (Munkhdalai et al. 2024, arXiv:2404.07143), Sec. 2.1.2, Eq. (4)-(5), our own clamp
 
     .. math::
         M_s = M_{s-1} + \mathrm{clip}(\Delta M_s, -c_\Delta, c_\Delta), \qquad
         \Delta M_s = \sigma(K)^\top V \;\text{(Eq. 4)} \;\text{or}\;
         \sigma(K)^\top\Big(V - \frac{\sigma(K) M_{s-1}}{\sigma(K) z_{s-1}}\Big) \;\text{(Eq. 5)}
 
-    Not in the paper: this project's `max_delta` (default off, so the paper's form is unchanged).
-    Effect: one segment (one token at token level) moves no entry of M by more than c_Δ, so an
-    outlier key or value cannot overwrite the memory at once; M itself stays unbounded over time.
+    Not in the paper: the equations are Infini-attention's, the clamp is this project's own control
+    (`max_delta`, default off, so the paper's form is unchanged). Effect: one segment (one token
+    at token level) moves no entry of M by more than c_Δ, so an outlier key or value cannot
+    overwrite the memory at once; M itself stays unbounded over time.
     z is not clipped.
 
     Args:
@@ -401,12 +406,13 @@ def clip_update(delta_M: torch.Tensor, max_delta: float) -> torch.Tensor:
 def clip_memory(M: torch.Tensor, max_memory: float) -> torch.Tensor:
     r"""Clamp each entry of the memory to [-max_memory, max_memory] after a write (a stability control).
 
-    Paper: Infini-attention (Munkhdalai et al. 2024, arXiv:2404.07143), Sec. 2.1.2, Eq. (4)-(5), clipped memory
+    Paper: Infini-attention (Munkhdalai et al. 2024, arXiv:2404.07143), Sec. 2.1.2, Eq. (4)-(5), our own clamp
 
     .. math::
         M_s \leftarrow \mathrm{clip}(M_s, -c_M, c_M)
 
-    Not in the paper: this project's `max_memory` (default off). Effect: |M_ij| <= c_M at every
+    Not in the paper: the equations are Infini-attention's, the clamp is this project's own control
+    (`max_memory`, default off). Effect: |M_ij| <= c_M at every
     step, so the memory cannot grow without bound over a long sequence; an entry at the bound
     saturates and ignores further writes in its direction (writes against it still act).
 
@@ -425,12 +431,13 @@ def clip_memory(M: torch.Tensor, max_memory: float) -> torch.Tensor:
 def clip_memory_norm(M: torch.Tensor, max_norm: float) -> torch.Tensor:
     r"""Rescale the memory of each head to Frobenius norm at most max_norm (a stability control).
 
-    Paper: Infini-attention (Munkhdalai et al. 2024, arXiv:2404.07143), Sec. 2.1.2, Eq. (4)-(5), norm-clipped memory
+    Paper: Infini-attention (Munkhdalai et al. 2024, arXiv:2404.07143), Sec. 2.1.2, Eq. (4)-(5), our own clamp
 
     .. math::
         M_s \leftarrow M_s \cdot \min\Big(1, \frac{c_N}{\lVert M_s \rVert_F}\Big)
 
-    Not in the paper: this project's `max_norm` (default off). Effect: ||M||_F <= c_N at every
+    Not in the paper: the equations are Infini-attention's, the clamp is this project's own control
+    (`max_norm`, default off). Effect: ||M||_F <= c_N at every
     step with the direction of M kept; when it acts, every stored association shrinks by the same
     factor (a uniform forgetting), and since z is not rescaled, retrieval σ(q) M / σ(q) z shrinks with it.
 
@@ -571,7 +578,8 @@ class TensorMemory(_SegmentMemoryLayer):
 
     Stability controls (all off by default, so the layer is the paper's): `max_delta`,
     `max_memory`, `max_norm` clamp each write (`clip_update`, `clip_memory`, `clip_memory_norm`,
-    in that order); `normalize_qkv` L2-normalises each head's q, k, v (`l2_normalize`) before σ;
+    in that order); `normalize_qkv` L2-normalises each head's σ(q), σ(k) after the feature map, as
+    DeltaNet does, and v (`l2_normalize`);
     `bias` adds a bias to the Q, K, V projections. `heads` declares each head's memory instead
     (`HeadMemory`: update rule and clamps per head, so heads may differ); the layer-level `update`
     and clamps must then keep their defaults.
@@ -623,7 +631,11 @@ class TensorMemory(_SegmentMemoryLayer):
 
     def _heads(self, x: torch.Tensor):
         q, k, v = super()._heads(x)
-        return (l2_normalize(q), l2_normalize(k), l2_normalize(v)) if self.normalize_qkv else (q, k, v)
+        return (q, k, l2_normalize(v)) if self.normalize_qkv else (q, k, v)
+
+    def _feature(self, x: torch.Tensor) -> torch.Tensor:
+        """σ(x) = ELU(x) + 1, then L2-normalised under normalize_qkv (after the feature map, as in DeltaNet)."""
+        return l2_normalize(elu_plus_one(x)) if self.normalize_qkv else elu_plus_one(x)
 
     def _per_head_group(self, compute, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """compute(spec, *tensors of its heads) for each group of heads, reassembled in head order (dim 1)."""
@@ -633,11 +645,11 @@ class TensorMemory(_SegmentMemoryLayer):
         return tuple(torch.cat(parts, dim=1)[:, self._inverse] for parts in zip(*results))
 
     def _read(self, q, segment_k, segment_v, M, z) -> torch.Tensor:
-        return memory_retrieve(elu_plus_one(q), M, z, self.eps)
+        return memory_retrieve(self._feature(q), M, z, self.eps)
 
     def _write(self, M, z, segment_k, segment_v):
         def write(spec: HeadMemory, M, z, k, v):
-            M_next, z_next = _update(spec.update, M, z, elu_plus_one(k), v, self.eps)
+            M_next, z_next = _update(spec.update, M, z, self._feature(k), v, self.eps)
             return spec.clip(M, M_next), z_next
 
         return self._per_head_group(write, M, z, segment_k, segment_v)
@@ -655,8 +667,8 @@ class TensorMemory(_SegmentMemoryLayer):
         def chunked(spec: HeadMemory, q, k, v, M0, z0):
             if use_fla:
                 shifted, kernel = SHIFTED[spec.update]
-                return shifted(elu_plus_one(q), elu_plus_one(k), v, M0, z0, self.eps, kernel)
-            return CHUNKED[spec.update](elu_plus_one(q), elu_plus_one(k), v, self.chunk_size, M0, z0, self.eps)
+                return shifted(self._feature(q), self._feature(k), v, M0, z0, self.eps, kernel)
+            return CHUNKED[spec.update](self._feature(q), self._feature(k), v, self.chunk_size, M0, z0, self.eps)
 
         A_mem, M, z = self._per_head_group(chunked, q, k, v, M0, z0)
         return concat_heads(A_mem, self.W_o.weight), self.State(M, z, k[..., :0, :], v[..., :0, :])

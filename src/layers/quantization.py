@@ -174,7 +174,7 @@ def nf4_code_values(dtype: torch.dtype = torch.float32) -> torch.Tensor:
 def quantize_nf4(X: torch.Tensor, block: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Block-wise NF4 quantisation: each block scaled into [-1, 1] by its absmax, each value to the nearest code.
 
-    Paper: QLoRA (Dettmers et al. 2023, arXiv:2305.14314), Sec. 3, Eq. (1) with the NF4 data type
+    Paper: QLoRA (Dettmers et al. 2023, arXiv:2305.14314), Sec. 2, Eq. (1) with the NF4 data type
 
     .. math::
         c_b = \max_{j \in b} |X_j|, \qquad
@@ -200,7 +200,7 @@ def quantize_nf4(X: torch.Tensor, block: int = 64) -> tuple[torch.Tensor, torch.
 def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     r"""Inverse of `quantize_nf4`: each code's value times its block's absmax.
 
-    Paper: QLoRA (Dettmers et al. 2023, arXiv:2305.14314), Sec. 3, Eq. (2) with the NF4 data type
+    Paper: QLoRA (Dettmers et al. 2023, arXiv:2305.14314), Sec. 2, Eq. (2) with the NF4 data type
 
     .. math::
         \hat X_j = c_b\, q_{\mathrm{code}_j}
@@ -250,18 +250,22 @@ def double_quantize(constants: torch.Tensor, block: int = 256) -> tuple[torch.Te
     return codes, scale.flatten(), mean
 
 
-def double_dequantize(codes: torch.Tensor, scale: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+def double_dequantize(codes: torch.Tensor, scale: torch.Tensor, mean: torch.Tensor, block: int = 256) -> torch.Tensor:
     r"""Inverse of `double_quantize`: the first level's constants back in float32.
 
     Paper: QLoRA (Dettmers et al. 2023, arXiv:2305.14314), Sec. 3, Double Quantization, inverse
 
     .. math::
-        \hat c_b = \frac{s_g}{448}\, c_b^{FP8} + \bar c
+        \hat c_b = \frac{s_g}{448}\, c_b^{FP8} + \bar c, \qquad g = \lfloor b / \mathrm{block} \rfloor
+
+    Constant b belongs to group ⌊b / block⌋, as `double_quantize` grouped it (256 in the paper); the
+    last group may be partial, so the group size cannot be recovered from n and n_groups.
 
     Args:
         codes: (n,) float8_e4m3fn.
-        scale: (n_groups,) float32 group scales.
+        scale: (n_groups,) float32 group scales, n_groups = ceil(n / block).
         mean: scalar float32.
+        block: constants per group, the `block` given to `double_quantize`.
 
     Returns:
         (n,) float32 constants.
@@ -269,7 +273,12 @@ def double_dequantize(codes: torch.Tensor, scale: torch.Tensor, mean: torch.Tens
     if codes.dtype != torch.float8_e4m3fn:
         raise TypeError(f"codes must be float8_e4m3fn, got {codes.dtype}")
     check_shapes(scale=(scale, "n_groups"))
-    block = -(-codes.numel() // scale.numel())
+    check_positive("block", block)
+    if scale.numel() != -(-codes.numel() // block):
+        raise ValueError(
+            f"scale has {scale.numel()} groups, but {codes.numel()} codes in groups of {block} make "
+            f"{-(-codes.numel() // block)}"
+        )
     groups = F.pad(codes.float(), (0, -codes.numel() % block)).view(-1, block)
     return (groups * scale[:, None] / 448).flatten()[: codes.numel()] + mean
 

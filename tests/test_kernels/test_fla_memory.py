@@ -1,6 +1,7 @@
 """The shifted construction of src/kernels/fla_memory.py: fla's self-inclusive recurrences, fed keys and
 values one token later, give the token-level memory equations exactly. On the CPU the recurrences are
-literal float64 loops of fla's definitions; on a GPU (marker `cuda`) fla's own kernels."""
+literal float64 loops of fla's definitions, and fla's own reference implementations (its naive.py
+files); on a GPU (marker `cuda`) fla's own kernels."""
 
 import pytest
 import torch
@@ -63,6 +64,74 @@ def test_delta_shift_equals_the_token_recurrence_itself():
     q, k, v, M0, z0 = inputs(3, 9, state=False)
     A_mem = delta_memory_shifted(q, k, v, M0, z0, 1e-6, inclusive_delta_loop)[0]
     torch.testing.assert_close(A_mem, compressive_memory_recurrent(q, k, v, "delta", 1)[0], rtol=1e-10, atol=1e-10)
+
+
+def fla_references():
+    """fla's own reference implementations (its naive.py), or a skip that says why they cannot run here."""
+    try:
+        from fla.ops.delta_rule import naive as delta
+        from fla.ops.linear_attn import naive as linear
+    except Exception as error:  # the 'fla' extra missing, or fla refusing to import on this machine
+        pytest.skip(f"flash-linear-attention's naive.py references cannot be imported here: {error!r}")
+    return linear, delta
+
+
+def heads_second(*tensors):
+    """(b, H, n, d) <-> fla's (b, n, H, d)."""
+    return [t.transpose(1, 2) for t in tensors]
+
+
+@pytest.mark.parametrize(("seed", "n"), [(0, 64), (1, 128)])
+def test_shift_through_flas_own_chunk_references_in_float64(seed, n):
+    """fla's naive chunk forms keep float64 but take no initial state (M0 = 0; z0 random) and lengths
+    of whole chunks; the linear one returns no state (checked by the recurrence test below)."""
+    linear, delta = fla_references()
+    q, k, v, M0, z0 = inputs(seed, n)
+    M0 = torch.zeros_like(M0)
+    d_k = q.shape[-1]
+
+    def fla_chunk_linear(q, k, v, S0):
+        (o,) = heads_second(linear.naive_chunk_linear_attn(*heads_second(q, k, v), scale=1.0, normalize=False))
+        return o, S0 + k.transpose(-1, -2) @ v
+
+    def fla_chunk_delta(q, k, v, beta, S0):
+        return delta.delta_rule_chunkwise(q * d_k**0.5, k, v, beta, chunk_size=32)  # its q scale undone
+
+    for shifted, reference, chunked in (
+        (linear_memory_shifted, fla_chunk_linear, linear_memory_chunked),
+        (delta_memory_shifted, fla_chunk_delta, delta_memory_chunked),
+    ):
+        got = shifted(q, k, v, M0, z0, 1e-6, reference)
+        for a, b in zip(got, chunked(q, k, v, 16, M0, z0)):
+            assert a.dtype == torch.float64
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(("seed", "n", "state"), [(0, 1, True), (1, 17, True), (2, 40, False)])
+def test_shift_through_flas_own_recurrences(seed, n, state):
+    """fla's naive recurrences take initial states and any length but compute in float32 whatever the
+    inputs' dtype, so they are compared in float32 with the float64 equations of the same inputs."""
+    linear, delta = fla_references()
+    q, k, v, M0, z0 = (t.float() for t in inputs(seed, n, state=state))
+    d_k = q.shape[-1]
+
+    def fla_recurrent_linear(q, k, v, S0):
+        o, S = linear.naive_recurrent_linear_attn(
+            *heads_second(q, k, v), scale=1.0, initial_state=S0, output_final_state=True
+        )
+        return o.transpose(1, 2), S
+
+    def fla_recurrent_delta(q, k, v, beta, S0):
+        return delta.delta_rule_recurrence(q * d_k**0.5, k, v, beta, initial_state=S0, output_final_state=True)
+
+    for shifted, reference, chunked in (
+        (linear_memory_shifted, fla_recurrent_linear, linear_memory_chunked),
+        (delta_memory_shifted, fla_recurrent_delta, delta_memory_chunked),
+    ):
+        got = shifted(q, k, v, M0, z0, 1e-6, reference)
+        want = chunked(*(t.double() for t in (q, k, v)), 8, M0.double(), z0.double())
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5)
 
 
 def test_the_fla_backend_on_a_cpu_tensor_is_refused_naming_the_requirement():

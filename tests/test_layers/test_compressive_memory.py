@@ -104,15 +104,30 @@ def test_clamped_normalised_memory_with_bias_is_the_loop_composed_by_hand():
         for W in (layer.W_q, layer.W_k, layer.W_v):
             W.bias.normal_()
     x = torch.randn(2, 9, 8, dtype=torch.float64)
-    q, k, v = (l2_normalize(t) for t in heads_of(layer, x))  # heads_of applies each projection's bias
+    q, k, v = heads_of(layer, x)  # heads_of applies each projection's bias
+    # normalised after the feature map, as DeltaNet does
+    sigma_q, sigma_k, v = l2_normalize(elu_plus_one(q)), l2_normalize(elu_plus_one(k)), l2_normalize(v)
     M, z, outputs = torch.zeros(2, 2, 4, 4, dtype=torch.float64), torch.zeros(2, 2, 4, dtype=torch.float64), []
     for t in range(9):
-        outputs.append(memory_retrieve(elu_plus_one(q[..., t : t + 1, :]), M, z))
-        M_next, z = memory_update_delta(M, z, elu_plus_one(k[..., t : t + 1, :]), v[..., t : t + 1, :])
+        outputs.append(memory_retrieve(sigma_q[..., t : t + 1, :], M, z))
+        M_next, z = memory_update_delta(M, z, sigma_k[..., t : t + 1, :], v[..., t : t + 1, :])
         M = clip_memory_norm(clip_memory(M + clip_update(M_next - M, 0.2), 0.3), 0.5)
     expected = torch.cat(outputs, dim=2).transpose(1, 2).flatten(-2) @ layer.W_o.weight.T
     torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-12)
     assert torch.linalg.matrix_norm(layer.step(x, None)[1].M).max() <= 0.5 + 1e-12
+
+
+@pytest.mark.parametrize("update", ["linear", "delta"])
+def test_normalised_token_level_memory_writes_unit_features_after_elu_plus_one(update):
+    """Unclamped, token level (the chunked form): σ(k) = ELU(k) + 1 is normalised after the feature map."""
+    torch.manual_seed(5)
+    layer = TensorMemory(8, 2, update=update, normalize_qkv=True, chunk_size=4).double()
+    x = torch.randn(2, 11, 8, dtype=torch.float64)
+    q, k, v = heads_of(layer, x)
+    sigma_q, sigma_k, v = l2_normalize(elu_plus_one(q)), l2_normalize(elu_plus_one(k)), l2_normalize(v)
+    A_mem, M, _ = compressive_memory_recurrent(sigma_q, sigma_k, v, update, 1)
+    torch.testing.assert_close(layer(x), A_mem.transpose(1, 2).flatten(-2) @ layer.W_o.weight.T, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(layer.step(x, None)[1].M, M, rtol=1e-10, atol=1e-12)
 
 
 def test_clamps_change_the_output_once_they_act():
