@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 
-from src.config import load_comparison, load_experiment, read_yaml
+from src.config import load_comparison, load_experiment
 from src.estimate import estimate_training_memory
 from src.model import PaperModel
 from src.tasks import build_task
 from src.training import TrainingObjective, training_step
+from src.validation import read_yaml
 
 GiB = 2**30
 

@@ -13,9 +13,10 @@ import torch
 from src import runs, training
 from src.checkpoints import CheckpointError
 from src.compare import ComparisonError, compare
-from src.config import TOKENIZED_TASKS, ConfigError, load_comparison, load_experiment, read_yaml
+from src.config import TOKENIZED_TASKS, load_comparison, load_experiment
 from src.distributed import launched_rank
 from src.tasks.tokenizer import decode_bytes, encode, load_tokenizer
+from src.validation import ConfigError, read_yaml
 
 
 class UsageError(ValueError):

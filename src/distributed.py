@@ -30,7 +30,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from src.checkpoints import CheckpointError
-from src.config import ConfigError, TrainConfig
+from src.config import TrainConfig
+from src.validation import ConfigError
 
 SHARDS_PREFIX = "checkpoint-step"  # + the step: the DCP directory of an fsdp checkpoint
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from src.config import ConfigError, resolve_model_section
+from src.config import resolve_model_section
 from src.pretrained import (
     hf_mamba_config,
     model_section_from_hf_config,
@@ -38,6 +38,7 @@ from src.pretrained import (
     state_dict_from_hf,
     tie_head,
 )
+from src.validation import ConfigError
 
 FORMAT = "memory_models"  # config.json's model_type for PaperModel weight names, and the key of the model section
 CONFIG = "config.json"

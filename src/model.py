@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from src.config import ConfigError, build_block, read_yaml, resolve_model_section
+from src.config import build_block, resolve_model_section
 from src.hf_directory import read_directory, save_directory
 from src.language_model import (
     LanguageModel,
@@ -32,6 +32,7 @@ from src.layers._checks import has_values
 from src.layers.normalization import RMSNorm
 from src.layers.selective_ssm import GatedSSMBlock
 from src.tasks.tokenizer import ByteTokenizer, Tokenizer
+from src.validation import ConfigError, read_yaml
 
 
 def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:

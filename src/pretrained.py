@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from src.config import NO_MLP, ConfigError
+from src.config import NO_MLP
+from src.validation import ConfigError
 
 # Hugging Face MambaConfig keys whose value changes the computation, and the value we compute.
 _REQUIRED_VALUES = {"hidden_act": "silu", "use_bias": False, "use_conv_bias": True}

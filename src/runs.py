@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from src import checkpoints, distributed
+from src.adapted.config import is_adapted_section
 from src.adapted.model import AdaptedModel
 from src.checkpoints import CheckpointError
 from src.config import ExperimentConfig, resolve_model_section
@@ -50,7 +51,7 @@ def build_model(
     `base_weights`). A PaperModel is initialised on the CPU and moved, so a seed gives the same weights
     on every device. With `device` None nothing is moved: the model is built on the default device
     (a `with torch.device(...)` block, as `src.estimate` builds under fake tensors)."""
-    if "base" in section:
+    if is_adapted_section(section):
         return AdaptedModel(section, file, device, base_weights)
     model = PaperModel(section, file)
     return model if device is None else model.to(device)

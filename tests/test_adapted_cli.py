@@ -11,7 +11,8 @@ import torch
 import yaml
 
 from src.cli import main
-from src.config import ConfigError, load_experiment
+from src.config import load_experiment
+from src.validation import ConfigError
 from tests.conftest import CORPUS
 
 pytest.importorskip("transformers")

@@ -8,7 +8,8 @@ import torch
 
 from src.adapted.config import count_adapted_parameters
 from src.adapted.model import AdaptedModel
-from src.config import ConfigError, resolve_model_section
+from src.config import resolve_model_section
+from src.validation import ConfigError
 
 transformers = pytest.importorskip("transformers")
 

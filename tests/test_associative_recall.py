@@ -15,9 +15,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from src.config import ConfigError, resolve_task_section
+from src.config import resolve_task_section
 from src.tasks import IGNORE
 from src.tasks.associative_recall import AssociativeRecall
+from src.validation import ConfigError
 
 
 def solve(inputs: torch.Tensor, num_pairs: int) -> torch.Tensor:

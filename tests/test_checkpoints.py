@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from src.checkpoints import CheckpointError, load, save, temporary_path
-from src.config import read_yaml
 from src.runs import CHECKPOINT, METRICS, read_checkpoint
+from src.validation import read_yaml
 from tests.conftest import ROOT
 
 STRUCTURE = {"weights": dict, "step": int}

@@ -9,8 +9,9 @@ import torch
 import yaml
 
 from src.cli import main
-from src.config import load_experiment, read_yaml
+from src.config import load_experiment
 from src.tasks.associative_recall import AssociativeRecall
+from src.validation import read_yaml
 from tests.conftest import ROOT
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from src.checkpoints import save
 from src.cli import main
-from src.config import read_yaml
+from src.validation import read_yaml
 from tests.test_cli import final_line, tiny_experiment
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

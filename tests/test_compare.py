@@ -8,7 +8,8 @@ import yaml
 
 from src.cli import main
 from src.compare import _columns, compare, learning_curves, plot
-from src.config import load_comparison, read_yaml
+from src.config import load_comparison
+from src.validation import read_yaml
 from tests.conftest import ROOT
 from tests.test_cli import tiny_experiment
 

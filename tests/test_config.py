@@ -7,10 +7,11 @@ from typing import Literal
 import pytest
 import yaml
 
-from src.config import ConfigError, arguments_for, build, load_comparison, load_experiment, read_yaml
+from src.config import load_comparison, load_experiment
 from src.layers.neural_memory import NeuralMemoryOptions
 from src.model import PaperModel
 from src.schema import PositiveInt
+from src.validation import ConfigError, arguments_for, build, read_yaml
 from tests.conftest import ROOT
 
 QUICKSTART = ROOT / "configs" / "transformer_mqar.yaml"

@@ -14,7 +14,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from src.config import ConfigError, load_comparison, load_experiment, read_yaml
+from src.config import load_comparison, load_experiment
+from src.validation import ConfigError, read_yaml
 from tests.conftest import ROOT
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

@@ -20,12 +20,13 @@ import torch.multiprocessing as mp
 import yaml
 
 from src.cli import main
-from src.config import load_experiment, read_yaml
+from src.config import load_experiment
 from src.distributed import Processes
 from src.model import PaperModel
 from src.runs import CHECKPOINT, METRICS, load_model, read_checkpoint
 from src.tasks import IGNORE
 from src.training import local_batch, masked_loss_and_accuracy, train
+from src.validation import read_yaml
 from tests.test_cli import Interrupted, final_line, tiny_experiment
 
 WORLD_SIZE = 2

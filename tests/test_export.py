@@ -11,10 +11,11 @@ import yaml
 
 from src.checkpoints import save
 from src.cli import main
-from src.config import ConfigError, read_yaml, resolve_model_section
+from src.config import resolve_model_section
 from src.hf_directory import DirectoryError, save_directory
 from src.model import PaperModel
 from src.runs import load_model, read_checkpoint
+from src.validation import ConfigError, read_yaml
 from tests.conftest import ROOT
 from tests.test_cli import tiny_experiment
 from tests.test_cli_bad_input import files, one_error_line
@@ -32,7 +33,10 @@ BLOCKS = {
     "mamba-with-mlp": [{"mixer": MAMBA, "mlp": SWIGLU, "repeat": 2}],
     "mamba-two-widths": [{"mixer": MAMBA, "mlp": "none"}, {"mixer": {**MAMBA, "d_state": 8}, "mlp": "none"}],
     "titans_mag": [
-        {"mixer": {"type": "titans_mag", "n_heads": 2, "window": 4, "chunk_size": 4, "n_persistent": 2}, "mlp": SWIGLU}
+        {
+            "mixer": {"type": "titans_mag", "n_heads": 2, "window": 4, "memory": {"chunk_size": 4}, "n_persistent": 2},
+            "mlp": SWIGLU,
+        }
     ],
     "tensor_memory": [{"mixer": {"type": "tensor_memory", "n_heads": 2, "update": "delta"}, "mlp": "none"}],
     "memory_bank-attention": [

@@ -6,10 +6,11 @@ import pytest
 import torch
 import yaml
 
-from src.config import ConfigError, load_experiment
+from src.config import load_experiment
 from src.model import PaperModel
 from src.tasks import IGNORE
 from src.training import loss_and_accuracy
+from src.validation import ConfigError
 from tests.conftest import ROOT
 
 CONFIG = ROOT / "configs" / "mamba_tiny.yaml"

@@ -13,8 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from src.config import build
 from src.layers import MIXERS
+from src.validation import build
 
 D_MODEL = 16
 EXAMPLES = {

@@ -6,8 +6,9 @@ import pytest
 import torch
 import yaml
 
-from src.config import ConfigError, count_parameters, resolve_model_section
+from src.config import count_parameters, resolve_model_section
 from src.model import PaperModel
+from src.validation import ConfigError
 from tests.conftest import ROOT
 
 TINY = {

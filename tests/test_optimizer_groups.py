@@ -16,13 +16,14 @@ import yaml
 from torch.distributed.tensor import DTensor
 
 from src.adapted.model import AdaptedModel
-from src.config import load_experiment, read_yaml, resolve_model_section
+from src.config import load_experiment, resolve_model_section
 from src.distributed import processes
 from src.layers import MIXERS
 from src.layers.selective_ssm import MambaMixer
 from src.model import PaperModel
 from src.optimizer import parameter_groups
 from src.training import build_training
+from src.validation import read_yaml
 from tests.test_cli import tiny_experiment
 from tests.test_distributed import _free_port
 from tests.test_mixer_contract import D_MODEL, EXAMPLES

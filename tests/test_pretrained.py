@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.config import ConfigError
 from src.layers.selective_ssm import selective_scan_sequential
 from src.model import PaperModel
 from src.pretrained import hf_mamba_parameter_name
+from src.validation import ConfigError
 
 V, D_MODEL, N, LAYERS, EXPAND, K = 50, 16, 4, 2, 2, 4
 D_INNER, RANK = EXPAND * D_MODEL, 1  # time_step_rank = ceil(16 / 16)

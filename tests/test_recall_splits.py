@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from src.cli import main
-from src.config import read_yaml
 from src.recall_splits import recall_tables
+from src.validation import read_yaml
 from tests.test_compare import comparison
 
 

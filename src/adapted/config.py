@@ -18,9 +18,10 @@ fine-tuning, nothing to train; each error names the key and the file. The resolv
 hash refuses a directory whose weights hash otherwise.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -32,10 +33,10 @@ from src.adapted.base import (
     weight_files,
     weights_sha256,
 )
-from src.config import ConfigError, arguments_for, build, check_keys
 from src.layers.memory_adapter import MemoryAdapter
 from src.layers.memory_bank import MemoryBankAttention
 from src.schema import NonNegativeInt, PositiveFloat, PositiveInt
+from src.validation import ConfigError, arguments_for, build, check_keys
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,11 @@ def resolve_adapted_section(raw, file: str, section: str = "model") -> dict:
     if base["freeze"] and not adapters:
         raise ConfigError(f"{file}: key '{section}.adapters' is empty and the base is frozen: nothing would train")
     return {"base": base, "adapters": adapters}
+
+
+def is_adapted_section(section: Any) -> bool:
+    """Whether a model section (raw or resolved) is an adapted pretrained model: a mapping with a `base`."""
+    return isinstance(section, Mapping) and "base" in section
 
 
 def base_vocab_size(model: dict) -> int:

@@ -28,7 +28,6 @@ from torch import nn
 
 from src.adapted.base import decoder_layers, frozen_storage, load_base, transformers_library
 from src.adapted.config import bank_arguments, lora_layers, resolve_adapted_section
-from src.config import ConfigError, read_yaml
 from src.language_model import (
     LanguageModel,
     ModelState,
@@ -45,6 +44,7 @@ from src.layers.memory_adapter import MemoryAdapter
 from src.layers.quantization import QuantizedLinear
 from src.model import check_token_ids, sum_auxiliary_losses
 from src.tasks.tokenizer import DirectoryTokenizer, Tokenizer
+from src.validation import ConfigError, read_yaml
 
 
 def _kv_cache(config, keys: list[torch.Tensor], values: list[torch.Tensor]):

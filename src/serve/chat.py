@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import torch
 
-from src.config import ConfigError
 from src.generation import beam_search, check_sampling, generate_stream
 from src.language_model import LanguageModel
 from src.memory_system.embedding import embed_texts
@@ -31,6 +30,7 @@ from src.memory_system.manager import MemoryInputError, MemoryManager, Recalled
 from src.runs import load_trained_model, select_device
 from src.serve.config import ServeConfig
 from src.serve.learning import IncrementalLearner
+from src.validation import ConfigError
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from src.config import ConfigError, arguments_for, check_keys, check_value, read_yaml
 from src.memory_system.manager import MemoryConfig
 from src.schema import NonNegativeFloat, PositiveFloat, PositiveInt
+from src.validation import ConfigError, arguments_for, check_keys, check_value, read_yaml
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 
 from src import checkpoints
-from src.config import ConfigError, TrainConfig
+from src.config import TrainConfig
 from src.language_model import LanguageModel
 from src.layers.lora import LoRALinear
 from src.serve.config import LearningConfig
 from src.tasks import IGNORE
 from src.training import TrainingObjective, masked_loss_and_accuracy, training_step
+from src.validation import ConfigError
 
 
 def interaction_training(config: LearningConfig) -> TrainConfig:

@@ -1,9 +1,9 @@
 """`memory-models serve CONFIG`: build the service from its config and run it with uvicorn."""
 
-from src.config import ConfigError
 from src.memory_system.database import DatabaseError
 from src.serve.chat import ChatService, load_model
 from src.serve.config import load_serve_config
+from src.validation import ConfigError
 
 
 def build_service(config_path: str) -> ChatService:

@@ -5,12 +5,13 @@ import pytest
 import torch
 
 from src.checkpoints import CheckpointError, temporary_path
-from src.config import ConfigError, resolve_model_section
+from src.config import resolve_model_section
 from src.generation import generate
 from src.model import PaperModel
 from src.serve.config import LearningConfig
 from src.serve.learning import IncrementalLearner
 from src.tasks.tokenizer import ByteTokenizer
+from src.validation import ConfigError
 
 PROMPT, REPLY = ByteTokenizer().encode("USER:\nWho art thou?\n\nMODEL:\n"), ByteTokenizer().encode("I am Romeo.\n")
 
