@@ -42,7 +42,8 @@ def _experiment(args, parallel: str, world_size: int):
     if experiment.task["type"] != "associative_recall":
         raise SystemExit(f"{args.config}: the benchmark sets the length of an associative_recall task")
     pairs = args.length // 4
-    task = resolve_task_section({**experiment.task, "num_pairs": pairs, "num_queries": pairs}, experiment.file)
+    task = {**experiment.task, "num_pairs": pairs, "num_queries": pairs, "length": 4 * pairs}
+    task = resolve_task_section(task, experiment.file)
     train = replace(experiment.train, parallel=parallel, batch_size=args.batch_per_gpu * world_size, device=args.device)
     return replace(experiment, task=task, train=train)
 
