@@ -32,7 +32,10 @@ BLOCKS = {
     "mamba-with-mlp": [{"mixer": MAMBA, "mlp": SWIGLU, "repeat": 2}],
     "mamba-two-widths": [{"mixer": MAMBA, "mlp": "none"}, {"mixer": {**MAMBA, "d_state": 8}, "mlp": "none"}],
     "titans_mag": [
-        {"mixer": {"type": "titans_mag", "n_heads": 2, "window": 4, "chunk_size": 4, "n_persistent": 2}, "mlp": SWIGLU}
+        {
+            "mixer": {"type": "titans_mag", "n_heads": 2, "window": 4, "n_persistent": 2, "memory": {"chunk_size": 4}},
+            "mlp": SWIGLU,
+        }
     ],
     "tensor_memory": [{"mixer": {"type": "tensor_memory", "n_heads": 2, "update": "delta"}, "mlp": "none"}],
     "memory_bank-attention": [
