@@ -50,7 +50,7 @@ def make(kind: str, tiny_bases, seed: int = 0) -> LanguageModel:
     return model
 
 
-@pytest.fixture(params=KINDS)
+@pytest.fixture(params=KINDS, scope="module")
 def model(request):
     bases = request.getfixturevalue("tiny_bases") if request.param.startswith("adapted") else None
     return make(request.param, bases)
