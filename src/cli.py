@@ -1,4 +1,4 @@
-"""The `memory-models` command: train, compare, evaluate, generate, serve and list the equations.
+"""The `memory-models` command: train, compare, evaluate, generate, estimate, export, serve and list the equations.
 
 The CLI takes a config path and nothing that changes the experiment; everything an experiment
 is lives in its YAML file. Every expected user error (a config, a checkpoint, a run directory, a
