@@ -7,7 +7,9 @@ trainable parameters, a tied embedding once. The same holds for an adapted pretr
 frozen base in neither group) and under FSDP2, whose parameters are DTensor shards.
 """
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -139,25 +141,27 @@ def test_an_adapted_model_groups_its_adapters_only(tiny_bases):
     assert "memory_adapters.layer0A.alpha" in not_decayed  # the tanh gate, a scalar
 
 
-def _fsdp_process(rank: int, world_size: int, port: int, path: str) -> None:
-    """One of two gloo processes: build_training under fsdp groups the shards as one process does."""
+def _fsdp_process(rank: int, world_size: int, port: int, path: str, out: str) -> None:
+    """One of two gloo processes: build_training under fsdp; writes what it saw of its shards' groups to `out`."""
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
     torch.set_num_threads(1)
     experiment = load_experiment(path)
-    reference = PaperModel(experiment.model)
-    expected = group_names(reference, parameter_groups(reference, WEIGHT_DECAY))
     with processes(experiment.train, path, torch.device("cpu")) as group:
         training = build_training(experiment, group)
-        assert all(isinstance(p, DTensor) for p in training.model.parameters())
-        assert training.model.blocks[0].mixer.A_log.to_local().shape[0] == 16  # half of d_inner 32
-        assert group_names(training.model, training.optimizer.param_groups) == expected
-        assert [g["weight_decay"] for g in training.optimizer.param_groups] == [WEIGHT_DECAY, 0.0]
+        seen = {
+            "all_dtensors": all(isinstance(p, DTensor) for p in training.model.parameters()),
+            "local_A_log_rows": training.model.blocks[0].mixer.A_log.to_local().shape[0],
+            "groups": group_names(training.model, training.optimizer.param_groups),
+            "weight_decays": [g["weight_decay"] for g in training.optimizer.param_groups],
+        }
         inputs = torch.randint(0, 8, (2, 12))
         loss, *_ = training.wrapped(inputs, inputs)
         loss.backward()
         training.optimizer.step()  # AdamW steps both groups of shards
+        seen["finite_after_step"] = all(bool(torch.isfinite(p.to_local()).all()) for p in training.model.parameters())
+    Path(out.format(rank=rank)).write_text(json.dumps(seen))
 
 
 def test_fsdp_shards_are_grouped_as_the_whole_parameters(tmp_path):
@@ -165,4 +169,13 @@ def test_fsdp_shards_are_grouped_as_the_whole_parameters(tmp_path):
     raw["model"]["blocks"] = [{"mixer": {"type": "selective_ssm", "d_state": 4}, "mlp": "none", "repeat": 2}]
     path = tmp_path / "fsdp.yaml"
     path.write_text(yaml.safe_dump(raw))
-    mp.start_processes(_fsdp_process, args=(2, _free_port(), str(path)), nprocs=2, start_method="fork")
+    out = str(tmp_path / "rank{rank}.json")
+    mp.start_processes(_fsdp_process, args=(2, _free_port(), str(path), out), nprocs=2, start_method="fork")
+    reference = PaperModel(load_experiment(path).model)
+    expected = [list(names) for names in group_names(reference, parameter_groups(reference, WEIGHT_DECAY))]
+    for rank in range(2):
+        seen = json.loads(Path(out.format(rank=rank)).read_text())
+        assert seen["all_dtensors"] and seen["finite_after_step"]
+        assert seen["local_A_log_rows"] == 16  # half of d_inner 32
+        assert seen["groups"] == expected
+        assert seen["weight_decays"] == [WEIGHT_DECAY, 0.0]
