@@ -103,15 +103,27 @@ def state_types(roots: Iterable[type]) -> dict[str, type]:
     return found
 
 
-def tensor_bytes(payload: dict) -> bytes:
-    """A dict of plain containers and tensors as bytes (`torch.save`)."""
+def state_bytes(kind: str, **parts: Any) -> bytes:
+    """A state of model kind `kind` as bytes: its parts as plain containers (`to_plain`), `torch.save`d."""
     buffer = io.BytesIO()
-    torch.save(payload, buffer)
+    torch.save({"kind": kind, **{name: to_plain(part) for name, part in parts.items()}}, buffer)
     return buffer.getvalue()
 
 
+def restore_states(entries: Any, kinds: list[type], device: torch.device, what: str) -> tuple:
+    """Entries of a payload read back as the state types `kinds`, one each (`what` names an entry in errors)."""
+    if not isinstance(entries, list) or len(entries) != len(kinds):
+        raise StateError(f"the state is not one of {len(kinds)} {what}s")
+    types = state_types(kinds)
+    restored = tuple(from_plain(entry, types, device) for entry in entries)
+    for i, (entry, kind) in enumerate(zip(restored, kinds)):
+        if not isinstance(entry, kind):
+            raise StateError(f"{what} {i}'s state is a {type(entry).__name__}, not a {kind.__name__}")
+    return restored
+
+
 def bytes_payload(data: bytes, kind: str) -> dict:
-    """The dict `tensor_bytes` wrote, read without running code; it must be a state of `kind`."""
+    """The dict `state_bytes` wrote, read without running code; it must be a state of `kind`."""
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for bytes it cannot read

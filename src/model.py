@@ -20,13 +20,10 @@ from src.hf_directory import read_directory, save_directory
 from src.language_model import (
     LanguageModel,
     ModelState,
-    StateError,
     bytes_payload,
-    from_plain,
     map_tensors,
-    state_types,
-    tensor_bytes,
-    to_plain,
+    restore_states,
+    state_bytes,
 )
 from src.layers._checks import has_values
 from src.layers.normalization import RMSNorm
@@ -64,7 +61,7 @@ class PaperModelState(ModelState):
         return PaperModelState(map_tensors(self.blocks, lambda tensor: tensor.index_select(0, rows)))
 
     def to_bytes(self) -> bytes:
-        return tensor_bytes({"kind": "PaperModel", "blocks": to_plain(self.blocks)})
+        return state_bytes("PaperModel", blocks=self.blocks)
 
 
 class PaperModel(LanguageModel):
@@ -172,15 +169,10 @@ class PaperModel(LanguageModel):
         return self.head(self.norm(x)), PaperModelState(tuple(new_state))
 
     def state_from_bytes(self, data: bytes) -> PaperModelState:
-        blocks = bytes_payload(data, "PaperModel")["blocks"]
-        if not isinstance(blocks, list) or len(blocks) != len(self.blocks):
-            raise StateError(f"the state is not one of {len(self.blocks)} blocks")
-        types = state_types(block.mixer.State for block in self.blocks)
-        restored = tuple(from_plain(entry, types, self.device) for entry in blocks)
-        for i, (block, entry) in enumerate(zip(self.blocks, restored)):
-            if not isinstance(entry, block.mixer.State):
-                raise StateError(f"block {i}'s state is a {type(entry).__name__}, not a {block.mixer.State.__name__}")
-        return PaperModelState(restored)
+        blocks = bytes_payload(data, "PaperModel").get("blocks")
+        return PaperModelState(
+            restore_states(blocks, [block.mixer.State for block in self.blocks], self.device, "block")
+        )
 
     def auxiliary_losses(self) -> dict[str, torch.Tensor]:
         """The auxiliary losses the last forward pass recorded (router losses), summed by name over blocks.

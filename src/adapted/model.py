@@ -33,11 +33,9 @@ from src.language_model import (
     ModelState,
     StateError,
     bytes_payload,
-    from_plain,
     map_tensors,
-    state_types,
-    tensor_bytes,
-    to_plain,
+    restore_states,
+    state_bytes,
 )
 from src.layers.lora import LoRALinear
 from src.layers.memory_adapter import MemoryAdapter
@@ -79,8 +77,7 @@ class AdaptedModelState(ModelState):
 
     def to_bytes(self) -> bytes:
         keys, values = self._layers()
-        payload = {"keys": to_plain(keys), "values": to_plain(values), "memories": to_plain(self.memories)}
-        return tensor_bytes({"kind": "AdaptedModel", **payload})
+        return state_bytes("AdaptedModel", keys=keys, values=values, memories=self.memories)
 
 
 class _Insertion:
@@ -210,12 +207,10 @@ class AdaptedModel(LanguageModel):
         layers = len(decoder_layers(self.base))
         if not (isinstance(keys, list) and isinstance(values, list) and len(keys) == len(values) == layers):
             raise StateError(f"the state's KV cache is not one of {layers} decoder layers")
-        if not isinstance(memories, list) or len(memories) != len(self._insertions):
-            raise StateError(f"the state does not hold {len(self._insertions)} memory adapters' states")
-        types = state_types(insertion.adapter.memory.State for insertion in self._insertions)
         device = self.device
+        kinds = [insertion.adapter.memory.State for insertion in self._insertions]
+        memories = restore_states(memories, kinds, device, "memory adapter")
         cache = _kv_cache(self.base.config, [k.to(device) for k in keys], [v.to(device) for v in values])
-        memories = tuple(from_plain(entry, types, device) for entry in memories)
         return AdaptedModelState(cache, memories, self.base.config)
 
     def auxiliary_losses(self) -> dict[str, torch.Tensor]:
