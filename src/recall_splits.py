@@ -16,7 +16,7 @@ import torch
 
 from src.config import ExperimentConfig
 from src.runs import CHECKPOINT, load_trained_model, select_device
-from src.training import evaluation_tasks, precision
+from src.training import evaluation_batches, evaluation_tasks, precision
 
 SPLITS = "accuracy_splits"  # row key; a setting's splits under f"{SPLITS}@{label}"
 
@@ -32,9 +32,7 @@ def recall_splits(experiment: ExperimentConfig) -> dict:
     result = {}
     for suffix, task in tasks:
         batches = []
-        for done in range(0, experiment.eval.num_examples, experiment.eval.batch_size):
-            size = min(experiment.eval.batch_size, experiment.eval.num_examples - done)
-            inputs, targets = task.sample(size, seed=experiment.eval.seed * 1_000_003 + done)  # the evaluation's
+        for inputs, targets in evaluation_batches(task, experiment):
             with precision(experiment.train, device):
                 predictions = model(inputs.to(device)).argmax(-1).cpu()
             batches.append((inputs, predictions, targets))

@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,13 +156,18 @@ def setting_label(override: dict) -> str:
 
 
 @torch.no_grad()
+def evaluation_batches(task, experiment: ExperimentConfig) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The held-out (inputs, targets) batches the evaluation scores: `eval.num_examples` examples of `task`,
+    `eval.batch_size` at a time, each batch seeded by `eval.seed` and its first example's index."""
+    for done in range(0, experiment.eval.num_examples, experiment.eval.batch_size):
+        size = min(experiment.eval.batch_size, experiment.eval.num_examples - done)
+        yield task.sample(size, seed=experiment.eval.seed * 1_000_003 + done)
+
+
 def _evaluate_task(model: nn.Module, task, experiment: ExperimentConfig) -> dict:
     device = next(model.parameters()).device
     total_loss = total_correct = total_scored = 0.0
-    done = 0
-    while done < experiment.eval.num_examples:
-        size = min(experiment.eval.batch_size, experiment.eval.num_examples - done)
-        inputs, targets = task.sample(size, seed=experiment.eval.seed * 1_000_003 + done)
+    for inputs, targets in evaluation_batches(task, experiment):
         inputs, targets = inputs.to(device), targets.to(device)
         scored = (targets != IGNORE).sum().item()
         with precision(experiment.train, device):
@@ -169,7 +175,6 @@ def _evaluate_task(model: nn.Module, task, experiment: ExperimentConfig) -> dict
         total_loss += loss.item() * scored
         total_correct += accuracy.item() * scored
         total_scored += scored
-        done += size
     loss = total_loss / total_scored
     result = {"eval_loss": loss, "eval_accuracy": total_correct / total_scored}
     if isinstance(task, TextCorpus):  # nats per token -> bits per byte of the split's text
