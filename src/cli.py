@@ -83,7 +83,7 @@ def _evaluate(args) -> int:
     device = _device(args, experiment.train.device, f"{experiment.file}: train.device")
     checkpoint = runs.read_checkpoint(args.checkpoint)
     runs.check_config_matches(args.checkpoint, checkpoint["config"], experiment, ("model", "task"))
-    model = runs.load_trained_model(args.checkpoint, device, experiment.model).model
+    model = runs.load_trained_model(args.checkpoint, device, experiment.model, checkpoint).model
     result = training.evaluate(model, experiment)
     print(
         f"step {checkpoint['step']}: eval_loss {result['eval_loss']:.4f}  eval_accuracy {result['eval_accuracy']:.4f}"
@@ -141,7 +141,7 @@ def _generate(args) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from error
     device = _device(args, config["train"].get("device", "cpu"), f"{args.checkpoint}: train.device")
-    model = runs.load_trained_model(args.checkpoint, device, model_section).model
+    model = runs.load_trained_model(args.checkpoint, device, model_section, checkpoint).model
     ids = generate(
         model,
         torch.tensor([prompt], device=device),
@@ -182,7 +182,7 @@ def _serve(args) -> int:
 
 
 def _export(args) -> int:
-    from src.config import resolve_model_section
+    from src.adapted.config import is_adapted_section
     from src.hf_directory import DirectoryError, check_target
     from src.pretrained import hf_mamba_config, safetensors_torch
 
@@ -191,14 +191,13 @@ def _export(args) -> int:
         check_target(args.directory, args.overwrite)
     except (ImportError, DirectoryError) as error:
         raise UsageError(str(error)) from error
-    checkpoint = runs.read_checkpoint(args.checkpoint)  # read once: load_trained_model would read it again
-    if "base" in checkpoint["config"]["model"]:
+    checkpoint = runs.read_checkpoint(args.checkpoint)
+    if is_adapted_section(checkpoint["config"]["model"]):
         raise UsageError(
             f"{args.checkpoint}: an adapted model (model.base) does not export; only PaperModels (block lists) do: "
             "an adapted model keeps its frozen base by reference, and its checkpoint holds only what trains"
         )
-    model = runs.build_model(resolve_model_section(checkpoint["config"]["model"], args.checkpoint), args.checkpoint)
-    runs.load_model(args.checkpoint, checkpoint, model)
+    model = runs.load_trained_model(args.checkpoint, torch.device("cpu"), checkpoint=checkpoint).model
     try:
         model.save_pretrained(args.directory, overwrite=args.overwrite)
     except DirectoryError as error:

@@ -155,13 +155,17 @@ class TrainedModel:
     checkpoint: dict
 
 
-def load_trained_model(path: str | Path, device: torch.device, section: dict | None = None) -> TrainedModel:
+def load_trained_model(
+    path: str | Path, device: torch.device, section: dict | None = None, checkpoint: dict | None = None
+) -> TrainedModel:
     """The model of the checkpoint at `path` on `device`, in eval mode, with the checkpoint read.
 
     The model is built from the checkpoint's own config, or from `section` (a resolved model section
-    that the caller has checked against it).
+    that the caller has checked against it); `checkpoint`, when the caller has read it already
+    (`read_checkpoint`), is not read again.
     """
-    checkpoint = read_checkpoint(path)
+    if checkpoint is None:
+        checkpoint = read_checkpoint(path)
     if section is None:
         section = resolve_model_section(checkpoint["config"]["model"], str(path))
     model = build_model(section, str(path), device)
