@@ -23,11 +23,11 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from src.adapted.config import is_adapted_section
 from src.config import resolve_model_section
 from src.pretrained import (
     hf_mamba_config,
@@ -152,7 +152,7 @@ def read_directory(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         section = resolve_model_section(model_section_from_hf_config(path), file)
         return section, state_dict_from_hf(read_hf_weights(path), section["tie_embeddings"])
     raw = config.get(FORMAT)
-    if isinstance(raw, Mapping) and "base" in raw:
+    if is_adapted_section(raw):
         raise ConfigError(f"{file}: key '{FORMAT}.base': only a PaperModel's section (blocks) is saved here")
     section = resolve_model_section(raw, file, FORMAT)
     _check_hf_keys(config, section, file)

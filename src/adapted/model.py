@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from src.adapted.base import decoder_layers, frozen_storage, load_base, transformers_library
-from src.adapted.config import bank_arguments, lora_layers, resolve_adapted_section
+from src.adapted.config import bank_arguments, is_adapted_section, lora_layers, resolve_adapted_section
 from src.language_model import (
     LanguageModel,
     ModelState,
@@ -154,7 +154,7 @@ class AdaptedModel(LanguageModel):
     def from_config(cls, path: str | Path, device: torch.device | str = "cpu") -> "AdaptedModel":
         """Build the adapted model declared in the `model` section (`base`, `adapters`) of a YAML file."""
         raw = read_yaml(path)
-        if not isinstance(raw.get("model"), dict) or "base" not in raw["model"]:
+        if not is_adapted_section(raw.get("model")):
             raise ConfigError(f"{path}: key 'model.base' is missing: not an adapted pretrained model")
         return cls(resolve_adapted_section(raw["model"], str(path)), str(path), device)
 
