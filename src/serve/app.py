@@ -15,7 +15,8 @@
 Every error is JSON `{"detail": ...}` with the reason: 422 for bad input (malformed JSON, missing
 or mistyped fields, text over the limit, control characters, a bad session name), 404 for an
 unknown session or memory, 401 without the token (when one is set), 413 for a body over
-`max_request_bytes`. Input is checked before anything is written.
+`max_request_bytes`, 503 while the service cannot answer (shutting down). Input is checked before
+anything is written.
 """
 
 import hmac
@@ -30,7 +31,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from src.checkpoints import CheckpointError
 from src.memory_system.manager import MemoryInputError, UnknownMemory, UnknownSession
 from src.serve import schemas
-from src.serve.chat import ChatService, GenerationRequest
+from src.serve.chat import ChatService, GenerationRequest, ServiceUnavailable
 
 MAX_HISTORY = 1000
 _DRAIN_LIMIT = 8 * 2**20  # an oversized body is read (and dropped) up to this before the 413 is sent
@@ -127,6 +128,10 @@ def create_app(service: ChatService) -> Guard:
     @app.exception_handler(CheckpointError)
     async def no_adapter(_: Request, error: CheckpointError):
         return JSONResponse({"detail": str(error)}, status_code=409)
+
+    @app.exception_handler(ServiceUnavailable)
+    async def unavailable(_: Request, error: ServiceUnavailable):
+        return JSONResponse({"detail": str(error)}, status_code=503)
 
     @app.get("/health")
     def health() -> dict:

@@ -12,8 +12,11 @@ the layout of a play script (the tinyshakespeare corpus names the speaker on its
 Generation stops at the stop token (`chat.stop`, one token) or at `max_new_tokens`; the exchange is
 then written to memory in one transaction. The model is any checkpoint of `memory-models train`
 (`src.runs.load_trained_model`), used under one lock (generation and learning change or read its
-weights); embeddings come from a frozen copy of the model taken before any adapter exists, so
-stored vectors stay comparable while the adapter learns.
+weights). A streamed reply takes the lock for each token only, never across a `yield`: a client
+that stops reading or goes away holds nothing, and a reply streamed while `learn` runs continues
+with the weights learned in between. Embeddings come from a frozen copy of the model taken before
+any adapter exists, so stored vectors stay comparable while the adapter learns. `close` (at
+shutdown) ends every generation in flight at its next token with `ServiceUnavailable`.
 """
 
 import copy
@@ -31,6 +34,10 @@ from src.runs import load_trained_model, select_device
 from src.serve.config import ServeConfig
 from src.serve.learning import IncrementalLearner
 from src.validation import ConfigError
+
+
+class ServiceUnavailable(RuntimeError):
+    """The service cannot answer now (it is shutting down); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,7 @@ class ChatService:
         self.stop_id = stop_token(config, model)
         self._embedder = copy.deepcopy(model).requires_grad_(False)
         self._model_lock, self._embed_lock = threading.Lock(), threading.Lock()
+        self._closing = threading.Event()
         self.memory = MemoryManager(config.database, model.hidden_size, self._embed, config.memory)
         self.learner = IncrementalLearner(model, config.learning)
 
@@ -122,14 +130,15 @@ class ChatService:
         max_new_tokens = self.check(request)
         ids, recalled = self.prompt(session, text)
         prompt = torch.tensor([ids], device=self._device)
-        with self._model_lock:
-            if request.beam_width > 1:
+        if request.beam_width > 1:
+            with self._model_lock:
+                self._check_open()
                 tokens = beam_search(
                     self.model, prompt, max_new_tokens, request.beam_width,
                     self.config.chat.length_penalty_alpha, self.stop_id,
                 ).tokens  # fmt: skip
-            else:
-                tokens = list(self._stream_tokens(prompt, max_new_tokens, request))
+        else:
+            tokens = list(self._locked(self._stream_tokens(prompt, max_new_tokens, request)))
         reply = self._reply_text(tokens)
         stored = self.memory.record_exchange(session, text, reply)
         return {"session": session, "reply": reply, "tokens": tokens, "memories": recalled, "stored": stored}
@@ -152,14 +161,27 @@ class ChatService:
     def _events(self, session, text, prompt, max_new_tokens, request) -> Iterator[dict]:
         decode = self.tokenizer.stream_decoder()
         tokens = []
-        with self._model_lock:
-            for index, token in enumerate(self._stream_tokens(prompt, max_new_tokens, request)):
-                tokens.append(token)
-                piece = "" if token == self.stop_id else decode(token)
-                yield {"event": "token", "index": index, "token": token, "text": piece}
+        for index, token in enumerate(self._locked(self._stream_tokens(prompt, max_new_tokens, request))):
+            tokens.append(token)
+            piece = "" if token == self.stop_id else decode(token)
+            yield {"event": "token", "index": index, "token": token, "text": piece}
         reply = self._reply_text(tokens)
         stored = self.memory.record_exchange(session, text, reply)
         yield {"event": "done", "session": session, "reply": reply, "tokens": tokens, "stored": stored}
+
+    def _locked(self, tokens: Iterator[int]) -> Iterator[int]:
+        """The tokens of `tokens`, each computed under the model's lock, which is free between tokens."""
+        while True:
+            with self._model_lock:
+                self._check_open()
+                token = next(tokens, None)
+            if token is None:
+                return
+            yield token
+
+    def _check_open(self) -> None:
+        if self._closing.is_set():
+            raise ServiceUnavailable("the service is shutting down")
 
     def _stream_tokens(self, prompt: torch.Tensor, max_new_tokens: int, request: GenerationRequest) -> Iterator[int]:
         return generate_stream(
@@ -193,4 +215,7 @@ class ChatService:
         return self.model.device
 
     def close(self) -> None:
-        self.memory.close()
+        """End the generations in flight at their next token, then close the database."""
+        self._closing.set()
+        with self._model_lock:
+            self.memory.close()
