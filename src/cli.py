@@ -7,6 +7,7 @@ flag, a diverging run) ends in one line on stderr and exit status 2, never a tra
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
@@ -16,7 +17,7 @@ from src.compare import ComparisonError, compare
 from src.config import TOKENIZED_TASKS, load_comparison, load_experiment
 from src.distributed import launched_rank
 from src.tasks.tokenizer import decode_bytes, encode, load_tokenizer
-from src.validation import ConfigError, read_yaml
+from src.validation import ConfigError
 
 
 class UsageError(ValueError):
@@ -72,9 +73,9 @@ def _train(args) -> int:
 
 
 def _compare(args) -> int:
-    raw_out_dir = read_yaml(args.config)["train"].get("out_dir")
     experiments = load_comparison(args.config)
-    compare(experiments, raw_out_dir, resume=args.resume, overwrite=args.overwrite)
+    out_dir = Path(next(iter(experiments.values())).train.out_dir).parent  # each model's is train.out_dir/<name>
+    compare(experiments, out_dir, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 

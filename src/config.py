@@ -225,6 +225,21 @@ def _task_for_model(raw_task: Any, model: dict) -> Any:
     return raw_task
 
 
+def _resolve_train_section(raw: Any, file: str) -> TrainConfig:
+    """Validate the `train` section, with the constraints between its keys."""
+    train = TrainConfig(**arguments_for(TrainConfig, raw, "train", file))
+    if train.betas is not None and len(train.betas) != 2:
+        raise ConfigError(f"{file}: key 'train.betas' must have two entries, got {train.betas}")
+    if not train.out_dir.strip():
+        raise ConfigError(f"{file}: key 'train.out_dir' must name a directory, got {train.out_dir!r}")
+    if train.warmup_steps > train.steps:
+        raise ConfigError(
+            f"{file}: key 'train.warmup_steps' ({train.warmup_steps}) must be <= train.steps ({train.steps}): "
+            "the learning rate would never reach train.lr"
+        )
+    return train
+
+
 def _experiment(raw: dict, raw_model: Any, file: str, model_key: str = "model") -> ExperimentConfig:
     """Validate the model, task, train and eval sections of one experiment."""
     model = resolve_model_section(raw_model, file, model_key)
@@ -234,9 +249,7 @@ def _experiment(raw: dict, raw_model: Any, file: str, model_key: str = "model") 
     task_vocab = build_task(task).vocab_size
     if task_vocab > vocab_size:
         raise ConfigError(f"{file}: key '{vocab_key}' ({vocab_size}) must be >= the task's vocabulary ({task_vocab})")
-    train = TrainConfig(**arguments_for(TrainConfig, raw["train"], "train", file))
-    if train.betas is not None and len(train.betas) != 2:
-        raise ConfigError(f"{file}: key 'train.betas' must have two entries, got {train.betas}")
+    train = _resolve_train_section(raw["train"], file)
     evaluation = EvalConfig(**arguments_for(EvalConfig, raw["eval"], "eval", file))
     for i, override in enumerate(evaluation.settings or []):
         try:

@@ -31,7 +31,19 @@ class ConfigError(ValueError):
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads `3e-4` as a float (YAML 1.2), not as the string PyYAML 1.1 makes."""
+    """SafeLoader that reads `3e-4` as a float (YAML 1.2), not as the string PyYAML 1.1 makes, and refuses
+    a key given twice in one mapping (YAML 1.2 requires unique keys; PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -56,6 +68,11 @@ def check_value(value: Any, hint: Any, key: str, file: str) -> Any:
     origin = typing.get_origin(hint)
     if origin is Annotated:
         base, *metadata = typing.get_args(hint)
+        ranges = [meta for meta in metadata if isinstance(meta, Range)]
+        if base is int and type(value) is int and abs(value) > MAX_INT:  # the key's own range, capped
+            low = max([-MAX_INT, *(r.low for r in ranges if r.low is not None)])
+            high = min([MAX_INT, *(r.high for r in ranges if r.high is not None)])
+            raise ConfigError(f"{file}: key '{key}' must lie in [{int(low)}, {int(high)}], got {value}")
         value = check_value(value, base, key, file)
         for meta in metadata:
             if isinstance(meta, Range) and (problem := meta.violation(value)):
@@ -171,7 +188,13 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.load(path.read_text(), Loader=_Loader)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path}: not a YAML text file (not UTF-8: byte {error.start} is {error.object[error.start]:#04x})"
+        ) from error
+    try:
+        raw = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from error
     if not isinstance(raw, dict):

@@ -411,3 +411,35 @@ def test_a_comparison_model_name_outside_out_dir_is_refused(tmp_path, capsys, na
     path = write_config(comparison, tmp_path / "compare.yaml")
     assert "a model name becomes a directory name" in one_error_line(capsys, "compare", path)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["compare.yaml", "tiny.yaml"]
+
+
+def comparison_of(tmp_path, **sections) -> str:
+    """A comparison config of the tiny model, its sections replaced (None: left out)."""
+    raw = read_yaml(tiny_experiment(tmp_path))
+    comparison = {"models": {"tiny": raw["model"]}, **{key: raw[key] for key in ("task", "train", "eval")}}
+    comparison.update(sections)
+    return write_config({key: value for key, value in comparison.items() if value is not None}, tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [(None, "missing key '<top>.train'"), ([1, 2], "key 'train' must be a mapping, got [1, 2]")],
+)
+def test_a_comparison_without_a_train_mapping_is_named(tmp_path, capsys, train, message):
+    path = comparison_of(tmp_path, train=train)
+    assert f"{path}: {message}" in one_error_line(capsys, "compare", path)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "estimate"])
+def test_a_binary_config_file_is_named(tmp_path, capsys, command):
+    path = tmp_path / "model.pt"
+    torch.save({"w": torch.randn(64)}, path)
+    assert f"{path}: not a YAML text file (not UTF-8" in one_error_line(capsys, command, str(path))
+
+
+def test_an_empty_out_dir_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tiny_experiment(tmp_path, out_dir="")
+    assert f"{config}: key 'train.out_dir' must name a directory, got ''" in one_error_line(capsys, "train", config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]

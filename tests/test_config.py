@@ -113,7 +113,18 @@ def test_missing_file_and_bad_yaml(tmp_path):
         ("train.lr", lambda raw: raw["train"].update(lr=float("nan")), "must be a finite number, got nan"),
         ("model.norm_eps", lambda raw: raw["model"].update(norm_eps=float("nan")), "must be a finite number"),
         ("train.betas[1]", lambda raw: raw["train"].update(betas=[0.9, 1.0]), "must be < 1, got 1.0"),
-        ("train.seed", lambda raw: raw["train"].update(seed=2**70), "must lie in [-4294967295, 4294967295]"),
+        ("train.seed", lambda raw: raw["train"].update(seed=2**70), "must lie in [0, 4294967295], got"),
+        ("train.steps", lambda raw: raw["train"].update(steps=2**40), "must lie in [1, 4294967295], got"),
+        ("train.steps", lambda raw: raw["train"].update(steps=-(2**40)), "must lie in [1, 4294967295], got"),
+        ("model.d_model", lambda raw: raw["model"].update(d_model=2**33), "must lie in [1, 4294967295], got"),
+        ("train.warmup_steps", lambda raw: raw["train"].update(warmup_steps=2**40), "must lie in [0, 4294967295]"),
+        ("train.out_dir", lambda raw: raw["train"].update(out_dir=""), "must name a directory, got ''"),
+        ("train.out_dir", lambda raw: raw["train"].update(out_dir="  "), "must name a directory, got '  '"),
+        (
+            "train.warmup_steps",
+            lambda raw: raw["train"].update(steps=50, warmup_steps=51),
+            "(51) must be <= train.steps (50)",
+        ),
         ("eval.seed", lambda raw: raw["eval"].update(seed=-1), "must be >= 0"),
         (
             "model.blocks[0].mlp.d_hidden",
@@ -125,6 +136,23 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_non_finite_and_out_of_range_values_are_named(tmp_path, key, change, message):
     path = with_change(tmp_path, change)
     with pytest.raises(ConfigError, match=rf"^{path}: key '{re.escape(key)}' {re.escape(message)}"):
+        load_experiment(path)
+
+
+def test_a_duplicated_key_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("train:\n  lr: 0.1\n  steps: 5\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: not valid YAML: the key 'lr' appears twice in one mapping"):
+        read_yaml(path)
+    path.write_text("a: 1\nb: 2\na: 3\n")
+    with pytest.raises(ConfigError, match=r"(?s)the key 'a' appears twice.*line 3"):
+        read_yaml(path)
+
+
+def test_a_binary_file_is_named_not_decoded(tmp_path):
+    path = tmp_path / "weights.yaml"
+    path.write_bytes(bytes(range(128, 256)) * 4)
+    with pytest.raises(ConfigError, match=rf"^{path}: not a YAML text file \(not UTF-8: byte 0 is 0x80\)"):
         load_experiment(path)
 
 

@@ -226,6 +226,30 @@ def test_a_state_of_another_mixer_is_refused(name):
             mixer.step(inputs(1, 2), foreign)
 
 
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_an_empty_batch_gives_an_empty_result(name):
+    with torch.no_grad():
+        y, _ = make(name).step(inputs(0, 5), None)
+    assert y.shape == (0, 5, D_MODEL)
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_a_state_of_another_batch_or_width_is_refused(name):
+    kind, kwargs = EXAMPLES[name]
+    mixer = make(name)
+    with torch.no_grad():
+        _, state = mixer.step(inputs(2, 5), None)
+        wider = build(MIXERS[kind], kwargs, name, "EXAMPLES", d_model=2 * D_MODEL).double()
+        _, wide_state = wider.step(torch.randn(2, 5, 2 * D_MODEL, dtype=torch.float64), None)
+        if state_size(state) == 0:  # token routing keeps only a position: any batch and width continue it
+            return
+        with pytest.raises(ValueError, match=r"state\.\S+ has shape .*: it holds 2 sequences, x holds 3"):
+            mixer.step(inputs(3, 1), state)
+        with pytest.raises(ValueError, match=r"state\.\S+ has shape .* with these settings keeps \(batch, "):
+            mixer.step(inputs(2, 1), wide_state)
+        mixer.step(inputs(2, 3), state)  # its own state still continues
+
+
 @pytest.mark.parametrize("name", LONG)
 def test_finite_at_65536_positions(name):
     mixer = make(name, torch.float32, examples=LONG)

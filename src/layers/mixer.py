@@ -17,6 +17,9 @@ compressive and neural memories, memory banks, ...) derives from `Mixer`:
   their recurrences and equation functions keep one dtype. Those that do cast their parameters to
   the activations' dtype where an equation function needs one dtype, and keep recurrent states and
   reductions in float32.
+- A state continues only the sequences it came from: `step` refuses one whose tensors hold another
+  number of sequences than x, or whose sizes are not the ones this mixer's settings give (a state of
+  the same mixer type at another width or head count), naming the state's field.
 - `aux_losses` holds the auxiliary losses of the last call (router losses), each already scaled by
   its coefficient; empty for most mixers. The training loop adds their sum to the loss.
 - `no_weight_decay` names the mixer's parameters (relative to the mixer, e.g. "dt_proj.bias") that
@@ -29,8 +32,10 @@ A mixer joins `MIXERS` where it is defined, with `@register_mixer("name")`; that
 causality, step == forward, batch independence, float64, state size and input errors.
 """
 
+import dataclasses
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -77,6 +82,8 @@ class Mixer(nn.Module, ABC):
                 f"state must be a {self.State.__name__} (the state of {type(self).__name__}) or None, "
                 f"got {type(state).__name__}"
             )
+        if state is not None:
+            self._check_state_shapes(state, x)
         if not self.autocast and torch.is_autocast_enabled(x.device.type):
             with torch.autocast(x.device.type, enabled=False):
                 return self._step(x, state)
@@ -97,3 +104,46 @@ class Mixer(nn.Module, ABC):
         parameter = next(self.parameters(), None)
         if parameter is not None and x.dtype != parameter.dtype:
             raise TypeError(f"x has dtype {x.dtype} but {type(self).__name__}'s parameters are {parameter.dtype}")
+
+    def _check_state_shapes(self, state: Any, x: torch.Tensor) -> None:
+        """Refuse a state whose tensors do not fit x's batch or this mixer's sizes (see the module docstring).
+
+        The sizes are those of the states this mixer returns for an empty batch after one and after
+        two tokens (computed once): a size that differs between the two grows with the sequence (a KV
+        cache, a segment in progress) and may be anything; every other size must match.
+        """
+        if not hasattr(self, "_state_sizes"):
+            with torch.no_grad():
+                after = [dict(_tensors(self._step(x.new_zeros(0, n, self.d_model), None)[1])) for n in (1, 2)]
+            self._state_sizes = {
+                path: tuple(a if a == b else None for a, b in zip(one.shape, after[1][path].shape))
+                for path, one in after[0].items()
+            }
+        batch = x.shape[0]
+        for path, tensor in _tensors(state):
+            expected = self._state_sizes.get(path)
+            if tensor.dim() == 0 or tensor.shape[0] != batch:
+                raise ValueError(
+                    f"state.{path} has shape {tuple(tensor.shape)}: it holds {tensor.shape[0] if tensor.dim() else 0} "
+                    f"sequences, x holds {batch}"
+                )
+            if expected is not None and (
+                len(expected) != tensor.dim() or any(e not in (None, n) for e, n in zip(expected[1:], tensor.shape[1:]))
+            ):
+                sizes = ", ".join("*" if e is None else str(e) for e in expected[1:])
+                raise ValueError(
+                    f"state.{path} has shape {tuple(tensor.shape)}, but {type(self).__name__} with these settings "
+                    f"keeps (batch, {sizes}) there: a state of the same mixer type with other sizes"
+                )
+
+
+def _tensors(tree: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """(dotted path, tensor) of every tensor of a state (dataclasses and dicts walked)."""
+    if isinstance(tree, torch.Tensor):
+        yield path, tree
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _tensors(value, f"{path}.{key}" if path else str(key))
+    elif dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        for field in dataclasses.fields(tree):
+            yield from _tensors(getattr(tree, field.name), f"{path}.{field.name}" if path else field.name)

@@ -194,7 +194,7 @@ def _chunks(x: torch.Tensor, n_c: int, T: int) -> torch.Tensor:
 
 def _unchunk(x: torch.Tensor, length: int) -> torch.Tensor:
     """(b, n_c, T, k) -> (b, k, length): the inverse of `_chunks`."""
-    return x.reshape(x.shape[0], -1, x.shape[-1])[:, :length].transpose(1, 2)
+    return x.flatten(1, 2)[:, :length].transpose(1, 2)  # flatten, not reshape(b, -1, k): b may be 0
 
 
 def _decay(delta_t: torch.Tensor, A_log2: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

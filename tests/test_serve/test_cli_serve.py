@@ -38,7 +38,7 @@ def test_missing_checkpoint_and_bad_port(capsys, tmp_path, checkpoint):
 
 def test_a_model_that_does_not_read_bytes_is_refused(capsys, tmp_path):
     experiment = yaml.safe_load((ROOT / "configs" / "transformer_mqar.yaml").read_text())
-    experiment["train"] |= {"steps": 1, "eval_every": 1, "out_dir": str(tmp_path / "mqar")}
+    experiment["train"] |= {"steps": 1, "warmup_steps": 0, "eval_every": 1, "out_dir": str(tmp_path / "mqar")}
     experiment["eval"] |= {"num_examples": 4, "batch_size": 4}
     (tmp_path / "mqar.yaml").write_text(yaml.safe_dump(experiment))
     train(load_experiment(tmp_path / "mqar.yaml"), log=lambda line: None)
