@@ -5,9 +5,18 @@ touches both levels is one transaction. The file runs in WAL mode with `synchron
 transaction whose COMMIT returned is on disk and survives a killed process (SQLite's own
 guarantee), which is what "acknowledged" means for the service. All SQL is parameterised; no text
 a client sends is ever part of a statement. One connection, used under the caller's lock.
+
+One process per file: an exclusive `flock` on `<database>.lock` (which names the holder's pid) is
+taken before the file is opened and held until `close`, so a second server on the same file stops
+at start. A write checks, before and after its transaction, that the path still names the file
+that was opened (device and inode): a file removed or replaced under the running process fails
+every write from then on with `DatabaseUnavailable`, instead of acknowledging rows into an unlinked
+file; a write SQLite cannot make (a full disk) fails with it too, and is rolled back.
 """
 
 import contextlib
+import fcntl
+import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +43,40 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 
 class DatabaseError(ValueError):
-    """The memory database cannot be used (unreadable, or written for another embedding size); names the file."""
+    """The memory database cannot be used (unreadable, in use, written for another embedding size); names the file."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """A write the database cannot take now (file removed or replaced, disk full); nothing of it was kept."""
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, None when there is none."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _lock(path: Path):
+    """The open `<path>.lock`, exclusively locked for this process (DatabaseError when another holds it)."""
+    lock_path = path.with_name(path.name + ".lock")
+    handle = lock_path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise DatabaseError(
+            f"{path}: in use by another server (process {holder} holds {lock_path}); one server per database: "
+            "stop that one or give this one another database"
+        ) from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 @dataclass(frozen=True)
@@ -72,6 +114,10 @@ class MemoryDatabase:
         self.path, self.dim = Path(path), dim
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = _lock(self.path)
+        except OSError as error:
+            raise DatabaseError(f"{self.path}: cannot lock the memory database: {error}") from error
+        try:
             self._connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._connection.execute("PRAGMA journal_mode=WAL")
             self._connection.execute("PRAGMA synchronous=FULL")
@@ -80,9 +126,11 @@ class MemoryDatabase:
             if stored is None:
                 self._connection.execute("INSERT INTO settings VALUES ('embedding_dim', ?)", (str(dim),))
         except (sqlite3.Error, OSError) as error:
+            self._lock.close()
             raise DatabaseError(f"{self.path}: cannot open the memory database: {error}") from error
+        self._identity, self._failure = _identity(self.path), None
         if stored is not None and int(stored[0]) != dim:
-            self._connection.close()
+            self.close()
             raise DatabaseError(
                 f"{self.path}: holds embeddings of size {stored[0]}, but the model's d_model is {dim} "
                 "(a database belongs to the model that wrote it)"
@@ -152,17 +200,39 @@ class MemoryDatabase:
         """`PRAGMA integrity_check`: 'ok' for a sound file."""
         return self._connection.execute("PRAGMA integrity_check").fetchone()[0]
 
+    def failure(self) -> str | None:
+        """Why writes are refused (the file was removed or replaced since it was opened), None while it is there."""
+        if self._failure is None and _identity(self.path) != self._identity:
+            self._failure = (
+                f"{self.path} was removed or replaced while the service ran: writes are refused from then on "
+                "(none is acknowledged into a file that is gone); restart the service to use the file there now"
+            )
+        return self._failure
+
     def close(self) -> None:
         self._connection.close()
+        self._lock.close()  # releases the flock
+
+    def _check_file(self) -> None:
+        if reason := self.failure():
+            raise DatabaseUnavailable(reason)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back when the body raises."""
+        """BEGIN IMMEDIATE ... COMMIT, rolled back when the body raises; the file is checked before and after."""
+        self._check_file()
         cursor = self._connection.cursor()
-        cursor.execute("BEGIN IMMEDIATE")
         try:
-            yield cursor
-        except BaseException:
-            cursor.execute("ROLLBACK")
-            raise
-        cursor.execute("COMMIT")
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                yield cursor
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            cursor.execute("COMMIT")
+        except sqlite3.OperationalError as error:  # e.g. "database or disk is full": the transaction is rolled back
+            if self._connection.in_transaction:
+                self._connection.rollback()
+            reason = f"{self.path}: cannot write: {error}; nothing of this request was kept"
+            raise DatabaseUnavailable(reason) from error
+        self._check_file()

@@ -1,7 +1,7 @@
 """The HTTP API: FastAPI routes over `ChatService`.
 
     POST   /chat/message        reply to a message (greedy, sampled or beam search), stored in memory
-    POST   /chat/stream         the same reply as server-sent events, one per token, then `done`
+    POST   /chat/stream         the same reply as server-sent events, one per token, then `done` (or `error`)
     GET    /chat/history/{s}    the session's chat turns, oldest first (?limit=, at most 1000)
     POST   /memory/store        store a text (long-term chunks or one episodic memory)
     POST   /memory/recall       the three levels for a query, each with its score
@@ -10,12 +10,13 @@
     GET    /memory/stats        counts per level (?session= for one session)
     POST   /train/interaction   a few LoRA steps on (text, reply)
     POST   /train/checkpoint    save or restore the adapter (atomic file)
-    GET    /health              liveness; the only route open without the bearer token
+    GET    /health              liveness (503 and the reason when writes are refused); open without the token
 
 Every error is JSON `{"detail": ...}` with the reason: 422 for bad input (malformed JSON, missing
 or mistyped fields, text over the limit, control characters, a bad session name), 404 for an
 unknown session or memory, 401 without the token (when one is set), 413 for a body over
-`max_request_bytes`, 503 while the service cannot answer (shutting down). Input is checked before
+`max_request_bytes`, 503 while the service cannot answer (shutting down, its database removed or
+replaced, a full disk; a stream ends with an `error` event instead). Input is checked before
 anything is written.
 """
 
@@ -29,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from src.checkpoints import CheckpointError
+from src.memory_system.database import DatabaseUnavailable
 from src.memory_system.manager import MemoryInputError, UnknownMemory, UnknownSession
 from src.serve import schemas
 from src.serve.chat import ChatService, GenerationRequest, ServiceUnavailable
@@ -130,11 +132,14 @@ def create_app(service: ChatService) -> Guard:
         return JSONResponse({"detail": str(error)}, status_code=409)
 
     @app.exception_handler(ServiceUnavailable)
-    async def unavailable(_: Request, error: ServiceUnavailable):
+    @app.exception_handler(DatabaseUnavailable)
+    async def unavailable(_: Request, error: Exception):
         return JSONResponse({"detail": str(error)}, status_code=503)
 
     @app.get("/health")
-    def health() -> dict:
+    def health():
+        if reason := service.unavailable():
+            return JSONResponse({"status": "unavailable", "detail": reason}, status_code=503)
         return {"status": "ok"}
 
     @app.post("/chat/message")
@@ -147,9 +152,12 @@ def create_app(service: ChatService) -> Guard:
         events = service.stream(request.session, request.text, _generation(request))
 
         def server_sent_events():
-            for event in events:
-                kind = event.pop("event")
-                yield f"event: {kind}\ndata: {json.dumps(event)}\n\n"
+            try:
+                for event in events:
+                    kind = event.pop("event")
+                    yield f"event: {kind}\ndata: {json.dumps(event)}\n\n"
+            except (ServiceUnavailable, DatabaseUnavailable) as error:  # the 503 a plain request would get
+                yield f"event: error\ndata: {json.dumps({'status': 503, 'detail': str(error)})}\n\n"
 
         return StreamingResponse(server_sent_events(), media_type="text/event-stream")
 

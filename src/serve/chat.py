@@ -183,6 +183,10 @@ class ChatService:
         if self._closing.is_set():
             raise ServiceUnavailable("the service is shutting down")
 
+    def unavailable(self) -> str | None:
+        """Why the service cannot answer (shutting down, its database removed or replaced), None when it can."""
+        return "the service is shutting down" if self._closing.is_set() else self.memory.database.failure()
+
     def _stream_tokens(self, prompt: torch.Tensor, max_new_tokens: int, request: GenerationRequest) -> Iterator[int]:
         return generate_stream(
             self.model, prompt, max_new_tokens, request.temperature, request.top_k, request.top_p,

@@ -3,6 +3,7 @@
 
 import os
 import random
+import resource
 import signal
 import socket
 import string
@@ -78,22 +79,36 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-class Server:
-    """`memory-models serve CONFIG --host 127.0.0.1 --port P` as a subprocess; `client` talks to it."""
+def serve_command(config: Path, port: int) -> list[str]:
+    command = [sys.executable, "-c", "import sys; from src.cli import main; sys.exit(main(sys.argv[1:]))"]
+    return [*command, "serve", str(config), "--host", "127.0.0.1", "--port", str(port)]
 
-    def __init__(self, config: Path, token: str | None = None):
+
+class Server:
+    """`memory-models serve CONFIG --host 127.0.0.1 --port P` as a subprocess; `client` talks to it.
+
+    `file_size_limit` (bytes) is the process's RLIMIT_FSIZE: a write past it fails as on a full disk
+    (Python ignores SIGXFSZ, so the write returns EFBIG)."""
+
+    def __init__(self, config: Path, token: str | None = None, file_size_limit: int | None = None):
         self.config, self.token, self.process = config, token, None
+        self.file_size_limit = file_size_limit
         self.log = config.with_name("server.log")
+
+    def _limits(self) -> None:
+        if self.file_size_limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.file_size_limit, self.file_size_limit))
 
     def start(self) -> "Server":
         self.port = free_port()
         env = {key: value for key, value in os.environ.items() if key != "MEMORY_MODELS_TEST_TOKEN"}
         if self.token is not None:
             env["MEMORY_MODELS_TEST_TOKEN"] = self.token
-        command = [sys.executable, "-c", "import sys; from src.cli import main; sys.exit(main(sys.argv[1:]))"]
-        command += ["serve", str(self.config), "--host", "127.0.0.1", "--port", str(self.port)]
+        command = serve_command(self.config, self.port)
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self._limits
+            )
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + STARTUP_SECONDS
         while time.monotonic() < deadline:
