@@ -25,6 +25,7 @@ from src.adapted.config import (
     is_adapted_section,
     resolve_adapted_section,
 )
+from src.early_stopping import EarlyStopping
 from src.layers import MIXERS
 from src.layers.block import Block
 from src.layers.feedforward import SwiGLU
@@ -66,6 +67,7 @@ class TrainConfig:
     checkpoint_blocks: bool = False
     loss_chunk_tokens: PositiveInt | None = None
     precision: Literal["float32", "bfloat16"] = "float32"
+    early_stopping: EarlyStopping | None = None  # src.early_stopping
 
 
 @dataclass(frozen=True)
@@ -227,7 +229,7 @@ def _task_for_model(raw_task: Any, model: dict) -> Any:
 
 def _resolve_train_section(raw: Any, file: str) -> TrainConfig:
     """Validate the `train` section, with the constraints between its keys."""
-    train = TrainConfig(**arguments_for(TrainConfig, raw, "train", file))
+    train = build(TrainConfig, arguments_for(TrainConfig, raw, "train", file), "train", file)
     if train.betas is not None and len(train.betas) != 2:
         raise ConfigError(f"{file}: key 'train.betas' must have two entries, got {train.betas}")
     if not train.out_dir.strip():

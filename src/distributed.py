@@ -189,10 +189,10 @@ def save_shards(out_dir: Path, step: int, model: nn.Module, optimizer: torch.opt
     return name
 
 
-def remove_other_shards(out_dir: Path, keep: str) -> None:
-    """Delete the shard directories of earlier checkpoints (and of killed runs), all but `keep`."""
+def remove_other_shards(out_dir: Path, keep: set[str]) -> None:
+    """Delete the shard directories of earlier checkpoints (and of killed runs), all but those named in `keep`."""
     for path in out_dir.glob(f"{SHARDS_PREFIX}*"):
-        if path.is_dir() and path.name != keep:
+        if path.is_dir() and path.name not in keep:
             shutil.rmtree(path)
 
 

@@ -14,7 +14,7 @@ One module for what every command reads and writes (`train`, `evaluate`, `compar
 - `load_trained_model`: the one loader of a trained model (checkpoint -> config -> model -> state).
 """
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,12 @@ from src.adapted.model import AdaptedModel
 from src.checkpoints import CheckpointError
 from src.config import ExperimentConfig, resolve_model_section
 from src.distributed import Processes
+from src.early_stopping import Patience
 from src.language_model import LanguageModel
 from src.model import PaperModel
 
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"  # train.early_stopping: the checkpoint of the best held-out loss, beside CHECKPOINT
 METRICS = "metrics.jsonl"
 SECTIONS = ("model", "task", "train", "eval")
 RUN_CHECKPOINT = {"step": int, "tokens": int, "metrics": dict, "config": str}
@@ -130,21 +132,37 @@ def load_model(path: str | Path, checkpoint: dict, model: LanguageModel) -> None
 
 
 def save_checkpoint(
-    path: Path, model: LanguageModel, optimizer, metrics: dict, experiment: ExperimentConfig, processes: Processes
+    path: Path,
+    model: LanguageModel,
+    optimizer,
+    metrics: dict,
+    experiment: ExperimentConfig,
+    processes: Processes,
+    patience: Patience | None = None,
 ) -> None:
     """Write, atomically, model and optimizer state, the step and tokens reached, their metrics and the config.
 
     One file from rank 0; under fsdp every process first writes its shards, then rank 0 the file naming them.
+    Under early stopping (`patience`, saved with it) the checkpoint of a new best held-out loss is
+    written as `best.pt` beside it too, first (a kill between the two leaves a checkpoint.pt whose
+    step is then replayed); under fsdp the best step's shards are kept until a better one comes.
     """
     step, config = metrics["step"], experiment.to_yaml()
     metadata = {"step": step, "tokens": metrics["tokens"], "metrics": metrics, "config": config}
+    if patience is not None:
+        metadata["early_stopping"] = asdict(patience)
+    paths = [path.with_name(BEST), path] if patience is not None and patience.best_step == step else [path]
     if processes.parallel == "fsdp":
         shards = distributed.save_shards(path.parent, step, model, optimizer, processes.is_main)
         if processes.is_main:
-            checkpoints.save({"shards": shards, **metadata}, path)
-            distributed.remove_other_shards(path.parent, keep=shards)
+            for target in paths:
+                checkpoints.save({"shards": shards, **metadata}, target)
+            best = {distributed.shards_name(patience.best_step)} if patience is not None else set()
+            distributed.remove_other_shards(path.parent, keep={shards, *best})
     elif processes.is_main:
-        checkpoints.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **metadata}, path)
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), **metadata}
+        for target in paths:
+            checkpoints.save(state, target)
 
 
 @dataclass(frozen=True)

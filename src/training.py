@@ -25,8 +25,10 @@ from torch.utils.checkpoint import checkpoint
 from src import checkpoints, distributed
 from src.config import ExperimentConfig, TrainConfig
 from src.distributed import Processes
+from src.early_stopping import Patience
 from src.language_model import LanguageModel
 from src.runs import (
+    BEST,
     CHECKPOINT,
     METRICS,
     SECTIONS,
@@ -288,17 +290,27 @@ def _restore(path: Path, experiment: ExperimentConfig) -> dict:
     """Read and check the checkpoint to resume.
 
     Its config may differ only in train.steps (extending the run), train.out_dir (the run was
-    moved) and train.parallel between none and ddp (one file format; fsdp writes shards).
+    moved), train.early_stopping (more patience continues a stopped run) and train.parallel between
+    none and ddp (one file format; fsdp writes shards).
     """
     checkpoint = read_checkpoint(path)
     full_state = ("none", "ddp")
     was_parallel = checkpoint["config"]["train"].get("parallel", "none")  # absent before the key existed
     same_format = was_parallel in full_state and experiment.train.parallel in full_state
-    allowed = ("train.steps", "train.out_dir", *(("train.parallel",) if same_format else ()))
+    early_stopping = ("train.early_stopping", "train.early_stopping.patience", "train.early_stopping.min_delta")
+    allowed = ("train.steps", "train.out_dir", *early_stopping, *(("train.parallel",) if same_format else ()))
     check_config_matches(path, checkpoint["config"], experiment, SECTIONS, allowed=allowed)
     if checkpoint["step"] > experiment.train.steps:
         raise RunError(f"{experiment.file}: train.steps ({experiment.train.steps}) is below the step of {path}")
     return checkpoint
+
+
+def _restored_patience(path: Path, checkpoint: dict) -> Patience:
+    """The early-stopping state a checkpoint saved (a fresh one if its run had no early stopping)."""
+    try:
+        return Patience(**checkpoint.get("early_stopping", {}))
+    except TypeError as error:
+        raise RunError(f"{path}: its early_stopping entry is not an early-stopping state: {error}") from error
 
 
 def _progress_line(result: dict, steps: int) -> str:
@@ -408,12 +420,17 @@ def _train(experiment: ExperimentConfig, processes: Processes, log, resume: bool
     task = build_task(experiment.task)
     eval_tasks = evaluation_tasks(experiment)  # built once: a text task reads its file here
     first_step, tokens, result = 0, 0, {}
+    rule, patience = cfg.early_stopping, Patience()
     if resume:
         checkpoint = _restore(checkpoint_path, experiment)
         load_training_state(checkpoint_path, checkpoint, model, optimizer)
         first_step, tokens, result = checkpoint["step"], checkpoint["tokens"], checkpoint["metrics"]
+        patience = _restored_patience(checkpoint_path, checkpoint)
         if first_step == cfg.steps:
             log(f"{checkpoint_path} is a finished run of {first_step} steps (raise train.steps to extend it)")
+            return result
+        if rule is not None and patience.exhausted(rule):
+            log(f"{checkpoint_path} stopped early at step {first_step} (raise train.early_stopping.patience to go on)")
             return result
         log(f"resuming from {checkpoint_path} at step {first_step}")
     if processes.is_main:
@@ -450,9 +467,23 @@ def _train(experiment: ExperimentConfig, processes: Processes, log, resume: bool
                 **evaluate(training.objective, experiment, eval_tasks),
             }
             evaluating += time.perf_counter() - eval_started
-            if processes.is_main:  # a new run replaces an old log at its first evaluation, not before
+            if rule is not None:
+                patience = patience.after(result["eval_loss"], step + 1, rule)
+                result |= {"best_step": patience.best_step, "best_eval_loss": patience.best_loss}
+            if processes.is_main and saved_step is None:  # a new run replaces an old one here, not before
+                (out_dir / BEST).unlink(missing_ok=True)
+            if processes.is_main:
                 _log_metrics(out_dir / METRICS, result, replace=saved_step is None)
-            save_checkpoint(checkpoint_path, model, optimizer, result, experiment, processes)
+            save_checkpoint(
+                checkpoint_path, model, optimizer, result, experiment, processes, patience if rule else None
+            )
             saved_step = step + 1
             log(_progress_line(result, cfg.steps))
+            if rule is not None and patience.exhausted(rule):
+                log(
+                    f"early stopping at step {step + 1}: eval_loss has not improved by more than {rule.min_delta} "
+                    f"for {rule.patience} evaluations; the best, {patience.best_loss:.4f} at step "
+                    f"{patience.best_step}, is {out_dir / BEST}"
+                )
+                break
     return result
