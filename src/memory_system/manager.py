@@ -269,7 +269,8 @@ class MemoryManager:
         with self._lock:
             self._known(session)
             if memory_id is not None:
-                deleted = self.database.delete("id = ? AND session = ?", (memory_id, session))
+                row_id = 0 < memory_id < 2**63  # SQLite's row ids: no other number names a memory
+                deleted = self.database.delete("id = ? AND session = ?", (memory_id, session)) if row_id else []
                 if not deleted:
                     raise UnknownMemory(f"no memory {memory_id} in session {session!r}")
             elif older_than_hours is not None:

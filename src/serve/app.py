@@ -12,9 +12,10 @@
     POST   /train/checkpoint    save or restore the adapter (atomic file)
     GET    /health              liveness (503 and the reason when writes are refused); open without the token
 
-Every error is JSON `{"detail": ...}` with the reason: 422 for bad input (malformed JSON, missing
-or mistyped fields, text over the limit, control characters, a bad session name), 404 for an
-unknown session or memory, 401 without the token (when one is set), 413 for a body over
+Every error is JSON `{"detail": ...}` with the reason: 422 for bad input (malformed JSON, a body
+that is not UTF-8 or nests deeper than `bodies.MAX_DEPTH`, missing or mistyped fields, text over
+the limit, control characters, a bad session name), 404 for an unknown session or memory (an id
+outside SQLite's integers too), 401 without the token (when one is set), 413 for a body over
 `max_request_bytes`, 503 while the service cannot answer (shutting down, its database removed or
 replaced, a full disk; a stream ends with an `error` event instead). Input is checked before
 anything is written.
@@ -33,6 +34,7 @@ from src.checkpoints import CheckpointError
 from src.memory_system.database import DatabaseUnavailable
 from src.memory_system.manager import MemoryInputError, UnknownMemory, UnknownSession
 from src.serve import schemas
+from src.serve.bodies import body_problem
 from src.serve.chat import ChatService, GenerationRequest, ServiceUnavailable
 
 MAX_HISTORY = 1000
@@ -58,8 +60,9 @@ async def _send_json(send, status: int, detail: str, headers: tuple = ()) -> Non
 class Guard:
     """ASGI middleware in front of the app: the bearer token (all routes but /health) and the body size limit.
 
-    The body is read before the app sees it; one larger than `max_bytes` is answered 413 without
-    reaching a route, so it can write nothing.
+    The body is read before the app sees it; one larger than `max_bytes` is answered 413, and one that
+    is not UTF-8 or nests too deep (`bodies.body_problem`) 422, without reaching a route, so neither
+    can write anything.
     """
 
     def __init__(self, app, max_bytes: int, token: str | None):
@@ -86,6 +89,8 @@ class Guard:
             more = message.get("more_body", False) and size <= _DRAIN_LIMIT
         if size > self.max_bytes:
             return await _send_json(send, 413, f"request body is over the limit of {self.max_bytes} bytes")
+        if problem := body_problem(body):
+            return await _send_json(send, 422, problem)
         delivered = False
 
         async def replay():
@@ -98,8 +103,10 @@ class Guard:
         return await self.app(scope, replay, send)
 
 
-def _location(error: dict) -> str:
-    return ".".join(str(part) for part in error["loc"])
+def _reason(error: dict) -> str:
+    """One validation error as `location: message (cause)`, the cause being e.g. the JSON parser's."""
+    cause = error.get("ctx", {}).get("error")
+    return ".".join(str(part) for part in error["loc"]) + f": {error['msg']}" + (f" ({cause})" if cause else "")
 
 
 def create_app(service: ChatService) -> Guard:
@@ -115,7 +122,7 @@ def create_app(service: ChatService) -> Guard:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, error: RequestValidationError):
         # The reasons without the offending input (which may be a megabyte of it).
-        reasons = [f"{_location(e)}: {e['msg']}" for e in error.errors()]
+        reasons = [_reason(e) for e in error.errors()]
         return JSONResponse({"detail": reasons}, status_code=422)
 
     @app.exception_handler(MemoryInputError)
