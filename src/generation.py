@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 
 from src.generation_scoring import length_penalty
-from src.language_model import LanguageModel
+from src.language_model import LanguageModel, ModelState
 
 
 def greedy(logits: torch.Tensor) -> torch.Tensor:
@@ -130,26 +130,28 @@ def generate_stream(
     top_p: float | None = None,
     seed: int = 0,
     end_id: int | None = None,
+    state: ModelState | None = None,
 ) -> Iterator[int]:
     """The tokens `generate` appends to a (1, T) prompt, yielded one at a time as they are chosen.
 
     Same rules, same seed, same state stepping, so the tokens equal `generate`'s; with `end_id` the
-    stream stops after yielding that token. Arguments are checked here, before the first token.
+    stream stops after yielding that token; with `state` the prompt continues the sequence that state
+    has read (a chat session's carried state). Arguments are checked here, before the first token.
     """
     check_sampling(max_new_tokens, temperature, top_k, top_p, seed, model.vocab_size)
     if prompt.dim() != 2 or prompt.shape[0] != 1 or prompt.shape[1] == 0:
         raise ValueError(f"prompt must have shape (1, T) with T >= 1, got {tuple(prompt.shape)}")
     _check_end_id(end_id, model.vocab_size)
-    return _stream(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, end_id)
+    return _stream(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, end_id, state)
 
 
 @torch.no_grad()
-def _stream(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, end_id) -> Iterator[int]:
+def _stream(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, end_id, state) -> Iterator[int]:
     generator = torch.Generator(device=prompt.device).manual_seed(seed)
     was_training = model.training
     model.eval()
     try:
-        logits, state = model.step(prompt, None)
+        logits, state = model.step(prompt, state)
         for _ in range(max_new_tokens):
             next_token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)[:, None]
             yield next_token.item()
@@ -182,6 +184,7 @@ def beam_search(
     beam_width: int,
     alpha: float = 0.0,
     end_id: int | None = None,
+    state: ModelState | None = None,
 ) -> BeamHypothesis:
     """The continuation of a (1, T) prompt with the best length-normalised log-probability found by beam search.
 
@@ -192,7 +195,8 @@ def beam_search(
     too, and the finished one with the highest s(Y) = log P(Y | prompt) / lp(Y) is returned
     (`src.generation_scoring`, |Y| counting the end token). Width 1 is greedy decoding; a width
     of at least the number of live hypotheses at every step is exhaustive search. The beams share
-    one batch of `LanguageModel.step`, their states reordered as beams are kept.
+    one batch of `LanguageModel.step`, their states reordered as beams are kept. With `state`, the
+    prompt continues the sequence that state has read.
     """
     vocab_size = model.vocab_size
     if max_new_tokens < 1:
@@ -206,7 +210,7 @@ def beam_search(
     _check_end_id(end_id, vocab_size)
     was_training = model.training
     model.eval()
-    logits, state = model.step(prompt, None)
+    logits, state = model.step(prompt, state)
     live_tokens = torch.zeros(1, 0, dtype=torch.long, device=prompt.device)
     live_log_probs = torch.zeros(1, dtype=torch.float64, device=prompt.device)
     finished: list[BeamHypothesis] = []

@@ -9,6 +9,8 @@ adapters). Code outside the two models sees only `LanguageModel`:
 - `step(ids, state) -> (logits, state)`: continue each sequence from a `ModelState` (None at the
   start). A state reorders its batch (`select`, beam search) and travels as bytes (`to_bytes`,
   `LanguageModel.state_from_bytes`), so a chat session's state can be stored and resumed;
+  `constant_state` says whether its size stays the same however many tokens it has read (every
+  mixer but attention's KV cache), which is when carrying it costs the same at every turn;
 - `auxiliary_losses()`: the losses the last forward recorded (router losses), coefficients applied;
 - `parameter_groups(weight_decay)`: AdamW's groups of the trainable parameters (`src.optimizer`);
   `num_parameters()`, `trainable_parameters()`;
@@ -56,9 +58,13 @@ def map_tensors(tree: Any, function: Callable[[torch.Tensor], torch.Tensor]) -> 
 
 
 def to_plain(tree: Any) -> Any:
-    """A state tree as containers `torch.load(weights_only=True)` reads: each dataclass becomes a tagged dict."""
+    """A state tree as containers `torch.load(weights_only=True)` reads: each dataclass becomes a tagged dict.
+
+    Each tensor is copied into storage of its own size: a state's tensor is often a view of a larger
+    one (a convolution's last inputs sliced from the whole sequence), whose storage `torch.save` would write.
+    """
     if isinstance(tree, torch.Tensor):
-        return tree.detach().cpu()
+        return tree.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
     if isinstance(tree, (list, tuple)):
         return [to_plain(entry) for entry in tree]
     if isinstance(tree, dict):
@@ -177,6 +183,11 @@ class LanguageModel(nn.Module, ABC):
     @abstractmethod
     def step(self, input_ids: torch.Tensor, state: ModelState | None) -> tuple[torch.Tensor, ModelState]:
         """The next T >= 1 tokens (batch, T) after `state` (None at the start) -> logits (batch, T, vocab), state."""
+
+    @property
+    @abstractmethod
+    def constant_state(self) -> bool:
+        """True when a state's size does not grow with the tokens it has read (no KV cache anywhere)."""
 
     @abstractmethod
     def state_from_bytes(self, data: bytes) -> ModelState:

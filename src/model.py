@@ -168,6 +168,11 @@ class PaperModel(LanguageModel):
             new_state.append(block_state)
         return self.head(self.norm(x)), PaperModelState(tuple(new_state))
 
+    @property
+    def constant_state(self) -> bool:
+        """Every block's mixer keeps a state of constant size (`Mixer.constant_state`: all but attention)."""
+        return all(block.mixer.constant_state for block in self.blocks)
+
     def state_from_bytes(self, data: bytes) -> PaperModelState:
         blocks = bytes_payload(data, "PaperModel").get("blocks")
         return PaperModelState(

@@ -105,6 +105,17 @@ def test_a_state_travels_as_bytes(model):
 
 
 @torch.no_grad()
+def test_a_constant_state_keeps_its_size(model):
+    """`constant_state` holds exactly when the state's bytes are as long after 48 tokens as after 12 (multiples
+    of every example's segment and chunk size, as the mixer contract measures)."""
+    tokens = ids(batch=1, length=48)
+    sizes = {len(model.step(tokens[:, :length], None)[1].to_bytes()) for length in (12, 48)}
+    assert model.constant_state == (len(sizes) == 1)
+    if isinstance(model, AdaptedModel) or model.config["blocks"][0]["mixer"]["type"] == "attention":
+        assert not model.constant_state
+
+
+@torch.no_grad()
 def test_bytes_that_are_no_state_of_this_model_are_refused(model, tiny_bases):
     with pytest.raises(StateError, match="not a saved model state"):
         model.state_from_bytes(b"not a state")

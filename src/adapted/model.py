@@ -201,6 +201,11 @@ class AdaptedModel(LanguageModel):
             memories = tuple(insertion.state for insertion in self._insertions)
         return output.logits, AdaptedModelState(output.past_key_values, memories, self.base.config)
 
+    @property
+    def constant_state(self) -> bool:
+        """False: the base's KV cache grows with every token."""
+        return False
+
     def state_from_bytes(self, data: bytes) -> AdaptedModelState:
         payload = bytes_payload(data, "AdaptedModel")
         keys, values, memories = payload.get("keys"), payload.get("values"), payload.get("memories")

@@ -1,10 +1,14 @@
 """The SQLite file behind the long-term and episodic stores: one table, vectors as BLOBs.
 
 Every memory is one row of `memories` (its level is `long_term` or `episodic`), so a write that
-touches both levels is one transaction. The file runs in WAL mode with `synchronous=FULL`: a
-transaction whose COMMIT returned is on disk and survives a killed process (SQLite's own
-guarantee), which is what "acknowledged" means for the service. All SQL is parameterised; no text
-a client sends is ever part of a statement. One connection, used under the caller's lock.
+touches both levels is one transaction. A chat session carried by the model's state
+(`src.serve.session_state`) has one row of `session_states` (the state's bytes, the tokens it has
+read) and one row of `session_reads` per exchange (the token ids it read), written in the
+exchange's transaction and dropped in the transaction of any delete of the session's memories.
+The file runs in WAL mode with `synchronous=FULL`: a transaction whose COMMIT returned is on disk and
+survives a killed process (SQLite's own guarantee), which is what "acknowledged" means for the service.
+All SQL is parameterised; no text a client sends is ever part of a statement. One connection, used
+under the caller's lock.
 
 One process per file: an exclusive `flock` on `<database>.lock` (which names the holder's pid) is
 taken before the file is opened and held until `close`, so a second server on the same file stops
@@ -39,7 +43,20 @@ CREATE TABLE IF NOT EXISTS memories (
 );
 CREATE INDEX IF NOT EXISTS memories_by_session ON memories (session, level, id);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS session_states (
+    session TEXT PRIMARY KEY,
+    state BLOB NOT NULL,
+    tokens INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS session_reads (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session TEXT NOT NULL,
+    exchange INTEGER NOT NULL,
+    ids BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS session_reads_by_session ON session_reads (session, id);
 """
+_TOKEN_ID = np.int32
 
 
 class DatabaseError(ValueError):
@@ -107,6 +124,21 @@ class NewRow:
     embedding: np.ndarray
 
 
+@dataclass(frozen=True)
+class CarriedState:
+    """A session's model state after an exchange (`ModelState.to_bytes`), written with the exchange.
+
+    `read` holds the token ids the model read in the exchange, `tokens_before` the count it had read
+    before it: the write keeps the state only while the stored count is still `tokens_before` (a
+    forget in between resets the session, and the state is then dropped, not written).
+    """
+
+    session: str
+    state: bytes
+    read: list[int]
+    tokens_before: int
+
+
 class MemoryDatabase:
     """The `memories` table of one SQLite file, for embeddings of size `dim`."""
 
@@ -136,8 +168,9 @@ class MemoryDatabase:
                 "(a database belongs to the model that wrote it)"
             )
 
-    def insert(self, rows: list[NewRow]) -> list[int]:
-        """Insert `rows` in one transaction; return their ids once the transaction is committed."""
+    def insert(self, rows: list[NewRow], carried: CarriedState | None = None) -> list[int]:
+        """Insert `rows` in one transaction, with a session's carried state when given (its read ids
+        recorded against the first row, the exchange's user turn); return the ids once committed."""
         ids = []
         with self._transaction() as cursor:
             for row in rows:
@@ -148,13 +181,46 @@ class MemoryDatabase:
                      row.embedding.astype(np.float32).tobytes()),
                 )  # fmt: skip
                 ids.append(cursor.lastrowid)
+            if carried is not None:
+                self._carry(cursor, carried, ids[0])
         return ids
 
+    def _carry(self, cursor: sqlite3.Cursor, carried: CarriedState, exchange: int) -> None:
+        stored = cursor.execute("SELECT tokens FROM session_states WHERE session = ?", (carried.session,)).fetchone()
+        if (0 if stored is None else stored[0]) != carried.tokens_before:
+            self._reset_sessions(cursor, [carried.session])
+            return
+        cursor.execute(
+            "INSERT INTO session_states (session, state, tokens) VALUES (?, ?, ?) "
+            "ON CONFLICT (session) DO UPDATE SET state = excluded.state, tokens = excluded.tokens",
+            (carried.session, carried.state, carried.tokens_before + len(carried.read)),
+        )
+        cursor.execute(
+            "INSERT INTO session_reads (session, exchange, ids) VALUES (?, ?, ?)",
+            (carried.session, exchange, np.array(carried.read, dtype=_TOKEN_ID).tobytes()),
+        )
+
+    def _reset_sessions(self, cursor: sqlite3.Cursor, sessions: list[str]) -> None:
+        for session in sessions:
+            cursor.execute("DELETE FROM session_states WHERE session = ?", (session,))
+            cursor.execute("DELETE FROM session_reads WHERE session = ?", (session,))
+
+    def session_state(self, session: str) -> tuple[bytes, int] | None:
+        """A session's carried model state and the number of tokens it has read (None: nothing carried)."""
+        return self._connection.execute(
+            "SELECT state, tokens FROM session_states WHERE session = ?", (session,)
+        ).fetchone()
+
     def delete(self, where: str, parameters: tuple) -> list[tuple[int, str, str]]:
-        """Delete the rows matching `where` (a fixed clause with ? placeholders); return their (id, session, level)."""
+        """Delete the rows matching `where` (a fixed clause with ? placeholders); return their (id, session, level).
+
+        The carried state of every session that loses a row is dropped in the same transaction: a state
+        cannot unread a memory, so the session starts again from what is left (`src.serve.session_state`).
+        """
         with self._transaction() as cursor:
             doomed = cursor.execute(f"SELECT id, session, level FROM memories WHERE {where}", parameters).fetchall()
             cursor.execute(f"DELETE FROM memories WHERE {where}", parameters)
+            self._reset_sessions(cursor, sorted({session for _, session, _ in doomed}))
         return doomed
 
     def touch(self, ids: list[int], when: float) -> None:

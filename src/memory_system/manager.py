@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 import numpy as np
 import torch
 
-from src.memory_system.database import LEVELS, MemoryDatabase, NewRow, Row
+from src.memory_system.database import LEVELS, CarriedState, MemoryDatabase, NewRow, Row
 from src.memory_system.episodic_retrieval import retrieval_score
 from src.memory_system.short_term import ShortTermBuffer, Turn
 from src.memory_system.vector_index import INDEXES, VectorRows
@@ -219,9 +219,17 @@ class MemoryManager:
         rows = [NewRow(session, level, role, piece, importance, now, vector) for piece, vector in zip(pieces, vectors)]
         return self._commit(rows)
 
-    def record_exchange(self, session: str, user_text: str, reply: str, importance: float | None = None) -> list[int]:
+    def record_exchange(
+        self,
+        session: str,
+        user_text: str,
+        reply: str,
+        importance: float | None = None,
+        carried: CarriedState | None = None,
+    ) -> list[int]:
         """One chat exchange, in one transaction: the user turn and the reply as episodes (both enter the
-        short-term buffer) and the exchange as long-term chunks. Returns the ids, episodes first."""
+        short-term buffer), the exchange as long-term chunks and, when given, the session's model state
+        after it (`CarriedState`). Returns the ids, episodes first."""
         self.check_session(session)
         self.check_text(user_text, "text")
         importance = self._check_importance(importance)
@@ -235,13 +243,13 @@ class MemoryManager:
             NewRow(session, "long_term", "note", chunk, importance, now, v)
             for chunk, v in zip(chunks, vectors[len(turns) :])
         ]
-        return self._commit(rows)
+        return self._commit(rows, carried)
 
-    def _commit(self, rows: list[NewRow]) -> list[int]:
+    def _commit(self, rows: list[NewRow], carried: CarriedState | None = None) -> list[int]:
         with self._lock:
             for session in {row.session for row in rows if row.role in CONVERSATION and row.level == "episodic"}:
                 self._buffer(session)  # a session seen before this start resumes from its stored turns
-            ids = self.database.insert(rows)
+            ids = self.database.insert(rows, carried)
             for memory_id, row in zip(ids, rows):
                 self._index(memory_id, row)
         return ids
@@ -359,6 +367,12 @@ class MemoryManager:
         )
         best = scores.topk(min(k, len(scores)))
         return [("episodic", int(ids[i]), float(s)) for s, i in zip(best.values, best.indices)]
+
+    def carried_state(self, session: str) -> tuple[bytes, int] | None:
+        """The session's carried model state and the tokens it has read, None when it carries none."""
+        self.check_session(session)
+        with self._lock:
+            return self.database.session_state(session)
 
     def conversation(self, session: str) -> list[Turn]:
         """The short-term buffer of a session (empty for a new session)."""

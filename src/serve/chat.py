@@ -10,13 +10,16 @@ read through the model's tokenizer (`LanguageModel.tokenizer`: UTF-8 bytes, or a
 base tokenizer) and cut to its last `chat.context_bytes` tokens (bytes for a byte-level model), in
 the layout of a play script (the tinyshakespeare corpus names the speaker on its own line).
 Generation stops at the stop token (`chat.stop`, one token) or at `max_new_tokens`; the exchange is
-then written to memory in one transaction. The model is any checkpoint of `memory-models train`
-(`src.runs.load_trained_model`), used under one lock (generation and learning change or read its
-weights). A streamed reply takes the lock for each token only, never across a `yield`: a client
-that stops reading or goes away holds nothing, and a reply streamed while `learn` runs continues
-with the weights learned in between. Embeddings come from a frozen copy of the model taken before
-any adapter exists, so stored vectors stay comparable while the adapter learns. `close` (at
-shutdown) ends every generation in flight at its next token with `ServiceUnavailable`.
+then written to memory in one transaction. Under `chat.session_state: carry` the session's turns are
+not replayed: the reply continues the model state stored with the session's last exchange, and the
+state after this one is stored in the same transaction (`src.serve.session_state`).
+The model is any checkpoint of `memory-models train` (`src.runs.load_trained_model`), used under one
+lock (generation and learning change or read its weights). A streamed reply takes the lock for each
+token only, never across a `yield`: a client that stops reading or goes away holds nothing, and a reply
+streamed while `learn` runs continues with the weights learned in between. Embeddings come from a
+frozen copy of the model taken before any adapter exists, so stored vectors stay comparable while the
+adapter learns. `close` (at shutdown) ends every generation in flight at its next token with
+`ServiceUnavailable`.
 """
 
 import copy
@@ -33,6 +36,7 @@ from src.memory_system.manager import MemoryInputError, MemoryManager, Recalled
 from src.runs import load_trained_model, select_device
 from src.serve.config import ServeConfig
 from src.serve.learning import IncrementalLearner
+from src.serve.session_state import SessionStart, SessionStates
 from src.validation import ConfigError
 
 
@@ -85,6 +89,7 @@ class ChatService:
         self._closing = threading.Event()
         self.memory = MemoryManager(config.database, model.hidden_size, self._embed, config.memory)
         self.learner = IncrementalLearner(model, config.learning)
+        self.sessions = SessionStates(model, self.memory, config.chat.session_state, config.file)
 
     def _embed(self, texts: list[str]):
         with self._embed_lock:
@@ -108,12 +113,13 @@ class ChatService:
             raise MemoryInputError(str(error)) from error
         return max_new_tokens
 
-    def prompt(self, session: str, text: str) -> tuple[list[int], list[Recalled]]:
-        """The prompt's token ids for a message, and the memories it shows."""
+    def prompt(self, session: str, text: str, replay: bool = True) -> tuple[list[int], list[Recalled]]:
+        """The prompt's token ids for a message, and the memories it shows; without `replay` the session's
+        turns are left out (a carried state has read them)."""
         chat = self.config.chat
         recalled = self.memory.recall(session, text) if session in self.memory.sessions else []
         remembered = [memory.text for memory in recalled if memory.level != "short_term"]
-        turns = self.memory.conversation(session)
+        turns = self.memory.conversation(session) if replay else []
         names = {"user": chat.user_name, "assistant": chat.model_name}
         layout = "".join(f"{line}\n" for line in remembered)
         layout += "".join(f"{names[turn.role]}:\n{turn.text}\n\n" for turn in turns)
@@ -128,19 +134,20 @@ class ChatService:
         self.memory.check_session(session)
         self.memory.check_text(text)
         max_new_tokens = self.check(request)
-        ids, recalled = self.prompt(session, text)
+        start = self.sessions.start(session)
+        ids, recalled = self.prompt(session, text, replay=start.state is None)
         prompt = torch.tensor([ids], device=self._device)
         if request.beam_width > 1:
             with self._model_lock:
                 self._check_open()
                 tokens = beam_search(
                     self.model, prompt, max_new_tokens, request.beam_width,
-                    self.config.chat.length_penalty_alpha, self.stop_id,
+                    self.config.chat.length_penalty_alpha, self.stop_id, start.state,
                 ).tokens  # fmt: skip
         else:
-            tokens = list(self._locked(self._stream_tokens(prompt, max_new_tokens, request)))
+            tokens = list(self._locked(self._stream_tokens(prompt, max_new_tokens, request, start)))
         reply = self._reply_text(tokens)
-        stored = self.memory.record_exchange(session, text, reply)
+        stored = self.memory.record_exchange(session, text, reply, carried=self._carried(session, start, ids, tokens))
         return {"session": session, "reply": reply, "tokens": tokens, "memories": recalled, "stored": stored}
 
     def stream(self, session: str, text: str, request: GenerationRequest) -> Iterator[dict]:
@@ -154,19 +161,20 @@ class ChatService:
         max_new_tokens = self.check(request)
         if request.beam_width != 1:
             raise MemoryInputError("beam search does not stream: beam_width must be 1 on /chat/stream")
-        ids, _ = self.prompt(session, text)
-        prompt = torch.tensor([ids], device=self._device)
-        return self._events(session, text, prompt, max_new_tokens, request)
+        start = self.sessions.start(session)
+        ids, _ = self.prompt(session, text, replay=start.state is None)
+        return self._events(session, text, ids, start, max_new_tokens, request)
 
-    def _events(self, session, text, prompt, max_new_tokens, request) -> Iterator[dict]:
+    def _events(self, session, text, ids, start, max_new_tokens, request) -> Iterator[dict]:
         decode = self.tokenizer.stream_decoder()
         tokens = []
-        for index, token in enumerate(self._locked(self._stream_tokens(prompt, max_new_tokens, request))):
+        prompt = torch.tensor([ids], device=self._device)
+        for index, token in enumerate(self._locked(self._stream_tokens(prompt, max_new_tokens, request, start))):
             tokens.append(token)
             piece = "" if token == self.stop_id else decode(token)
             yield {"event": "token", "index": index, "token": token, "text": piece}
         reply = self._reply_text(tokens)
-        stored = self.memory.record_exchange(session, text, reply)
+        stored = self.memory.record_exchange(session, text, reply, carried=self._carried(session, start, ids, tokens))
         yield {"event": "done", "session": session, "reply": reply, "tokens": tokens, "stored": stored}
 
     def _locked(self, tokens: Iterator[int]) -> Iterator[int]:
@@ -187,11 +195,21 @@ class ChatService:
         """Why the service cannot answer (shutting down, its database removed or replaced), None when it can."""
         return "the service is shutting down" if self._closing.is_set() else self.memory.database.failure()
 
-    def _stream_tokens(self, prompt: torch.Tensor, max_new_tokens: int, request: GenerationRequest) -> Iterator[int]:
+    def _stream_tokens(
+        self, prompt: torch.Tensor, max_new_tokens: int, request: GenerationRequest, start: SessionStart
+    ) -> Iterator[int]:
         return generate_stream(
             self.model, prompt, max_new_tokens, request.temperature, request.top_k, request.top_p,
-            request.seed, self.stop_id,
+            request.seed, self.stop_id, start.state,
         )  # fmt: skip
+
+    def _carried(self, session: str, start: SessionStart, prompt: list[int], tokens: list[int]):
+        """The session's state to store with the exchange (None under replay), read under the model's lock."""
+        if not self.sessions.carry:
+            return None
+        with self._model_lock:
+            self._check_open()
+            return self.sessions.after(session, start, prompt + self.sessions.reply_ids(tokens, self.stop_id))
 
     def learn(self, text: str, reply: str, steps: int | None) -> dict:
         """A few LoRA steps on one interaction: the model learns to answer `text` with `reply`."""

@@ -19,8 +19,11 @@ from src.validation import ConfigError, arguments_for, check_keys, check_value, 
 
 @dataclass(frozen=True)
 class ChatConfig:
-    """Prompt layout and generation limits; requests may ask for less, never more."""
+    """Prompt layout and generation limits; requests may ask for less, never more. `session_state`:
+    `replay` re-reads a session's recent turns at every reply, `carry` continues from the session's
+    stored model state (models whose state does not grow; `src.serve.session_state`)."""
 
+    session_state: Literal["carry", "replay"] = "replay"
     max_new_tokens: PositiveInt = 200
     context_bytes: PositiveInt = 1024
     stop: str = "\n"

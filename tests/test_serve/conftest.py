@@ -37,15 +37,29 @@ TINY_TEXT_MODEL = {
 STARTUP_SECONDS = 90
 
 
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory) -> Path:
-    """A `memory-models train` checkpoint of a tiny byte-level transformer (40 steps on tinyshakespeare)."""
-    run = tmp_path_factory.mktemp("chat_model")
-    config = {**TINY_TEXT_MODEL, "train": {**TINY_TEXT_MODEL["train"], "out_dir": str(run)}}
+def train_text_model(run: Path, blocks: list[dict] | None = None) -> Path:
+    """The checkpoint of TINY_TEXT_MODEL (or its d_model with these `blocks`) trained 40 steps into `run`."""
+    model = TINY_TEXT_MODEL["model"] if blocks is None else {**TINY_TEXT_MODEL["model"], "blocks": blocks}
+    config = {**TINY_TEXT_MODEL, "model": model, "train": {**TINY_TEXT_MODEL["train"], "out_dir": str(run)}}
     path = run / "train.yaml"
     path.write_text(yaml.safe_dump(config))
     train(load_experiment(path), log=lambda line: None)
     return run / "checkpoint.pt"
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """A `memory-models train` checkpoint of a tiny byte-level transformer (40 steps on tinyshakespeare)."""
+    return train_text_model(tmp_path_factory.mktemp("chat_model"))
+
+
+MAMBA_BLOCKS = [{"mixer": {"type": "selective_ssm", "d_state": 8, "expand": 2}, "mlp": "none", "repeat": 2}]
+
+
+@pytest.fixture(scope="session")
+def mamba_checkpoint(tmp_path_factory) -> Path:
+    """The same byte-level model with two Mamba blocks instead of attention: a state that does not grow."""
+    return train_text_model(tmp_path_factory.mktemp("chat_mamba"), MAMBA_BLOCKS)
 
 
 def write_config(directory: Path, checkpoint: Path, **sections) -> Path:
