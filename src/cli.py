@@ -16,6 +16,7 @@ from src.checkpoints import CheckpointError
 from src.compare import ComparisonError, compare
 from src.config import TOKENIZED_TASKS, load_comparison, load_experiment
 from src.distributed import launched_rank
+from src.estimate import out_of_memory_advice
 from src.tasks.tokenizer import decode_bytes, encode, load_tokenizer
 from src.validation import ConfigError
 
@@ -85,7 +86,8 @@ def _evaluate(args) -> int:
     checkpoint = runs.read_checkpoint(args.checkpoint)
     runs.check_config_matches(args.checkpoint, checkpoint["config"], experiment, ("model", "task"))
     model = runs.load_trained_model(args.checkpoint, device, experiment.model, checkpoint).model
-    result = training.evaluate(model, experiment)
+    with training.out_of_memory_at(experiment, checkpoint["step"], "evaluation", device):
+        result = training.evaluate(model, experiment)
     print(
         f"step {checkpoint['step']}: eval_loss {result['eval_loss']:.4f}  eval_accuracy {result['eval_accuracy']:.4f}"
     )
@@ -278,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (ConfigError, CheckpointError, runs.RunError, UsageError, ComparisonError) as error:
-        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        text = out_of_memory_advice(error) if isinstance(error, training.OutOfMemory) else str(error)
+        message = " ".join(line.strip() for line in text.splitlines() if line.strip())
         print(f"{parser.prog} {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -4,7 +4,8 @@
 task, train and eval sections (each in `train.out_dir/<name>`), and after every model rewrites
 `compare.md` (the table) and `compare.json` (every final metric) in `train.out_dir`, so a run
 stopped half-way keeps the table of the models done. A model that fails (a config its mixer
-rejects at run time, a diverging loss, running out of memory, ...) gets a row with its error and
+rejects at run time, a diverging loss, running out of memory: then with the settings the estimator
+finds to fit, ...) gets a row with its error and
 the comparison goes on; at the end `ComparisonError` names the failed models. With the `plots`
 extra it also writes `compare.png`: learning curves (held-out loss and accuracy, or bits per byte
 for text, against training tokens) beside the accuracy per evaluation setting. For MQAR,
@@ -16,10 +17,11 @@ import os
 from pathlib import Path
 
 from src.config import ExperimentConfig, parameter_counts
+from src.estimate import out_of_memory_advice
 from src.needle import write_needles
 from src.recall_splits import recall_splits, write_recall_tables
 from src.runs import CHECKPOINT, METRICS
-from src.training import setting_label, train
+from src.training import OutOfMemory, setting_label, train
 
 
 class ComparisonError(RuntimeError):
@@ -112,7 +114,9 @@ def _write(path: Path, text: str) -> None:
 
 
 def _error_line(error: BaseException) -> str:
-    message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    """One line for a model's failure; running out of memory says what the estimator finds to fit."""
+    text = out_of_memory_advice(error) if isinstance(error, OutOfMemory) else str(error)
+    message = " ".join(line.strip() for line in text.splitlines() if line.strip())
     return f"{type(error).__name__}: {message}"
 
 

@@ -12,8 +12,9 @@ caching allocator's rounding and the workspaces of fused GPU kernels. The second
 reported: AdamW allocates its moments during the first.
 """
 
+import os
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -24,7 +25,10 @@ from torch.utils.weak import WeakIdKeyDictionary
 from src.config import ExperimentConfig, parameter_counts
 from src.runs import build_model
 from src.tasks import build_task
-from src.training import TrainingObjective, training_step
+from src.training import OutOfMemory, TrainingObjective, training_step
+
+GIB = 2**30
+LOSS_CHUNK_TOKENS = 1024  # the value advised for train.loss_chunk_tokens (configs/mamba_130m.yaml's)
 
 
 class _LiveStorage(TorchDispatchMode):
@@ -75,7 +79,7 @@ class MemoryEstimate:
         return self.peak_bytes - self.parameter_bytes - self.gradient_bytes - self.optimizer_bytes
 
     def table(self) -> str:
-        gib = 2**30
+        gib = GIB
         rows = [
             ("parameters", f"{self.parameters:,}", self.parameter_bytes),
             ("gradients", "", self.gradient_bytes),
@@ -139,4 +143,72 @@ def estimate_training_memory(
         gradient_bytes=gradient_bytes,
         optimizer_bytes=optimizer_bytes,
         peak_bytes=tracker.peak,
+    )
+
+
+def device_capacity(device: torch.device) -> int:
+    """Bytes of memory of `device`: a GPU's total memory, or the machine's physical memory for the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _memory_settings(experiment: ExperimentConfig) -> list[tuple[str, dict]]:
+    """(as a config line, TrainConfig changes) of each memory setting the config does not use yet."""
+    train, settings = experiment.train, []
+    if not train.checkpoint_blocks:
+        settings.append(("train.checkpoint_blocks: true", {"checkpoint_blocks": True}))
+    if train.loss_chunk_tokens is None:
+        settings.append((f"train.loss_chunk_tokens: {LOSS_CHUNK_TOKENS}", {"loss_chunk_tokens": LOSS_CHUNK_TOKENS}))
+    if train.precision == "float32":
+        settings.append(("train.precision: bfloat16", {"precision": "bfloat16"}))
+    return settings
+
+
+def out_of_memory_advice(error: OutOfMemory) -> str:
+    """The one line a command prints for an out-of-memory error: where, the estimate, what would fit.
+
+    For a training step, the estimator (`estimate_training_memory`, the device's code paths) prices
+    the config, each memory setting it does not use yet, half the batch, and all the settings
+    together at smaller and smaller batches until one fits the device; the line lists what fits.
+    An evaluation holds no gradients or optimizer state: its lever is `eval.batch_size`.
+    """
+    experiment, device = error.experiment, error.device
+    capacity = device_capacity(device)
+    where = f"{error}; the device has {capacity / GIB:.2f} GiB"
+    if error.phase == "evaluation":
+        size = experiment.eval.batch_size
+        smaller = f"eval.batch_size: {max(1, size // 2)}" if size > 1 else "a shorter evaluation setting"
+        return f"{where}; the evaluation runs eval.batch_size {size} examples at once: try {smaller}"
+    local = max(1, experiment.train.batch_size // error.processes)  # each process's rows
+
+    def peak(changes: dict, batch: int) -> int:
+        changed = replace(experiment, train=replace(experiment.train, **changes))
+        return estimate_training_memory(changed, batch, device=device.type).peak_bytes
+
+    def batch_label(batch: int) -> str:
+        return f"train.batch_size: {batch * error.processes}"
+
+    base, settings = peak({}, local), _memory_settings(experiment)
+    tried = [(label, peak(changes, local)) for label, changes in settings]  # (what, estimated peak)
+    if local > 1:
+        tried.append((batch_label(local // 2), peak({}, local // 2)))
+    if len(settings) > 1 and all(bytes_ > capacity for _, bytes_ in tried):  # then all of them together
+        together = {key: value for _, changes in settings for key, value in changes.items()}
+        batch = local
+        while batch >= 1 and (not tried or tried[-1][1] > capacity):
+            labels = [label for label, _ in settings] + ([batch_label(batch)] if batch < local else [])
+            tried.append((" and ".join(labels), peak(together, batch)))
+            batch //= 2
+    estimate = f"the estimate for this config is {base / GIB:.2f} GiB at batch {local}" + (
+        " (below the device's memory: other processes, the allocator's cache or kernel workspaces hold the rest)"
+        if base <= capacity
+        else ""
+    )
+    if fitting := [f"{label} ({bytes_ / GIB:.2f} GiB)" for label, bytes_ in tried if bytes_ <= capacity]:
+        return f"{where}; {estimate}; estimated to fit: {'; '.join(fitting)}"
+    label, smallest = min(tried, key=lambda entry: entry[1], default=("this config", base))
+    return (
+        f"{where}; {estimate}; no setting fits by the estimate (the smallest, {smallest / GIB:.2f} GiB, "
+        f"with {label}): a model this size needs a larger device or train.parallel: fsdp"
     )

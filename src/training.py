@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from src.config import ExperimentConfig, TrainConfig
 from src.distributed import Processes
 from src.early_stopping import Patience
 from src.language_model import LanguageModel
+from src.memory_use import memory_text, peak_memory
 from src.runs import (
     BEST,
     CHECKPOINT,
@@ -42,6 +44,31 @@ from src.runs import (
 )
 from src.tasks import IGNORE, build_task, held_out
 from src.tasks.text_corpus import TextCorpus
+
+
+class OutOfMemory(RunError):
+    """The device ran out of memory at a step of a run, in its training step or its evaluation.
+
+    `src.estimate.out_of_memory_advice` turns it into the one line a command prints: the step, the
+    estimate for the config and the settings the estimator finds to fit the device.
+    """
+
+    def __init__(self, experiment: ExperimentConfig, step: int, phase: str, device: torch.device, processes: int = 1):
+        super().__init__(f"{experiment.file}: out of memory at step {step} ({phase}) on {device.type}")
+        self.experiment = experiment
+        self.step = step
+        self.phase = phase  # "training step" or "evaluation"
+        self.device = device
+        self.processes = processes  # the batch is split over them (train.parallel)
+
+
+@contextmanager
+def out_of_memory_at(experiment: ExperimentConfig, step: int, phase: str, device: torch.device, processes: int = 1):
+    """Turn torch's OutOfMemoryError inside the block into `OutOfMemory` naming `step` and `phase`."""
+    try:
+        yield
+    except torch.OutOfMemoryError as error:
+        raise OutOfMemory(experiment, step, phase, device, processes) from error
 
 
 def learning_rate(step: int, train: TrainConfig) -> float:
@@ -318,6 +345,7 @@ def _progress_line(result: dict, steps: int) -> str:
     return (
         f"step {result['step']:>6}/{steps}  loss {result['loss']:.4f}  eval_loss {result['eval_loss']:.4f}  "
         f"eval_accuracy {result['eval_accuracy']:.4f}  {result['tokens_per_s']:,.0f} tok/s{auxiliary}"
+        f"{memory_text(result)}"
     )
 
 
@@ -445,7 +473,8 @@ def _train(experiment: ExperimentConfig, processes: Processes, log, resume: bool
     started, run_tokens, evaluating = time.perf_counter(), 0, 0.0  # evaluation time is not training time
     objectives = []  # checked for finiteness at each evaluation, so steps need no device sync
     for step in range(first_step, cfg.steps):
-        done = train_step(training, task, step, cfg, processes)
+        with out_of_memory_at(experiment, step + 1, "training step", processes.device, processes.world_size):
+            done = train_step(training, task, step, cfg, processes)
         run_tokens += done.tokens
         objectives.append(done.objective)
         if processes.is_main:
@@ -455,6 +484,8 @@ def _train(experiment: ExperimentConfig, processes: Processes, log, resume: bool
             objectives = []
             training_seconds = time.perf_counter() - started - evaluating
             eval_started = time.perf_counter()
+            with out_of_memory_at(experiment, step + 1, "evaluation", processes.device, processes.world_size):
+                evaluation = evaluate(training.objective, experiment, eval_tasks)
             mean = processes.mean  # over the processes: the values of the global batch
             result = {
                 "step": step + 1,
@@ -464,7 +495,8 @@ def _train(experiment: ExperimentConfig, processes: Processes, log, resume: bool
                 "lr": optimizer.param_groups[0]["lr"],
                 "tokens_per_s": run_tokens / training_seconds,
                 **{f"aux_{name}": mean(value) for name, value in done.aux_losses.items()},
-                **evaluate(training.objective, experiment, eval_tasks),
+                **evaluation,
+                **peak_memory(processes.device),  # of the steps and the evaluation since the last line
             }
             evaluating += time.perf_counter() - eval_started
             if rule is not None:

@@ -22,6 +22,7 @@ import yaml
 from src.cli import main
 from src.config import load_experiment
 from src.distributed import Processes
+from src.memory_use import MACHINE_FIELDS
 from src.model import PaperModel
 from src.runs import CHECKPOINT, METRICS, load_model, read_checkpoint
 from src.tasks import IGNORE
@@ -91,7 +92,7 @@ def parameters(run_dir: Path, experiment_path: str) -> dict[str, torch.Tensor]:
 
 def metrics(run_dir: Path) -> list[dict]:
     lines = (run_dir / METRICS).read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "tokens_per_s"} for line in lines]
+    return [{k: v for k, v in json.loads(line).items() if k not in MACHINE_FIELDS} for line in lines]
 
 
 def assert_same_parameters(first: dict, second: dict, relative: float) -> None:
