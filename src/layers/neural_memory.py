@@ -192,16 +192,19 @@ def data_dependent_gates(
     .. math::
         [a_t, e_t, h_t] = x_t W^\top + b, \quad
         \alpha_t = \mathrm{sigmoid}(a_t), \quad \eta_t = \mathrm{sigmoid}(e_t), \quad
-        \theta_t = \theta_{max}\, \mathrm{sigmoid}(h_t)
+        \theta_t = \theta_{max}\, (1 - \eta_t)\, \mathrm{sigmoid}(h_t)
 
     The paper makes all three functions of x_t without fixing the form; one linear map with a
-    sigmoid keeps α_t, η_t in (0, 1) as Eq. (13)-(14) require and bounds the step size θ_t.
+    sigmoid keeps α_t, η_t in (0, 1) as Eq. (13)-(14) require. The factor 1 - η_t is this project's
+    control: with momentum S_t = η S_{t-1} - θ ∇ℓ a constant gradient moves the memory by up to
+    θ / (1 - η) per token (heavy-ball momentum), so the factor bounds that effective step by θ_max
+    however close η_t comes to 1 (`NeuralMemoryOptions.step_size_bound`).
 
     Args:
         x: (b, L, d_model) input.
         W: (3, d_model) the three projections, rows (α, η, θ).
         bias: (3,) their biases.
-        theta_max: the largest step size.
+        theta_max: the largest effective step size θ_t / (1 - η_t).
 
     Returns:
         alpha, eta, theta, each (b, L).
@@ -209,7 +212,8 @@ def data_dependent_gates(
     check_shapes(x=(x, "b L d"), W=(W, "3 d"), bias=(bias, "3"))
     check_positive("theta_max", theta_max)
     a, e, h = (x @ W.T + bias).unbind(dim=-1)
-    return torch.sigmoid(a), torch.sigmoid(e), theta_max * torch.sigmoid(h)
+    eta = torch.sigmoid(e)
+    return torch.sigmoid(a), eta, theta_max * (1 - eta) * torch.sigmoid(h)
 
 
 def _check_sequence(q, k, v, alpha, eta, theta) -> dict:
@@ -431,7 +435,8 @@ class NeuralMemoryOptions:
     kind: the memory M of Sec. 3.1, "linear" (M(k) = k M, depth 1) or "mlp" (`MLPMemory`).
     chunk_size: b of Sec. 3.2, the tokens whose gradients are taken at one memory.
     d_hidden: the MLP memory's hidden width (None: 2 d_model).
-    theta_max: the largest step size θ_t (`data_dependent_gates`).
+    theta_max: the largest effective step of one chunk, summed over its tokens: each token's
+        θ_t / (1 - η_t) is at most theta_max / chunk_size (`step_size_bound`).
     depth: L_M >= 2 layers of the MLP memory (None: 2); a linear memory has depth 1.
     conv_kernel: > 1 adds Sec. 4.4's depthwise-separable convolution after the K, V, Q projections.
     output_gate: Sec. 4.4's normalisation and linear gating before the output projection.
@@ -444,6 +449,22 @@ class NeuralMemoryOptions:
     depth: PositiveInt | None = None
     conv_kernel: PositiveInt = 1
     output_gate: bool = False
+
+    @property
+    def step_size_bound(self) -> float:
+        """The largest effective step θ_t / (1 - η_t), theta_max / chunk_size (`data_dependent_gates`).
+
+        This project's control; the paper bounds θ_t nowhere. Within a chunk every gradient is taken
+        at the chunk's first memory (Sec. 3.2), so a chunk moves a linear memory by the sum of its
+        tokens' steps at once; with ℓ2-normalised keys (Sec. 4.4) the eigenvalues of Σ_j k_j^T k_j
+        are at most the chunk size b. With θ_t <= theta_max (1 - η_t) / b, the chunk-to-chunk map of
+        the memory's error along a key has spectral radius below 1 for theta_max <= 0.5, every chunk
+        size 1..128, η in [0, 0.9999] and any forgetting (checked for constant gates, b identical
+        keys, the worst case). A bound of theta_max on θ_t alone let a chunk of b similar keys
+        multiply the error by up to 1 - 2 theta_max b, and momentum near 1 made any chunk size
+        above 1 diverge: a trained MAG with b = 16 gave NaN at 256x its training length.
+        """
+        return self.theta_max / self.chunk_size
 
     def __post_init__(self):
         if self.kind not in MEMORIES:
@@ -519,7 +540,7 @@ class NeuralMemory(Mixer):
         """q, k, v and the gates of the tokens x, the convolution reading the `tail` of earlier inputs."""
         window = torch.cat((tail, x), dim=1)
         k, v, q = memory_projections(window, self.W_K.weight, self.W_V.weight, self.W_Q.weight, self.conv)
-        alpha, eta, theta = data_dependent_gates(x, self.gates.weight, self.gates.bias, self.options.theta_max)
+        alpha, eta, theta = data_dependent_gates(x, self.gates.weight, self.gates.bias, self.options.step_size_bound)
         earlier = tail.shape[1]
         return q[:, earlier:], k[:, earlier:], v[:, earlier:], alpha, eta, theta
 
@@ -527,6 +548,14 @@ class NeuralMemory(Mixer):
         keep = 0 if self.conv is None else self.conv.shape[1] - 1
         window = torch.cat((tail, x), dim=1)
         return window[:, window.shape[1] - min(keep, window.shape[1]) :]
+
+    def queries(self, x: torch.Tensor, tail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The memory's queries q_t of the tokens x (Eq. 15, with Sec. 4.4's convolution reading the
+        `tail` of earlier tokens of the same sequence) and the tail to keep for the next tokens:
+        ((b, n, d_k), (b, <= kernel - 1, d_model))."""
+        window = torch.cat((tail, x), dim=1)
+        q = memory_projections(window, self.W_K.weight, self.W_V.weight, self.W_Q.weight, self.conv)[2]
+        return q[:, tail.shape[1] :], self._tail(tail, x)
 
     def _start(self, x: torch.Tensor) -> tuple[torch.Tensor, NeuralMemoryState]:
         batch = x.shape[0]

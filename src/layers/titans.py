@@ -33,7 +33,6 @@ from src.layers.neural_memory import (
     NeuralMemory,
     NeuralMemoryOptions,
     NeuralMemoryState,
-    memory_projections,
 )
 from src.layers.normalization import RMSNorm
 from src.schema import NonNegativeInt, PositiveInt
@@ -199,13 +198,15 @@ class SlidingWindowBesideMemory(AttentionBesideMemory):
 @dataclass(frozen=True)
 class MACState:
     """The memory's weights at the segment's start (M*_{t-1}), the segment's keys and values so far
-    (h block and S block, each (b, H, ℓ, d_head)) and the neural memory's state: size bounded by C."""
+    (h block and S block, each (b, H, ℓ, d_head)), the last kernel - 1 inputs read by the retrieval
+    queries' convolution (b, <= kernel - 1, d_model) and the neural memory's state: size bounded by C."""
 
     segment_params: dict
     k_h: torch.Tensor
     v_h: torch.Tensor
     k_s: torch.Tensor
     v_s: torch.Tensor
+    query_tail: torch.Tensor
     memory: NeuralMemoryState | None
 
 
@@ -213,7 +214,8 @@ class MACState:
 class TitansMAC(AttentionBesideMemory):
     """Titans, memory as a context (MAC, Sec. 4.1, Eq. 21-25), segment by segment:
 
-    h_t = M*_{t-1}(q_t) (the memory of earlier segments read with the segment's memory queries),
+    h_t = M*_{t-1}(q_t) (the memory of earlier segments read with the segment's memory queries; with
+    `conv_kernel` > 1 they pass Sec. 4.4's convolution over the layer's input, as the memory's own do),
     y_t = Attn([P || h_t || S^(t)]) under `memory_context_allowed`, the memory written with y_t
     (M_t = M_{t-1}(y_t)), and o_t = y_t ⊗ M*_t(y_t). ⊗ is MAG's (Sec. 4.2) normalised gate,
     o = norm(y) ⊙ σ(norm(M*(y))). Attention uses RoPE over the positions of the extended segment.
@@ -235,17 +237,16 @@ class TitansMAC(AttentionBesideMemory):
         self.segment_size = segment_size
         self.persistent = nn.Parameter(0.02 * torch.randn(n_persistent, d_model))
 
-    def _retrieve(self, x: torch.Tensor, params: dict) -> torch.Tensor:
-        """h = M*(q) for the tokens x with the frozen weights `params` (Eq. 21)."""
-        memory = self.neural_memory
-        q = memory_projections(x, memory.W_K.weight, memory.W_V.weight, memory.W_Q.weight)[2]
-        frozen = {name: p[:, None].expand(-1, x.shape[1], *p.shape[1:]) for name, p in params.items()}
-        return MEMORIES[memory.options.kind].read(frozen, q)
+    def _retrieve(self, q: torch.Tensor, params: dict) -> torch.Tensor:
+        """h = M*(q) for the queries q (b, n, d_k) with the frozen weights `params` (Eq. 21)."""
+        frozen = {name: p[:, None].expand(-1, q.shape[1], *p.shape[1:]) for name, p in params.items()}
+        return MEMORIES[self.neural_memory.options.kind].read(frozen, q)
 
     def _segment(self, x: torch.Tensor, state: MACState) -> tuple[torch.Tensor, MACState]:
         """The next tokens of one segment (they do not cross its end)."""
         n_p, done, n = self.persistent.shape[0], state.k_s.shape[-2], x.shape[1]
-        h = self._retrieve(x, state.segment_params)
+        q_memory, query_tail = self.neural_memory.queries(x, state.query_tail)
+        h = self._retrieve(q_memory, state.segment_params)
         _, k_h, v_h = self._heads(h)
         q_s, k_s, v_s = self._heads(x)
         _, k_p, v_p = self._heads(self.persistent.expand(x.shape[0], -1, -1))
@@ -262,14 +263,14 @@ class TitansMAC(AttentionBesideMemory):
         out = self._gate(y, memory_out)  # Eq. (25)
         if done + n == C:  # segment complete: the next one reads the memory as it is now
             empty = k_s[..., :0, :]
-            return out, MACState(memory_state.params, empty, empty, empty, empty, memory_state)
-        return out, MACState(state.segment_params, k_h, v_h, k_s, v_s, memory_state)
+            return out, MACState(memory_state.params, empty, empty, empty, empty, query_tail, memory_state)
+        return out, MACState(state.segment_params, k_h, v_h, k_s, v_s, query_tail, memory_state)
 
     def _step(self, x: torch.Tensor, state: MACState | None) -> tuple[torch.Tensor, MACState]:
         if state is None:
             initial = {name: p.expand(x.shape[0], *p.shape) for name, p in self.neural_memory.initial.items()}
             empty = x.new_zeros(x.shape[0], self.n_heads, 0, x.shape[2] // self.n_heads)
-            state = MACState(initial, empty, empty, empty, empty, None)
+            state = MACState(initial, empty, empty, empty, empty, x[:, :0], None)
         outputs, start = [], 0
         while start < x.shape[1]:
             stop = min(x.shape[1], start + self.segment_size - state.k_s.shape[-2])

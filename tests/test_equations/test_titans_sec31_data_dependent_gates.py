@@ -18,7 +18,7 @@ def test_hand_worked_token():
 
     assert math.isclose(alpha.item(), sigmoid(1.0), rel_tol=1e-14)
     assert math.isclose(eta.item(), sigmoid(0.0), rel_tol=1e-14)
-    assert math.isclose(theta.item(), 0.5 * sigmoid(0.0), rel_tol=1e-14)
+    assert math.isclose(theta.item(), 0.5 * (1 - sigmoid(0.0)) * sigmoid(0.0), rel_tol=1e-14)
 
 
 def test_ranges():
@@ -26,4 +26,4 @@ def test_ranges():
     alpha, eta, theta = data_dependent_gates(
         x, torch.randn(3, 3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0.3
     )
-    assert ((alpha >= 0) & (alpha <= 1) & (eta >= 0) & (eta <= 1) & (theta >= 0) & (theta <= 0.3)).all()
+    assert ((alpha >= 0) & (alpha <= 1) & (eta >= 0) & (eta <= 1) & (theta >= 0) & (theta <= 0.3 * (1 - eta))).all()
