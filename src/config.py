@@ -31,6 +31,7 @@ from src.layers.block import Block
 from src.layers.feedforward import SwiGLU
 from src.schema import (
     BelowOneFloat,
+    Device,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
@@ -62,7 +63,7 @@ class TrainConfig:
     eval_every: PositiveInt
     min_lr_ratio: UnitFloat = 0.1
     betas: list[BelowOneFloat] | None = None
-    device: Literal["cpu", "cuda"] = "cpu"
+    device: Device = "cpu"
     parallel: Literal["none", "ddp", "fsdp"] = "none"  # data-parallel over torchrun's processes (src.distributed)
     checkpoint_blocks: bool = False
     loss_chunk_tokens: PositiveInt | None = None

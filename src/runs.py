@@ -16,7 +16,7 @@ One module for what every command reads and writes (`train`, `evaluate`, `compar
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 import yaml
@@ -30,6 +30,7 @@ from src.distributed import Processes
 from src.early_stopping import Patience
 from src.language_model import LanguageModel
 from src.model import PaperModel
+from src.schema import Device
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"  # train.early_stopping: the checkpoint of the best held-out loss, beside CHECKPOINT
@@ -59,12 +60,18 @@ def build_model(
     return model if device is None else model.to(device)
 
 
+DEVICES = get_args(Device)
+
+
 def select_device(name: str, where: str) -> torch.device:
-    """The torch device `name` ('cpu' or 'cuda'); `where` names its source (config key or flag) in errors."""
-    if name not in ("cpu", "cuda"):
-        raise RunError(f"{where} must be 'cpu' or 'cuda', got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RunError(f"{where} is 'cuda' but no CUDA device is available")
+    """The torch device `name` (one of `DEVICES`); `where` names its source (config key or flag) in errors."""
+    if name not in DEVICES:
+        raise RunError(f"{where} must be one of {list(DEVICES)}, got {name!r}")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if name == "auto":
+        name = next(kind for kind in ("cuda", "mps", "cpu") if available[kind])
+    if not available[name]:
+        raise RunError(f"{where} is {name!r} but no {name.upper()} device is available")
     return torch.device(name)
 
 

@@ -7,7 +7,7 @@ a block is exactly the arguments of the module it builds, written once.
 """
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 
 @dataclass(frozen=True)
@@ -35,3 +35,4 @@ NonNegativeFloat = Annotated[float, Range(low=0)]
 UnitFloat = Annotated[float, Range(low=0, high=1)]
 BelowOneFloat = Annotated[float, Range(low=0, high=1, high_open=True)]  # e.g. Adam's betas
 Seed = Annotated[int, Range(low=0, high=2**32 - 1)]  # kept small: seeds are combined as seed * 1_000_003 + step
+Device = Literal["auto", "cpu", "cuda", "mps"]  # auto: CUDA, else Apple's MPS, else the CPU (src.runs.select_device)

@@ -10,7 +10,9 @@
     GET    /memory/stats        counts per level (?session= for one session)
     POST   /train/interaction   a few LoRA steps on (text, reply)
     POST   /train/checkpoint    save or restore the adapter (atomic file)
-    GET    /health              liveness (503 and the reason when writes are refused); open without the token
+    GET    /train/stats         LoRA steps taken, recent losses, adapter size, last save
+    GET    /health              device, model kind and size, memory counts, uptime (503 and the reason when
+                                writes are refused); open without the token
 
 Every error is JSON `{"detail": ...}` with the reason: 422 for bad input (malformed JSON, a body
 that is not UTF-8 or nests deeper than `bodies.MAX_DEPTH`, missing or mistyped fields, text over
@@ -147,7 +149,7 @@ def create_app(service: ChatService) -> Guard:
     def health():
         if reason := service.unavailable():
             return JSONResponse({"status": "unavailable", "detail": reason}, status_code=503)
-        return {"status": "ok"}
+        return service.health()
 
     @app.post("/chat/message")
     def chat_message(request: schemas.ChatRequest) -> schemas.ChatReply:
@@ -200,6 +202,10 @@ def create_app(service: ChatService) -> Guard:
     @app.post("/train/interaction")
     def train_interaction(request: schemas.InteractionRequest) -> dict:
         return service.learn(request.text, request.reply, request.steps)
+
+    @app.get("/train/stats")
+    def train_stats() -> dict:
+        return service.train_stats()
 
     @app.post("/train/checkpoint")
     def train_checkpoint(request: schemas.CheckpointRequest) -> dict:

@@ -24,6 +24,7 @@ adapter learns. `close` (at shutdown) ends every generation in flight at its nex
 
 import copy
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -90,6 +91,7 @@ class ChatService:
         self.memory = MemoryManager(config.database, model.hidden_size, self._embed, config.memory)
         self.learner = IncrementalLearner(model, config.learning)
         self.sessions = SessionStates(model, self.memory, config.chat.session_state, config.file)
+        self._started = time.monotonic()
 
     def _embed(self, texts: list[str]):
         with self._embed_lock:
@@ -223,6 +225,28 @@ class ChatService:
         target = [*self.tokenizer.encode(reply), self.stop_id]
         with self._model_lock:
             return self.learner.learn(prompt[-chat.context_bytes :], target, steps)
+
+    def train_stats(self) -> dict:
+        with self._model_lock:
+            return self.learner.stats()
+
+    def health(self) -> dict:
+        """The device, the model's kind and size, how sessions are carried, the memory counts, the uptime."""
+        model = self.model
+        return {
+            "status": "ok",
+            "device": str(model.device),
+            "model": {
+                "kind": type(model).__name__,
+                "parameters": model.num_parameters(),
+                "trainable_parameters": model.trainable_parameters(),
+                "vocab_size": model.vocab_size,
+                "constant_state": model.constant_state,
+            },
+            "session_state": self.config.chat.session_state,
+            "memory": self.memory.stats(),
+            "uptime_seconds": time.monotonic() - self._started,
+        }
 
     def save_adapter(self) -> dict:
         with self._model_lock:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from src.memory_system.manager import MemoryConfig
-from src.schema import NonNegativeFloat, PositiveFloat, PositiveInt
+from src.schema import Device, NonNegativeFloat, PositiveFloat, PositiveInt
 from src.validation import ConfigError, arguments_for, check_keys, check_value, read_yaml
 
 
@@ -52,7 +52,7 @@ class ServeConfig:
     file: str
     checkpoint: str
     database: str
-    device: Literal["cpu", "cuda"]
+    device: Device
     auth_token_env: str
     max_request_bytes: int
     memory: MemoryConfig
@@ -83,7 +83,7 @@ def load_serve_config(path: str | Path) -> ServeConfig:
         file=file,
         checkpoint=check_value(raw["checkpoint"], str, "checkpoint", file),
         database=check_value(raw["database"], str, "database", file),
-        device=check_value(raw.get("device", "cpu"), Literal["cpu", "cuda"], "device", file),
+        device=check_value(raw.get("device", "cpu"), Device, "device", file),
         auth_token_env=check_value(raw.get("auth_token_env", "MEMORY_MODELS_TOKEN"), str, "auth_token_env", file),
         max_request_bytes=check_value(raw.get("max_request_bytes", 65536), PositiveInt, "max_request_bytes", file),
         **sections,

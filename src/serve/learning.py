@@ -6,9 +6,13 @@ adapters, h = W_0 x + (α/r) B A x (Hu et al. 2021, arXiv:2106.09685, Sec. 4.1, 
 B zero, so training starts from the base model); only the adapters train, by the training step of
 `memory-models train` (`src.training.training_step`: the masked next-token loss of the reply given
 the prompt, whose positions are not scored; clipped AdamW). The adapter is saved and restored
-atomically (`src.checkpoints`): a killed save leaves the previous file.
+atomically (`src.checkpoints`): a killed save leaves the previous file. `stats` reports the steps
+taken (saved with the adapter and restored with it), the last losses, the adapter's size and the
+last save (`GET /train/stats`).
 """
 
+import time
+from collections import deque
 from pathlib import Path
 
 import torch
@@ -21,6 +25,8 @@ from src.serve.config import LearningConfig
 from src.tasks import IGNORE
 from src.training import TrainingObjective, masked_loss_and_accuracy, training_step
 from src.validation import ConfigError
+
+RECENT_LOSSES = 32  # training losses `stats` reports, the newest last
 
 
 def interaction_training(config: LearningConfig) -> TrainConfig:
@@ -44,6 +50,7 @@ class IncrementalLearner:
         self.training = interaction_training(config)
         self.objective = TrainingObjective(model, self.training)
         self.optimizer = self._optimizer()
+        self.steps, self.recent_losses, self.last_save = 0, deque(maxlen=RECENT_LOSSES), None
 
     def _optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.model.parameter_groups(0.0), lr=self.config.lr)
@@ -58,6 +65,8 @@ class IncrementalLearner:
         for _ in range(steps):
             loss, *_ = training_step(self.objective, self.optimizer, inputs, targets, self.training)
             losses.append(loss.item())
+        self.steps += steps
+        self.recent_losses.extend(losses)
         self.model.eval()
         with torch.no_grad():
             after = masked_loss_and_accuracy(self.model(inputs), targets)[0].item()
@@ -67,12 +76,14 @@ class IncrementalLearner:
         """Write the adapter weights (and what they adapt) atomically to `path`."""
         state = {name: parameter.detach().cpu().clone() for name, parameter in self.adapters.items()}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        checkpoints.save({"adapter": state, "targets": list(self.config.targets), "rank": self.config.rank}, path)
+        saved = {"adapter": state, "targets": list(self.config.targets), "rank": self.config.rank, "steps": self.steps}
+        checkpoints.save(saved, path)
+        self.last_save = {"path": str(path), "time": time.time(), "steps": self.steps}
         return {"path": str(path), "tensors": len(state), "parameters": sum(t.numel() for t in state.values())}
 
     def restore(self, path: str | Path) -> dict:
         """Load adapter weights saved by `save` (same targets and rank); the optimizer starts afresh."""
-        saved = checkpoints.load(path, {"adapter": dict, "targets": list, "rank": int})
+        saved = checkpoints.load(path, {"adapter": dict, "targets": list, "rank": int, "steps": int})
         if sorted(saved["adapter"]) != sorted(self.adapters) or saved["rank"] != self.config.rank:
             raise checkpoints.CheckpointError(
                 f"{path}: holds an adapter of rank {saved['rank']} on {saved['targets']}, "
@@ -84,4 +95,21 @@ class IncrementalLearner:
                     raise checkpoints.CheckpointError(f"{path}: adapter tensor {name} has another shape")
                 parameter.copy_(saved["adapter"][name])
         self.optimizer = self._optimizer()
+        self.steps = saved["steps"]
         return {"path": str(path), "tensors": len(self.adapters)}
+
+    def stats(self) -> dict:
+        """Steps taken, the last `RECENT_LOSSES` step losses, the adapter's size, the last save (None before one)."""
+        parameters = list(self.adapters.values())
+        return {
+            "steps": self.steps,
+            "recent_losses": list(self.recent_losses),
+            "adapter": {
+                "targets": list(self.config.targets),
+                "rank": self.config.rank,
+                "tensors": len(parameters),
+                "parameters": sum(p.numel() for p in parameters),
+                "bytes": sum(p.numel() * p.element_size() for p in parameters),
+            },
+            "last_save": self.last_save,
+        }

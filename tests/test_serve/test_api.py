@@ -34,8 +34,13 @@ def model(checkpoint):
     return load_model(str(checkpoint), "cpu")
 
 
-def test_health(client):
-    assert client.get("/health").json() == {"status": "ok"}
+def test_health(client, model):
+    health = client.get("/health").json()
+    assert (health["status"], health["device"], health["session_state"]) == ("ok", "cpu", "replay")
+    assert health["model"]["kind"] == "PaperModel" and health["model"]["constant_state"] is False
+    assert health["model"]["parameters"] >= model.num_parameters()  # and the LoRA adapter's
+    assert set(health["memory"]) >= {"sessions", "long_term", "episodic", "short_term_turns"}
+    assert health["uptime_seconds"] > 0
 
 
 def test_store_recall_delete_forget_and_stats(client):
@@ -123,10 +128,15 @@ def test_incremental_learning_and_adapter_checkpoints(client, server):
         """The loss of the current weights on the interaction (reported before the one step it takes)."""
         return client.post("/train/interaction", json={**interaction, "steps": 1}).json()["loss_before"]
 
+    before = client.get("/train/stats").json()
     learned = client.post("/train/interaction", json=interaction).json()
     assert learned["steps"] == 8 and learned["loss_after"] < learned["loss_before"]
+    stats = client.get("/train/stats").json()
+    assert stats["steps"] == before["steps"] + 8 and stats["recent_losses"][-8] == learned["loss_before"]
+    assert stats["adapter"]["parameters"] > 0 and stats["adapter"]["bytes"] == 4 * stats["adapter"]["parameters"]
     saved = client.post("/train/checkpoint", json={"action": "save"}).json()
     assert saved["tensors"] > 0 and server.config.with_name("adapter.pt").is_file()
+    assert client.get("/train/stats").json()["last_save"]["steps"] == stats["steps"]
     at_save = probe()
     client.post("/train/interaction", json={**interaction, "reply": "Nay, I am Tybalt!", "steps": 16})
     assert probe() != at_save  # the second interaction changed the weights

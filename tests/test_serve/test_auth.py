@@ -16,6 +16,7 @@ ROUTES = [
     ("GET", "/memory/stats", None),
     ("POST", "/train/interaction", {"text": "hi", "reply": "ho"}),
     ("POST", "/train/checkpoint", {"action": "save"}),
+    ("GET", "/train/stats", None),
     ("GET", "/no/such/route", None),
 ]
 
