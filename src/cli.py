@@ -1,4 +1,4 @@
-"""The `memory-models` command: train, compare, evaluate, generate, estimate, export, serve and list the equations.
+"""The `memory-models` command: train, compare, evaluate, generate, estimate, info, export, serve, equations.
 
 The CLI takes a config path and nothing that changes the experiment; everything an experiment
 is lives in its YAML file. Every expected user error (a config, a checkpoint, a run directory, a
@@ -158,16 +158,34 @@ def _generate(args) -> int:
     return 0
 
 
-def _estimate(args) -> int:
-    from src.estimate import estimate_training_memory
-
-    experiment = load_experiment(args.config)
+def _check_estimate_flags(args) -> None:
     for flag, value in (("--batch", args.batch), ("--length", args.length)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device here (the CUDA code paths need one present)")
+
+
+def _estimate(args) -> int:
+    from src.estimate import estimate_training_memory
+
+    experiment = load_experiment(args.config)
+    _check_estimate_flags(args)
     print(estimate_training_memory(experiment, args.batch, args.length, args.device).table())
+    return 0
+
+
+def _info(args) -> int:
+    from src.estimate import estimate_training_memory
+    from src.info import model_info
+    from src.tasks import build_task
+
+    experiment = load_experiment(args.config)
+    _check_estimate_flags(args)
+    length = args.length or build_task(experiment.task).sample(1, seed=experiment.train.seed)[0].shape[1]
+    print(model_info(experiment, length))
+    if args.batch is not None or args.length is not None:
+        print(estimate_training_memory(experiment, args.batch, args.length, args.device).table())
     return 0
 
 
@@ -262,6 +280,14 @@ def main(argv: list[str] | None = None) -> int:
         "--device", choices=["cpu", "cuda"], default="cpu", help="whose code paths to run (cuda needs a GPU present)"
     )
     estimate.set_defaults(run=_estimate)
+    info = commands.add_parser(
+        "info", help="parameters per block, the step state's bytes, and with --batch / --length the memory estimate"
+    )
+    info.add_argument("config")
+    info.add_argument("--batch", type=int, help="estimate a training step at this batch (default: train.batch_size)")
+    info.add_argument("--length", type=int, help="the state after this many tokens (default: the task's length)")
+    info.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="the estimate's code paths")
+    info.set_defaults(run=_info)
     serving = commands.add_parser("serve", help="serve the chat model with memory of CONFIG over HTTP")
     serving.add_argument("config")
     serving.add_argument("--host", default="127.0.0.1")

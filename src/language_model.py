@@ -151,6 +151,10 @@ class ModelState(ABC):
     def to_bytes(self) -> bytes:
         """The state as bytes (`LanguageModel.state_from_bytes` of the same model restores it)."""
 
+    @abstractmethod
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor the state holds (its size: `memory-models info`)."""
+
 
 class LanguageModel(nn.Module, ABC):
     """The contract of the module docstring; `PaperModel` and `AdaptedModel` implement it."""

@@ -26,6 +26,7 @@ from src.language_model import (
     state_bytes,
 )
 from src.layers._checks import has_values
+from src.layers.mixer import state_tensors
 from src.layers.normalization import RMSNorm
 from src.layers.selective_ssm import GatedSSMBlock
 from src.tasks.tokenizer import ByteTokenizer, Tokenizer
@@ -62,6 +63,9 @@ class PaperModelState(ModelState):
 
     def to_bytes(self) -> bytes:
         return state_bytes("PaperModel", blocks=self.blocks)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [tensor for _, tensor in state_tensors(self.blocks)]
 
 
 class PaperModel(LanguageModel):

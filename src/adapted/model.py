@@ -39,6 +39,7 @@ from src.language_model import (
 )
 from src.layers.lora import LoRALinear
 from src.layers.memory_adapter import MemoryAdapter
+from src.layers.mixer import state_tensors
 from src.layers.quantization import QuantizedLinear
 from src.model import check_token_ids, sum_auxiliary_losses
 from src.tasks.tokenizer import DirectoryTokenizer, Tokenizer
@@ -78,6 +79,10 @@ class AdaptedModelState(ModelState):
     def to_bytes(self) -> bytes:
         keys, values = self._layers()
         return state_bytes("AdaptedModel", keys=keys, values=values, memories=self.memories)
+
+    def tensors(self) -> list[torch.Tensor]:
+        keys, values = self._layers()
+        return [*keys, *values, *(tensor for _, tensor in state_tensors(self.memories))]
 
 
 class _Insertion:

@@ -114,13 +114,13 @@ class Mixer(nn.Module, ABC):
         """
         if not hasattr(self, "_state_sizes"):
             with torch.no_grad():
-                after = [dict(_tensors(self._step(x.new_zeros(0, n, self.d_model), None)[1])) for n in (1, 2)]
+                after = [dict(state_tensors(self._step(x.new_zeros(0, n, self.d_model), None)[1])) for n in (1, 2)]
             self._state_sizes = {
                 path: tuple(a if a == b else None for a, b in zip(one.shape, after[1][path].shape))
                 for path, one in after[0].items()
             }
         batch = x.shape[0]
-        for path, tensor in _tensors(state):
+        for path, tensor in state_tensors(state):
             expected = self._state_sizes.get(path)
             if tensor.dim() == 0 or tensor.shape[0] != batch:
                 raise ValueError(
@@ -137,13 +137,16 @@ class Mixer(nn.Module, ABC):
                 )
 
 
-def _tensors(tree: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    """(dotted path, tensor) of every tensor of a state (dataclasses and dicts walked)."""
+def state_tensors(tree: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """(dotted path, tensor) of every tensor of a state (dataclasses, dicts, lists and tuples walked)."""
     if isinstance(tree, torch.Tensor):
         yield path, tree
     elif isinstance(tree, dict):
         for key, value in tree.items():
-            yield from _tensors(value, f"{path}.{key}" if path else str(key))
+            yield from state_tensors(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(tree, (list, tuple)):
+        for index, value in enumerate(tree):
+            yield from state_tensors(value, f"{path}[{index}]")
     elif dataclasses.is_dataclass(tree) and not isinstance(tree, type):
         for field in dataclasses.fields(tree):
-            yield from _tensors(getattr(tree, field.name), f"{path}.{field.name}" if path else field.name)
+            yield from state_tensors(getattr(tree, field.name), f"{path}.{field.name}" if path else field.name)
