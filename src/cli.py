@@ -14,11 +14,11 @@ import torch
 from src import runs, training
 from src.checkpoints import CheckpointError
 from src.compare import ComparisonError, compare
-from src.config import TOKENIZED_TASKS, load_comparison, load_experiment
+from src.config import TOKENIZED_TASKS, load_comparison, load_experiment, override_model_section
 from src.distributed import launched_rank
 from src.estimate import out_of_memory_advice
 from src.tasks.tokenizer import decode_bytes, encode, load_tokenizer
-from src.validation import ConfigError
+from src.validation import ConfigError, yaml_value
 
 
 class UsageError(ValueError):
@@ -80,12 +80,33 @@ def _compare(args) -> int:
     return 0
 
 
+def _overrides(args) -> dict:
+    """The --set KEY=VALUE flags as {key: value}, each value read as YAML (`--set model.blocks[1].mixer.top_k=4`)."""
+    overrides = {}
+    for text in args.set or []:
+        key, equals, value = text.partition("=")
+        if not equals or not key.strip():
+            raise UsageError(f"--set takes KEY=VALUE, e.g. model.blocks[1].mixer.top_k=4, got {text!r}")
+        try:
+            overrides[key.strip()] = yaml_value(value)
+        except ConfigError as error:
+            raise UsageError(f"--set {text!r}: {error}") from error
+    return overrides
+
+
+def _model_section(args, section: dict, file: str) -> dict:
+    """The model section to read a checkpoint with: `section`, with the --set overrides applied."""
+    overrides = _overrides(args)
+    return override_model_section(section, overrides, file, "--set") if overrides else section
+
+
 def _evaluate(args) -> int:
     experiment = load_experiment(args.config)
     device = _device(args, experiment.train.device, f"{experiment.file}: train.device")
+    section = _model_section(args, experiment.model, experiment.file)
     checkpoint = runs.read_checkpoint(args.checkpoint)
     runs.check_config_matches(args.checkpoint, checkpoint["config"], experiment, ("model", "task"))
-    model = runs.load_trained_model(args.checkpoint, device, experiment.model, checkpoint).model
+    model = runs.load_trained_model(args.checkpoint, device, section, checkpoint).model
     with training.out_of_memory_at(experiment, checkpoint["step"], "evaluation", device):
         result = training.evaluate(model, experiment)
     print(
@@ -136,7 +157,7 @@ def _generate(args) -> int:
 
     checkpoint = runs.read_checkpoint(args.checkpoint)
     config = checkpoint["config"]
-    model_section = resolve_model_section(config["model"], args.checkpoint)
+    model_section = _model_section(args, resolve_model_section(config["model"], args.checkpoint), args.checkpoint)
     vocab_size = model_vocab_size(model_section)
     prompt = _prompt(args, config["task"], vocab_size)
     try:
@@ -256,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("config")
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("--device", choices=runs.DEVICES, help="default: the config's train.device")
+    set_help = "read the model with a setting its weights still fit, e.g. model.blocks[1].mixer.top_k=4 (repeatable)"
+    evaluate.add_argument("--set", action="append", metavar="KEY=VALUE", help=set_help)
     evaluate.set_defaults(run=_evaluate)
     generate = commands.add_parser("generate", help="continue a prompt with the model of CHECKPOINT")
     generate.add_argument("checkpoint")
@@ -271,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("--top-p", type=float)
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--device", choices=runs.DEVICES, help="default: the checkpoint's train.device")
+    generate.add_argument("--set", action="append", metavar="KEY=VALUE", help=set_help)
     generate.set_defaults(run=_generate)
     estimate = commands.add_parser("estimate", help="peak memory of one training step of CONFIG, without a GPU")
     estimate.add_argument("config")

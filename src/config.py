@@ -10,6 +10,7 @@ The rules shared by every section are `src.validation`'s; a model section with a
 pretrained model, resolved by `src.adapted.config`. `src.runs` builds from what this module resolved.
 """
 
+import copy
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -200,6 +201,73 @@ def resolve_model_section(raw, file: str, section: str = "model") -> dict:
     return model
 
 
+MODEL_KEY = re.compile(r"model((?:\.[A-Za-z_]\w*|\[\d+\])+)")
+_KEY_PART = re.compile(r"\.([A-Za-z_]\w*)|\[(\d+)\]")
+
+
+def _parameter_shapes(model: dict, file: str) -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape of the PaperModel a resolved section describes (built on the meta device)."""
+    shapes = {"embedding": (model["vocab_size"], model["d_model"]), "head tied": (int(model["tie_embeddings"]),)}
+    with torch.device("meta"):
+        for i, spec in enumerate(model["blocks"]):
+            block = build_block(spec, f"model.blocks[{i}]", file, model["d_model"], model["norm_eps"])
+            shapes |= {f"model.blocks[{i}] {name}": tuple(p.shape) for name, p in block.named_parameters()}
+            shapes[f"model.blocks[{i}] repeat"] = (spec["repeat"],)
+    return shapes
+
+
+def _set_key(section: dict, parts: list[tuple[str, str]], value: Any) -> bool:
+    """Set the entry that `parts` ((name, "") or ("", index) pairs) name in a nested section; False if none."""
+    target: Any = section
+    for i, (name, index) in enumerate(parts):
+        key: str | int = name or int(index)
+        if not (isinstance(target, dict) if name else isinstance(target, list) and int(index) < len(target)):
+            return False
+        if i == len(parts) - 1:
+            target[key] = value
+            return True
+        if name and name not in target:
+            return False
+        target = target[key]
+    return False
+
+
+def override_model_section(model: dict, overrides: dict[str, Any], file: str, where: str) -> dict:
+    """A resolved model section with inference-time overrides applied, e.g. `{"model.blocks[2].mixer.top_k": 8}`.
+
+    The result is validated as any model section, and refused when an override changes the shape of
+    a parameter: only settings that a trained model's weights still fit can change (routing top-k and
+    strategy, a memory bank's `quantize`, segment and chunk sizes, ...). Errors name `where` (the
+    flag or eval.settings entry) and the key.
+    """
+    if is_adapted_section(model):
+        raise ConfigError(f"{file}: {where}: model overrides apply to block-list models, not to an adapted base")
+    changed = copy.deepcopy(model)
+    for key, value in overrides.items():
+        if not isinstance(key, str) or not (match := MODEL_KEY.fullmatch(key)):
+            raise ConfigError(f"{file}: {where}: {key!r} is not a model key such as model.blocks[0].mixer.top_k")
+        if not _set_key(changed, _KEY_PART.findall(match.group(1)), value):
+            raise ConfigError(f"{file}: {where}: key '{key}' names nothing in the model section")
+    try:
+        resolved = resolve_model_section(changed, file)
+    except ConfigError as error:
+        raise ConfigError(f"{file}: {where}: {str(error).removeprefix(f'{file}: ')}") from error
+    before, after = _parameter_shapes(model, file), _parameter_shapes(resolved, file)
+    if before != after:
+        name = next(n for n in [*before, *after] if before.get(n) != after.get(n))
+        raise ConfigError(
+            f"{file}: {where}: {', '.join(overrides)} changes the model's parameters ({name}: {before.get(name)} -> "
+            f"{after.get(name)}); only settings the trained weights still fit can change"
+        )
+    return resolved
+
+
+def model_overrides(setting: dict) -> tuple[dict, dict]:
+    """An `eval.settings` entry split into its model overrides (keys `model....`) and its task overrides."""
+    model = {key: value for key, value in setting.items() if isinstance(key, str) and key.startswith("model")}
+    return model, {key: value for key, value in setting.items() if key not in model}
+
+
 def resolve_task_section(raw, file: str) -> dict:
     """Validate the `task` section against its task class; return it with defaults filled in."""
     if not isinstance(raw, dict) or not isinstance(raw.get("type"), str) or raw["type"] not in TASKS:
@@ -254,12 +322,18 @@ def _experiment(raw: dict, raw_model: Any, file: str, model_key: str = "model") 
         raise ConfigError(f"{file}: key '{vocab_key}' ({vocab_size}) must be >= the task's vocabulary ({task_vocab})")
     train = _resolve_train_section(raw["train"], file)
     evaluation = EvalConfig(**arguments_for(EvalConfig, raw["eval"], "eval", file))
-    for i, override in enumerate(evaluation.settings or []):
+    for i, setting in enumerate(evaluation.settings or []):
+        model_changes, task_changes = model_overrides(setting)
+        where = f"key 'eval.settings[{i}]'"
+        if model_changes and train.parallel == "fsdp":
+            raise ConfigError(f"{file}: {where}: model overrides need whole weights, not fsdp's shards")
+        if model_changes:
+            override_model_section(model, model_changes, file, where)
         try:
-            setting = resolve_task_section({**raw_task, **override}, file)
+            task_setting = resolve_task_section({**raw_task, **task_changes}, file)
         except ConfigError as error:
             raise ConfigError(f"{file}: key 'eval.settings[{i}]' does not give a valid task: {error}") from error
-        if build_task(setting).vocab_size > vocab_size:
+        if build_task(task_setting).vocab_size > vocab_size:
             raise ConfigError(f"{file}: key 'eval.settings[{i}]' needs a vocabulary larger than the model's")
     return ExperimentConfig(file, model, task, train, evaluation)
 

@@ -16,7 +16,7 @@ import torch
 
 from src.config import ExperimentConfig
 from src.runs import CHECKPOINT, load_trained_model, select_device
-from src.training import evaluation_batches, evaluation_tasks, precision
+from src.training import evaluation_batches, evaluation_tasks, precision, setting_model
 
 SPLITS = "accuracy_splits"  # row key; a setting's splits under f"{SPLITS}@{label}"
 
@@ -25,18 +25,18 @@ SPLITS = "accuracy_splits"  # row key; a setting's splits under f"{SPLITS}@{labe
 def recall_splits(experiment: ExperimentConfig) -> dict:
     """`{SPLITS: splits, SPLITS@<setting>: ...}` of the model in the experiment's run; {} when the task has none."""
     tasks = evaluation_tasks(experiment)
-    if not all(hasattr(task, "accuracy_splits") for _, task in tasks):
+    if not all(hasattr(setting.task, "accuracy_splits") for setting in tasks):
         return {}
     device = select_device(experiment.train.device, f"{experiment.file}: train.device")
     model = load_trained_model(Path(experiment.train.out_dir) / CHECKPOINT, device, experiment.model).model
     result = {}
-    for suffix, task in tasks:
-        batches = []
-        for inputs, targets in evaluation_batches(task, experiment):
+    for setting in tasks:
+        reader, batches = setting_model(model, setting), []
+        for inputs, targets in evaluation_batches(setting.task, experiment):
             with precision(experiment.train, device):
-                predictions = model(inputs.to(device)).argmax(-1).cpu()
+                predictions = reader(inputs.to(device)).argmax(-1).cpu()
             batches.append((inputs, predictions, targets))
-        result[f"{SPLITS}{suffix}"] = task.accuracy_splits(*(torch.cat(part) for part in zip(*batches)))
+        result[f"{SPLITS}{setting.suffix}"] = setting.task.accuracy_splits(*(torch.cat(part) for part in zip(*batches)))
     return result
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from src import checkpoints, distributed
-from src.config import ExperimentConfig, TrainConfig
+from src.config import ExperimentConfig, TrainConfig, model_overrides, override_model_section
 from src.distributed import Processes
 from src.early_stopping import Patience
 from src.language_model import LanguageModel
@@ -211,28 +211,59 @@ def _evaluate_task(model: nn.Module, task, experiment: ExperimentConfig) -> dict
     return result
 
 
-def evaluation_tasks(experiment: ExperimentConfig) -> list[tuple[str, object]]:
-    """(metric suffix, held-out task) for the training task ("") and each `eval.settings` entry."""
-    tasks = []
-    for override in [{}, *(experiment.eval.settings or [])]:
-        task = held_out(build_task({**experiment.task, **override}))
-        tasks.append((f"@{setting_label(override)}" if override else "", task))
-    return tasks
+@dataclass(frozen=True)
+class EvaluationSetting:
+    """One evaluation: its metric suffix, its held-out task, and the model section it reads with (None:
+    the trained model as it is; else a section of `eval.settings` model overrides, the same weights)."""
+
+    suffix: str
+    task: object
+    model_section: dict | None = None
 
 
-def evaluate(model: nn.Module, experiment: ExperimentConfig, tasks: list | None = None) -> dict:
-    """Loss and accuracy of `model` (ids -> logits) on `eval.num_examples` held-out examples (seeded by `eval.seed`).
+def evaluation_tasks(experiment: ExperimentConfig) -> list[EvaluationSetting]:
+    """The training task's evaluation ("" suffix) and each `eval.settings` entry's (task and model overrides)."""
+    settings = []
+    for setting in [{}, *(experiment.eval.settings or [])]:
+        model_changes, task_changes = model_overrides(setting)
+        task = held_out(build_task({**experiment.task, **task_changes}))
+        section = (
+            override_model_section(experiment.model, model_changes, experiment.file, "eval.settings")
+            if model_changes
+            else None
+        )
+        settings.append(EvaluationSetting(f"@{setting_label(setting)}" if setting else "", task, section))
+    return settings
+
+
+def setting_model(model: LanguageModel, setting: EvaluationSetting) -> LanguageModel:
+    """The model an evaluation setting reads: `model`, or a model of its overridden section with `model`'s weights."""
+    if setting.model_section is None:
+        return model
+    variant = build_model(setting.model_section, "eval.settings", model.device)
+    variant.load_state_dict(model.state_dict())
+    return variant.eval()
+
+
+def evaluate(model: nn.Module, experiment: ExperimentConfig, tasks: list[EvaluationSetting] | None = None) -> dict:
+    """Loss and accuracy of `model` (a LanguageModel, or the TrainingObjective around one) on
+    `eval.num_examples` held-out examples (seeded by `eval.seed`).
 
     The training task's metrics are `eval_loss`, `eval_accuracy` (and bits per byte and perplexity
-    for text); each `eval.settings` entry (task overrides, e.g. a longer length) adds the same
-    metrics with `@<setting>` appended. `tasks` (from `evaluation_tasks`) saves rebuilding them
-    when evaluating repeatedly.
+    for text); each `eval.settings` entry (task overrides, e.g. a longer length, and model overrides,
+    e.g. `model.blocks[1].mixer.top_k: 4`, read with the same weights) adds the same metrics with
+    `@<setting>` appended. `tasks` (from `evaluation_tasks`) saves rebuilding them when evaluating
+    repeatedly.
     """
     was_training = model.training
     model.eval()
+    language_model = model.model if isinstance(model, TrainingObjective) else model
     result = {}
-    for suffix, task in tasks if tasks is not None else evaluation_tasks(experiment):
-        result |= {f"{name}{suffix}": value for name, value in _evaluate_task(model, task, experiment).items()}
+    for setting in tasks if tasks is not None else evaluation_tasks(experiment):
+        reader = model if setting.model_section is None else setting_model(language_model, setting)
+        result |= {
+            f"{name}{setting.suffix}": value for name, value in _evaluate_task(reader, setting.task, experiment).items()
+        }
     model.train(was_training)
     return result
 

@@ -182,6 +182,14 @@ def build(target: Callable, kwargs: dict, where: str, file: str, **provided: Any
         raise ConfigError(f"{file}: key '{where}': {error}") from error
 
 
+def yaml_value(text: str) -> Any:
+    """One value written as YAML (`8`, `3e-4`, `sequence`, `null`), read as a config file's values are."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"not a YAML value: {error}") from error
+
+
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML mapping, with errors that name the file."""
     path = Path(path)

@@ -113,7 +113,9 @@ class MemoryBankAttention(Mixer):
     the k chapter reads are mixed by the renormalised gates. After each routed call `aux_losses`
     holds the Switch load-balancing loss (times `balance_alpha`) and the ST-MoE z-loss (times
     `z_loss_coef`). `quantize(bits)` stores the bank as int8 or 4-bit codes in buffers (saved in
-    `state_dict`, moved by `.to`) that every later read uses.
+    `state_dict`, moved by `.to`) that every later read uses. The config key `quantize: 8 | 4` does so
+    whenever the layer enters eval mode (evaluation, inference) and drops the codes when it returns to
+    training, which updates the float bank: a trained bank is read as its int8 or 4-bit storage.
     """
 
     State = MemoryBankState
@@ -130,6 +132,7 @@ class MemoryBankAttention(Mixer):
         routing: Literal["token", "sequence", "sequence_noncausal"] = "token",
         balance_alpha: NonNegativeFloat = 0.01,
         z_loss_coef: NonNegativeFloat = 0.001,
+        quantize: Literal[8, 4] | None = None,
     ):
         super().__init__(d_model)
         if bank != "standard" and rank is None:
@@ -140,6 +143,7 @@ class MemoryBankAttention(Mixer):
             raise ValueError(f"top_k must lie in [1, chapters={chapters}], got {top_k}")
         self.bank, self.n_heads, self.n_memory, self.chapters, self.top_k = bank, n_heads, n_memory, chapters, top_k
         self.routing, self.balance_alpha, self.z_loss_coef = routing, balance_alpha, z_loss_coef
+        self.quantize_bits = quantize
         d_mem = rank if bank == "reduced" else d_model
         d_attn = rank if bank == "reduced" else d_model
         if d_attn % n_heads:
@@ -179,6 +183,17 @@ class MemoryBankAttention(Mixer):
             codes, scale = quantize_absmax_int8(M) if bits == 8 else quantize_blockwise_4bit(M)
         self.quantized_codes, self.quantized_scale = codes, scale
         self.quantized_bits = torch.tensor(bits, device=codes.device)
+
+    def train(self, mode: bool = True) -> "MemoryBankAttention":
+        """`nn.Module.train`; with the `quantize` key, eval mode stores the bank's codes and training drops them."""
+        super().train(mode)
+        if self.quantize_bits is not None:
+            if mode:
+                self.quantized_codes = self.quantized_scale = self.quantized_bits = None
+            else:
+                self.quantized_codes = None  # quantise the float bank, not an earlier quantisation of it
+                self.quantize(self.quantize_bits)
+        return self
 
     def _dequantized(self) -> torch.Tensor:
         if int(self.quantized_bits) == 8:
