@@ -82,7 +82,8 @@ def lora_layers(spec: dict, n_layers: int) -> list[int] | range:
     return spec["layers"] if spec["layers"] is not None else range(n_layers)
 
 
-def _resolve_base(raw, where: str, file: str) -> dict:
+def resolve_base(raw, where: str, file: str) -> dict:
+    """A `BaseSection` mapping at key `where` checked (directory, config.json, weights, hash), with its hash."""
     base = arguments_for(BaseSection, raw, where, file)
     directory = Path(base["directory"])
     if not directory.is_dir():
@@ -137,7 +138,7 @@ def _resolve_adapter(raw, where: str, file: str, n_layers: int, projections: lis
 def resolve_adapted_section(raw, file: str, section: str = "model") -> dict:
     """Validate an adapted model section (see the module docstring); return it with defaults and the hash."""
     check_keys(raw, {"base": True, "adapters": True}, section, file)
-    base = _resolve_base(raw["base"], f"{section}.base", file)
+    base = resolve_base(raw["base"], f"{section}.base", file)
     try:
         model = skeleton(Path(base["directory"]))
         layers = decoder_layers(model)

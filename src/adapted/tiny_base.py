@@ -3,10 +3,14 @@
 No checkpoint can be downloaded here, so the adapters are tried on bases made locally: the
 tokenizer is a byte-level BPE (the Llama 3 / Qwen2 kind) trained with the `tokenizers` library on
 the training split of a text file, and the model is `LlamaConfig` / `Qwen2Config` with small sizes
-and random weights, written with `save_pretrained` beside its `tokenizer.json`. The tests build
-theirs this way; `benchmarks/adapters_base.py` also pretrains one before adapting it.
+and random weights, written with `save_pretrained` beside its `tokenizer.json`. With `chat_template`
+the tokenizer also holds the special tokens of its family's chat format (Llama 3's header and
+end-of-turn tokens, Qwen2's ChatML) and `tokenizer_config.json` carries the template, as a chat
+model's directory does. The tests build theirs this way; `benchmarks/adapters_base.py` also
+pretrains one before adapting it.
 """
 
+import json
 from pathlib import Path
 
 import torch
@@ -14,9 +18,27 @@ import torch
 from src.adapted.base import transformers_library
 from src.tasks.tokenizer import tokenizers_library
 
+# Chat templates in the layout of Meta-Llama-3-Instruct and Qwen2-Instruct, and the special tokens they use.
+CHAT_FORMATS = {
+    "llama": (
+        "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+        "{{ message['content'] }}<|eot_id|>{% endfor %}"
+        "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}",
+        {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"},
+        ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+    ),
+    "qwen2": (
+        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+        {"eos_token": "<|im_end|>"},
+        ["<|im_start|>", "<|im_end|>"],
+    ),
+}
 
-def train_tokenizer(corpus: str | Path, vocab_size: int, eval_fraction: float = 0.1):
-    """A byte-level BPE tokenizer of `vocab_size` entries trained on the first (1 - eval_fraction) of `corpus`."""
+
+def train_tokenizer(corpus: str | Path, vocab_size: int, eval_fraction: float = 0.1, special_tokens: list[str] = ()):
+    """A byte-level BPE tokenizer of `vocab_size` entries trained on the first (1 - eval_fraction) of `corpus`
+    (`special_tokens` first: ids 0, 1, ..., never split)."""
     library = tokenizers_library()
     data = Path(corpus).read_bytes()
     text = data[: int(len(data) * (1 - eval_fraction))].decode("utf-8", errors="replace")
@@ -24,7 +46,10 @@ def train_tokenizer(corpus: str | Path, vocab_size: int, eval_fraction: float = 
     tokenizer.pre_tokenizer = library.pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = library.decoders.ByteLevel()
     trainer = library.trainers.BpeTrainer(
-        vocab_size=vocab_size, initial_alphabet=library.pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=vocab_size,
+        initial_alphabet=library.pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+        special_tokens=list(special_tokens),
     )
     tokenizer.train_from_iterator(text.splitlines(keepends=True), trainer)
     return tokenizer
@@ -42,16 +67,22 @@ def write_tiny_base(
     intermediate_size: int = 128,
     tie_word_embeddings: bool = False,
     seed: int = 0,
+    chat_template: bool = False,
 ) -> Path:
-    """Write a random `model_type` ("llama" or "qwen2") causal LM and its tokenizer to `directory`."""
+    """Write a random `model_type` ("llama" or "qwen2") causal LM and its tokenizer to `directory` (with its
+    family's chat template and special tokens when `chat_template`)."""
     transformers = transformers_library()
     configs = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config}
     if model_type not in configs:
         raise ValueError(f"model_type must be one of {sorted(configs)}, got {model_type!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(corpus, vocab_size)
+    template, named_tokens, special = CHAT_FORMATS[model_type] if chat_template else (None, {}, [])
+    tokenizer = train_tokenizer(corpus, vocab_size, special_tokens=special)
     tokenizer.save(str(directory / "tokenizer.json"))
+    if chat_template:
+        settings = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": template, **named_tokens}
+        (directory / "tokenizer_config.json").write_text(json.dumps(settings, indent=2))
     config = configs[model_type](
         vocab_size=tokenizer.get_vocab_size(),
         hidden_size=hidden_size,

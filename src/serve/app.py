@@ -2,6 +2,7 @@
 
     POST   /chat/message        reply to a message (greedy, sampled or beam search), stored in memory
     POST   /chat/stream         the same reply as server-sent events, one per token, then `done` (or `error`)
+    POST   /reason              a reasoning program (cot, plan, reflect): its steps and its answer
     GET    /chat/history/{s}    the session's chat turns, oldest first (?limit=, at most 1000)
     POST   /memory/store        store a text (long-term chunks or one episodic memory)
     POST   /memory/recall       the three levels for a query, each with its score
@@ -11,6 +12,7 @@
     POST   /train/interaction   a few LoRA steps on (text, reply)
     POST   /train/checkpoint    save or restore the adapter (atomic file)
     GET    /train/stats         LoRA steps taken, recent losses, adapter size, last save
+    GET    /                    the chat page (`page/index.html`: plain HTML and JavaScript over this API)
     GET    /health              device, model kind and size, memory counts, uptime (503 and the reason when
                                 writes are refused); open without the token
 
@@ -27,10 +29,11 @@ import hmac
 import json
 import os
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from src.checkpoints import CheckpointError
 from src.memory_system.database import DatabaseUnavailable
@@ -38,9 +41,12 @@ from src.memory_system.manager import MemoryInputError, UnknownMemory, UnknownSe
 from src.serve import schemas
 from src.serve.bodies import body_problem
 from src.serve.chat import ChatService, GenerationRequest, ServiceUnavailable
+from src.serve.reason import reason
 
 MAX_HISTORY = 1000
 _DRAIN_LIMIT = 8 * 2**20  # an oversized body is read (and dropped) up to this before the 413 is sent
+OPEN_PATHS = ("/", "/health")  # the chat page and liveness: no bearer token (the page sends it with its calls)
+PAGE = Path(__file__).with_name("page") / "index.html"
 
 
 def _memories(recalled) -> list[schemas.Memory]:
@@ -60,7 +66,7 @@ async def _send_json(send, status: int, detail: str, headers: tuple = ()) -> Non
 
 
 class Guard:
-    """ASGI middleware in front of the app: the bearer token (all routes but /health) and the body size limit.
+    """ASGI middleware in front of the app: the bearer token (all routes but `OPEN_PATHS`) and the body size limit.
 
     The body is read before the app sees it; one larger than `max_bytes` is answered 413, and one that
     is not UTF-8 or nests too deep (`bodies.body_problem`) 422, without reaching a route, so neither
@@ -74,7 +80,7 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if self.expected is not None and scope["path"] != "/health":
+        if self.expected is not None and scope["path"] not in OPEN_PATHS:
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 reason = "missing or wrong bearer token: send 'Authorization: Bearer <token>'"
@@ -145,6 +151,10 @@ def create_app(service: ChatService) -> Guard:
     async def unavailable(_: Request, error: Exception):
         return JSONResponse({"detail": str(error)}, status_code=503)
 
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return PAGE.read_text()
+
     @app.get("/health")
     def health():
         if reason := service.unavailable():
@@ -169,6 +179,12 @@ def create_app(service: ChatService) -> Guard:
                 yield f"event: error\ndata: {json.dumps({'status': 503, 'detail': str(error)})}\n\n"
 
         return StreamingResponse(server_sent_events(), media_type="text/event-stream")
+
+    @app.post("/reason")
+    def reason_route(request: schemas.ReasonRequest) -> dict:
+        arguments = (request.text, request.mode, request.max_steps, request.max_new_tokens)
+        result = reason(service, request.session, *arguments)
+        return {**result, "memories": _memories(result["memories"])}
 
     @app.get("/chat/history/{session}")
     def chat_history(session: str, limit: int = 100) -> schemas.HistoryReply:

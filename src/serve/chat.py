@@ -1,14 +1,10 @@
 """The chat service without HTTP: replies, streamed replies, memory and incremental learning.
 
-A reply is generated from a prompt of the session's memories and conversation:
-
-    <recalled long-term and episodic memories, one per line>
-    <USER>:\n<turn>\n\n<MODEL>:\n<turn>\n\n ...     (the short-term buffer)
-    <USER>:\n<message>\n\n<MODEL>:\n
-
-read through the model's tokenizer (`LanguageModel.tokenizer`: UTF-8 bytes, or an adapted model's
-base tokenizer) and cut to its last `chat.context_bytes` tokens (bytes for a byte-level model), in
-the layout of a play script (the tinyshakespeare corpus names the speaker on its own line).
+A reply is generated from a prompt of the session's recalled memories, its conversation (the
+short-term buffer) and the message, laid out by `src.serve.turns` (a play script, or the tokenizer's
+chat template when its directory has one), read through the model's tokenizer
+(`LanguageModel.tokenizer`: UTF-8 bytes, or a pretrained model's `tokenizer.json`) and cut to its
+last `chat.context_bytes` tokens (bytes for a byte-level model).
 Generation stops at the stop token (`chat.stop`, one token) or at `max_new_tokens`; the exchange is
 then written to memory in one transaction. Under `chat.session_state: carry` the session's turns are
 not replayed: the reply continues the model state stored with the session's last exchange, and the
@@ -34,10 +30,11 @@ from src.generation import beam_search, check_sampling, generate_stream
 from src.language_model import LanguageModel
 from src.memory_system.embedding import embed_texts
 from src.memory_system.manager import MemoryInputError, MemoryManager, Recalled
-from src.runs import load_trained_model, select_device
+from src.runs import build_model, load_trained_model, select_device
 from src.serve.config import ServeConfig
 from src.serve.learning import IncrementalLearner
 from src.serve.session_state import SessionStart, SessionStates
+from src.serve.turns import turn_format
 from src.validation import ConfigError
 
 
@@ -69,6 +66,15 @@ def load_model(checkpoint_path: str, device: str) -> LanguageModel:
     return model
 
 
+def load_served_model(config: ServeConfig) -> LanguageModel:
+    """The model a serve config names: its checkpoint's (`load_model`), or its pretrained directory's, frozen
+    and quantised as `pretrained` says (an adapted model without adapters; the service adds its LoRA)."""
+    if config.pretrained is None:
+        return load_model(config.checkpoint, config.device)
+    device = select_device(config.device, f"{config.file}: device")
+    return build_model({"base": config.pretrained, "adapters": []}, config.file, device).eval()
+
+
 def stop_token(config: ServeConfig, model: LanguageModel) -> int:
     """The one token id of `chat.stop` under the model's tokenizer (a ConfigError names the key otherwise)."""
     ids = model.tokenizer.encode(config.chat.stop)
@@ -85,6 +91,7 @@ class ChatService:
         self.model = model.eval()
         self.tokenizer = model.tokenizer
         self.stop_id = stop_token(config, model)
+        self.format = turn_format(model, config.chat)
         self._embedder = copy.deepcopy(model).requires_grad_(False)
         self._model_lock, self._embed_lock = threading.Lock(), threading.Lock()
         self._closing = threading.Event()
@@ -121,11 +128,8 @@ class ChatService:
         chat = self.config.chat
         recalled = self.memory.recall(session, text) if session in self.memory.sessions else []
         remembered = [memory.text for memory in recalled if memory.level != "short_term"]
-        turns = self.memory.conversation(session) if replay else []
-        names = {"user": chat.user_name, "assistant": chat.model_name}
-        layout = "".join(f"{line}\n" for line in remembered)
-        layout += "".join(f"{names[turn.role]}:\n{turn.text}\n\n" for turn in turns)
-        layout += f"{chat.user_name}:\n{text}\n\n{chat.model_name}:\n"
+        turns = [(turn.role, turn.text) for turn in self.memory.conversation(session)] if replay else []
+        layout = self.format.prompt(remembered, turns, text)
         return self.tokenizer.encode(layout)[-chat.context_bytes :], recalled
 
     def _reply_text(self, tokens: list[int]) -> str:
@@ -153,7 +157,8 @@ class ChatService:
         return {"session": session, "reply": reply, "tokens": tokens, "memories": recalled, "stored": stored}
 
     def stream(self, session: str, text: str, request: GenerationRequest) -> Iterator[dict]:
-        """Check everything, then return an iterator of events: one per token, then the stored reply.
+        """Check everything, then return an iterator of events: one per token, then the stored reply and the
+        memories its prompt showed.
 
         Token events carry the id and the text it completes (characters whole: a character split
         over several tokens, as UTF-8 bytes are, arrives with its last token). Beam search does not stream.
@@ -164,10 +169,10 @@ class ChatService:
         if request.beam_width != 1:
             raise MemoryInputError("beam search does not stream: beam_width must be 1 on /chat/stream")
         start = self.sessions.start(session)
-        ids, _ = self.prompt(session, text, replay=start.state is None)
-        return self._events(session, text, ids, start, max_new_tokens, request)
+        ids, recalled = self.prompt(session, text, replay=start.state is None)
+        return self._events(session, text, ids, recalled, start, max_new_tokens, request)
 
-    def _events(self, session, text, ids, start, max_new_tokens, request) -> Iterator[dict]:
+    def _events(self, session, text, ids, recalled, start, max_new_tokens, request) -> Iterator[dict]:
         decode = self.tokenizer.stream_decoder()
         tokens = []
         prompt = torch.tensor([ids], device=self._device)
@@ -177,7 +182,15 @@ class ChatService:
             yield {"event": "token", "index": index, "token": token, "text": piece}
         reply = self._reply_text(tokens)
         stored = self.memory.record_exchange(session, text, reply, carried=self._carried(session, start, ids, tokens))
-        yield {"event": "done", "session": session, "reply": reply, "tokens": tokens, "stored": stored}
+        memories = [vars(memory) for memory in recalled]
+        yield {
+            "event": "done",
+            "session": session,
+            "reply": reply,
+            "tokens": tokens,
+            "stored": stored,
+            "memories": memories,
+        }
 
     def _locked(self, tokens: Iterator[int]) -> Iterator[int]:
         """The tokens of `tokens`, each computed under the model's lock, which is free between tokens."""
@@ -205,6 +218,13 @@ class ChatService:
             request.seed, self.stop_id, start.state,
         )  # fmt: skip
 
+    def complete(self, text: str, max_new_tokens: int) -> str:
+        """The greedy continuation of `text` (cut to the context) up to the stop token: the reasoning programs'
+        model (`src.serve.reason`)."""
+        prompt = torch.tensor([self.tokenizer.encode(text)[-self.config.chat.context_bytes :]], device=self._device)
+        tokens = self._stream_tokens(prompt, max_new_tokens, GenerationRequest(), SessionStart(None, 0))
+        return self._reply_text(list(self._locked(tokens)))
+
     def _carried(self, session: str, start: SessionStart, prompt: list[int], tokens: list[int]):
         """The session's state to store with the exchange (None under replay), read under the model's lock."""
         if not self.sessions.carry:
@@ -221,7 +241,7 @@ class ChatService:
         if not 1 <= steps <= self.config.learning.max_steps:
             raise MemoryInputError(f"steps must lie in [1, {self.config.learning.max_steps}], got {steps}")
         chat = self.config.chat
-        prompt = self.tokenizer.encode(f"{chat.user_name}:\n{text}\n\n{chat.model_name}:\n")
+        prompt = self.tokenizer.encode(self.format.prompt([], [], text))
         target = [*self.tokenizer.encode(reply), self.stop_id]
         with self._model_lock:
             return self.learner.learn(prompt[-chat.context_bytes :], target, steps)

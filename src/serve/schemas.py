@@ -25,6 +25,14 @@ class ChatRequest(_Request):
     beam_width: int = 1
 
 
+class ReasonRequest(_Request):
+    session: str
+    text: str
+    mode: Literal["cot", "plan", "reflect"]
+    max_steps: int | None = None
+    max_new_tokens: int | None = None
+
+
 class StoreRequest(_Request):
     session: str
     text: str

@@ -1,7 +1,7 @@
 """`memory-models serve CONFIG`: build the service from its config and run it with uvicorn."""
 
 from src.memory_system.database import DatabaseError
-from src.serve.chat import ChatService, load_model
+from src.serve.chat import ChatService, load_served_model
 from src.serve.config import load_serve_config
 from src.validation import ConfigError
 
@@ -11,7 +11,7 @@ SHUTDOWN_SECONDS = 5  # after SIGTERM or SIGINT, requests in flight have this lo
 def build_service(config_path: str) -> ChatService:
     """The service a config describes; every problem is a one-line ConfigError or CheckpointError."""
     config = load_serve_config(config_path)
-    model = load_model(config.checkpoint, config.device)
+    model = load_served_model(config)
     try:
         return ChatService(config, model)
     except DatabaseError as error:

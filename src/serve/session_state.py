@@ -25,9 +25,8 @@ import torch
 from src.language_model import LanguageModel, ModelState
 from src.memory_system.database import CarriedState
 from src.memory_system.manager import MemoryManager
+from src.serve.turns import SEPARATOR
 from src.validation import ConfigError
-
-SEPARATOR = "\n\n"  # after a turn in the prompt layout of `src.serve.chat`
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,11 @@ TINY_TEXT_MODEL = {
 STARTUP_SECONDS = 90
 
 
-def train_text_model(run: Path, blocks: list[dict] | None = None) -> Path:
-    """The checkpoint of TINY_TEXT_MODEL (or its d_model with these `blocks`) trained 40 steps into `run`."""
+def train_text_model(run: Path, blocks: list[dict] | None = None, steps: int = 40) -> Path:
+    """The checkpoint of TINY_TEXT_MODEL (or its d_model with these `blocks`) trained `steps` steps into `run`."""
     model = TINY_TEXT_MODEL["model"] if blocks is None else {**TINY_TEXT_MODEL["model"], "blocks": blocks}
-    config = {**TINY_TEXT_MODEL, "model": model, "train": {**TINY_TEXT_MODEL["train"], "out_dir": str(run)}}
+    schedule = {"steps": steps, "warmup_steps": min(5, steps - 1), "eval_every": steps}
+    config = {**TINY_TEXT_MODEL, "model": model, "train": {**TINY_TEXT_MODEL["train"], "out_dir": str(run), **schedule}}
     path = run / "train.yaml"
     path.write_text(yaml.safe_dump(config))
     train(load_experiment(path), log=lambda line: None)
