@@ -49,11 +49,11 @@ def text(seed: int) -> str:
     return "".join(rng.choice(string.ascii_lowercase + "    ") for _ in range(47)) + "."
 
 
-def write_checkpoint(directory: Path) -> Path:
-    """A `memory-models train`-shaped checkpoint of the randomly initialised model."""
+def write_checkpoint(directory: Path, section: dict = MODEL) -> Path:
+    """A `memory-models train`-shaped checkpoint of the randomly initialised model of `section`."""
     torch.manual_seed(0)
-    model = PaperModel(resolve_model_section(MODEL, "<benchmark>"))
-    config = {"model": MODEL, "task": {"type": "text"}, "train": {}, "eval": {}}
+    model = PaperModel(resolve_model_section(section, "<benchmark>"))
+    config = {"model": section, "task": {"type": "text"}, "train": {}, "eval": {}}
     state = {"model": model.state_dict(), "optimizer": {}, "step": 0, "tokens": 0, "metrics": {}}
     path = directory / "checkpoint.pt"
     torch.save({**state, "config": yaml.safe_dump(config)}, path)
