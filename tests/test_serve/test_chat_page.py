@@ -16,10 +16,13 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="no system browser: needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
-)
+pytestmark = [
+    pytest.mark.slow,  # a server and a browser started: tens of seconds on 2 cores
+    pytest.mark.skipif(
+        CHROMIUM is None or CHROMEDRIVER is None,
+        reason="no system browser: needs Debian's chromium and chromium-driver (apt-get install them)",
+    ),
+]
 TOKEN = "page-token-0123456789"
 LONG_REPLY = {"max_new_tokens": 40, "stop": "\x7f"}  # DEL, a byte the model never writes: 40 tokens every reply
 MEMORY = "The ship sails at dawn from Verona."

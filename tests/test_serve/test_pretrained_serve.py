@@ -48,6 +48,7 @@ def served(request, chat_bases, tmp_path_factory):
     running.stop()
 
 
+@pytest.mark.slow  # two servers, each loading transformers and a base (one quantised to NF4)
 def test_the_reply_follows_the_chat_template(served, chat_bases):
     kind, quantization, server = served
     directory = str(chat_bases[kind])
@@ -72,6 +73,7 @@ def test_the_reply_follows_the_chat_template(served, chat_bases):
         assert [turn["role"] for turn in history] == ["user", "assistant"] * 2
 
 
+@pytest.mark.slow
 def test_memories_and_learning_on_a_pretrained_model(served):
     _, _, server = served
     with server.client() as client:
