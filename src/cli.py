@@ -125,13 +125,23 @@ def _prompt(args, task: dict, vocab_size: int) -> list[int]:
         if outside := [token for token in prompt if not 0 <= token < vocab_size]:
             raise UsageError(f"--prompt-ids: {outside[0]} is outside the model's vocabulary [0, {vocab_size})")
     elif task["type"] in TOKENIZED_TASKS:
-        text = args.prompt.encode("utf-8")
+        text = _utf8(args.prompt, "--prompt")
         prompt = list(text) if task.get("tokenizer") is None else _tokenizer_call(encode, task["tokenizer"], text)
     else:
         raise UsageError(f"{args.checkpoint}: a {task['type']} model needs --prompt-ids")
     if not prompt:
         raise UsageError("the prompt is empty: give --prompt TEXT (text models) or --prompt-ids IDS")
     return prompt
+
+
+def _utf8(text: str, flag: str) -> bytes:
+    """`text` as UTF-8; bytes of the command line that are not UTF-8 (kept as lone surrogates) are a UsageError."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raw = text.encode("utf-8", "surrogateescape")
+        position = len(text[: error.start].encode("utf-8", "surrogateescape"))
+        raise UsageError(f"{flag} is not valid UTF-8: byte {position} is {raw[position]:#04x}; give text") from error
 
 
 def _tokenizer_call(function, tokenizer: str, *args):
@@ -153,7 +163,7 @@ def _decode(task: dict, ids: list[int]) -> str:
 
 def _generate(args) -> int:
     from src.config import model_vocab_size, resolve_model_section
-    from src.generation import check_sampling, generate
+    from src.generation import PromptTooLong, check_sampling, fit_prompt, generate, prompt_limit
 
     checkpoint = runs.read_checkpoint(args.checkpoint)
     config = checkpoint["config"]
@@ -165,7 +175,14 @@ def _generate(args) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from error
     device = _device(args, config["train"].get("device", "cpu"), f"{args.checkpoint}: train.device")
+    if args.max_prompt_tokens < 1:
+        raise UsageError(f"--max-prompt-tokens must be >= 1, got {args.max_prompt_tokens}")
     model = runs.load_trained_model(args.checkpoint, device, model_section, checkpoint).model
+    try:
+        bound = prompt_limit(model, args.max_new_tokens, args.max_prompt_tokens, "--max-prompt-tokens")
+        prompt = fit_prompt(prompt, *bound, args.truncate, "--truncate")
+    except PromptTooLong as error:
+        raise UsageError(str(error)) from error
     ids = generate(
         model,
         torch.tensor([prompt], device=device),
@@ -188,11 +205,14 @@ def _check_estimate_flags(args) -> None:
 
 
 def _estimate(args) -> int:
-    from src.estimate import estimate_training_memory
+    from src.estimate import EstimateError, estimate_training_memory
 
     experiment = load_experiment(args.config)
     _check_estimate_flags(args)
-    print(estimate_training_memory(experiment, args.batch, args.length, args.device).table())
+    try:
+        print(estimate_training_memory(experiment, args.batch, args.length, args.device).table())
+    except EstimateError as error:
+        raise UsageError(str(error)) from error
     return 0
 
 
@@ -293,6 +313,13 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("--top-k", type=int)
     generate.add_argument("--top-p", type=float)
     generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=4096,
+        help="refuse a longer prompt (an adapted model: also its base's positions less --max-new-tokens)",
+    )
+    generate.add_argument("--truncate", action="store_true", help="keep the prompt's last tokens that fit instead")
     generate.add_argument("--device", choices=runs.DEVICES, help="default: the checkpoint's train.device")
     generate.add_argument("--set", action="append", metavar="KEY=VALUE", help=set_help)
     generate.set_defaults(run=_generate)

@@ -3,8 +3,9 @@
 `memory-models estimate CONFIG [--batch B --length L]` runs the training step of
 `memory-models train` (`src.training.training_step`: the config's `train.checkpoint_blocks` and
 `train.loss_chunk_tokens`, clipped AdamW)
-twice under torch's FakeTensorMode: every tensor has its shape, dtype and storage but no memory, so
-a CPU-only machine estimates a GPU run of any size in seconds to minutes. A dispatch mode records
+twice under torch's FakeTensorMode: every tensor, the token ids included, has its shape, dtype and
+storage but no memory, so a CPU-only machine estimates a GPU run of any batch; the time grows with
+the length only (the chunked scans' steps), seconds to minutes. A dispatch mode records
 each storage when an operation creates it and forgets it when Python frees it (autograd's saved
 tensors, recomputation under checkpointing and the optimizer's state are all honoured), so the
 largest sum of live storages is the peak that `torch.cuda.max_memory_allocated` reports, up to the
@@ -13,6 +14,7 @@ reported: AdamW allocates its moments during the first.
 """
 
 import os
+import re
 import weakref
 from dataclasses import dataclass, replace
 
@@ -29,6 +31,21 @@ from src.training import OutOfMemory, TrainingObjective, training_step
 
 GIB = 2**30
 LOSS_CHUNK_TOKENS = 1024  # the value advised for train.loss_chunk_tokens (configs/mamba_130m.yaml's)
+
+
+_MAX_ELEMENTS = 2**63 - 1  # torch's sizes are int64
+_OVERFLOW = re.compile(r"overflow|too large|int64|exceeds", re.IGNORECASE)
+
+
+class EstimateError(ValueError):
+    """A step the estimate cannot run (a size torch cannot represent); the message names the sizes."""
+
+
+def _unrepresentable(batch: int, length: int, cause: str) -> str:
+    return (
+        f"batch {batch:,} x length {length:,}: a tensor of this training step would have more elements or "
+        f"bytes than torch can represent (2**63 - 1): {cause}"
+    )
 
 
 class _LiveStorage(TorchDispatchMode):
@@ -97,8 +114,9 @@ def estimate_training_memory(
 ):
     """The peak memory of one AdamW training step of `experiment` (default: its batch and task length).
 
-    The token ids are a real batch of the config's task (cut or tiled to `length`), so the step
-    is exactly the one training runs; only the model, its activations and the optimizer are fake.
+    Everything is fake, the token ids included (their values never decide a size): no batch is
+    allocated, and the time does not depend on the batch (the length sets the steps of the scans).
+    A size torch cannot represent is an EstimateError naming batch and length.
     `device` picks the code paths: "cpu" (the default, on any machine) runs the CPU forms (the
     chunked scan where training on CUDA would take the Triton kernel); "cuda" runs the CUDA forms
     and needs a CUDA device to be present (autograd's backward asks for its context), but not the
@@ -108,25 +126,28 @@ def estimate_training_memory(
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("estimating the CUDA code paths needs a CUDA device here; use device 'cpu'")
-    inputs, targets = build_task(experiment.task).sample(batch, seed=experiment.train.seed)
-    length = length or inputs.shape[1]
-    repeats = -(-length // inputs.shape[1])
-    inputs, targets = inputs.repeat(1, repeats)[:, :length], targets.repeat(1, repeats)[:, :length]
-    fake_mode = FakeTensorMode()
-    with fake_mode:
+    task_length = build_task(experiment.task).sample(1, seed=experiment.train.seed)[0].shape[1]
+    length = length or task_length
+    if batch * length > _MAX_ELEMENTS:
+        raise EstimateError(_unrepresentable(batch, length, f"the batch alone has {batch * length:,} token ids"))
+    with FakeTensorMode():
         tracker = _LiveStorage()
         with tracker:
             with device:  # built where it trains (moving it after would copy every parameter)
                 model = build_model(experiment.model, experiment.file, None, base_weights=False)
             parameter_bytes = tracker.live
             optimizer = torch.optim.AdamW(model.parameter_groups(experiment.train.weight_decay), lr=experiment.train.lr)
-            fake_inputs = fake_mode.from_tensor(inputs).to(device)
-            fake_targets = fake_mode.from_tensor(targets).to(device)
-            for _ in range(2):
-                tracker.peak = tracker.live  # report the second step's peak
-                training_step(
-                    TrainingObjective(model, experiment.train), optimizer, fake_inputs, fake_targets, experiment.train
-                )
+            # The first step only makes AdamW's moments (their size does not depend on the batch's), so it
+            # runs at the task's length; the second is the one reported.
+            for step_length in (min(length, task_length), length):
+                tracker.peak = tracker.live
+                ids = torch.zeros(batch, step_length, dtype=torch.long, device=device)  # fake: no memory
+                try:
+                    training_step(TrainingObjective(model, experiment.train), optimizer, ids, ids, experiment.train)
+                except RuntimeError as error:
+                    if not _OVERFLOW.search(str(error)):
+                        raise
+                    raise EstimateError(_unrepresentable(batch, length, str(error).splitlines()[0])) from error
             gradient_bytes = sum(p.grad.untyped_storage().nbytes() for p in model.parameters() if p.grad is not None)
             optimizer_bytes = sum(
                 value.untyped_storage().nbytes()

@@ -3,7 +3,9 @@
 `generate` feeds the prompt once through `LanguageModel.step` and then one token at a time with the
 returned state (KV cache, SSM state, memories), so the prefix is never recomputed. Each sampling
 rule is one function on a (batch, vocab) logits tensor. Every argument is checked before the
-first token, whatever the temperature.
+first token, whatever the temperature. A prompt longer than the model can take (`prompt_limit`:
+a limit of the caller's, and an adapted base's positions) is refused by `fit_prompt`, or cut to its
+last tokens when the caller asks for truncation.
 """
 
 import dataclasses
@@ -92,6 +94,36 @@ def check_sampling(
         _check_top_p(top_p)
     if not 0 <= seed < 2**63:
         raise ValueError(f"seed must lie in [0, 2**63), got {seed}")
+
+
+class PromptTooLong(ValueError):
+    """A prompt longer than the model can take; the message names the limit and where it comes from."""
+
+
+def prompt_limit(model: LanguageModel, max_new_tokens: int, limit: int, limit_name: str) -> tuple[int, str]:
+    """The most prompt tokens: `limit` (named `limit_name`), less where the model's positions must also hold
+    the `max_new_tokens` to come. Returns the bound and what sets it (PromptTooLong when nothing fits)."""
+    positions = model.max_positions
+    if positions is None or positions - max_new_tokens >= limit:
+        return limit, limit_name
+    if positions - max_new_tokens < 1:
+        raise PromptTooLong(
+            f"{max_new_tokens} new tokens leave no room for a prompt in the model's {positions} positions"
+        )
+    return positions - max_new_tokens, f"the model's {positions} positions less {max_new_tokens} new tokens"
+
+
+def fit_prompt(ids: list[int], bound: int, reason: str, truncate: bool, truncation: str) -> list[int]:
+    """`ids` when at most `bound` tokens; else their last `bound` when `truncate`, or PromptTooLong naming
+    the bound, its `reason`, and `truncation` (how the caller asks to truncate)."""
+    if len(ids) <= bound:
+        return ids
+    if truncate:
+        return ids[-bound:]
+    raise PromptTooLong(
+        f"the prompt is {len(ids):,} tokens, more than the limit of {bound:,} ({reason}): "
+        f"shorten it, or give {truncation} to keep its last {bound:,} tokens"
+    )
 
 
 @torch.no_grad()

@@ -15,7 +15,8 @@ adapters). Code outside the two models sees only `LanguageModel`:
 - `parameter_groups(weight_decay)`: AdamW's groups of the trainable parameters (`src.optimizer`);
   `num_parameters()`, `trainable_parameters()`;
 - `tokenizer`: text <-> ids (UTF-8 bytes for a PaperModel, the base's `tokenizer.json` for an
-  adapted model);
+  adapted model); `max_positions`: the longest sequence it takes (an adapted base's
+  `max_position_embeddings`; None for a PaperModel, whose RoPE and states have no such limit);
 - `sharding_units()`: the modules FSDP2 shards one by one (the blocks, the decoder layers);
 - `state_dict()`: what trains (every parameter of a PaperModel; an adapted model's adapters), the
   content of a checkpoint.
@@ -220,3 +221,8 @@ class LanguageModel(nn.Module, ABC):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def max_positions(self) -> int | None:
+        """The most tokens (prompt and generated) one sequence may hold; None when only memory bounds it."""
+        return None

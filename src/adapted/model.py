@@ -239,6 +239,11 @@ class AdaptedModel(LanguageModel):
         return self.base.config.hidden_size
 
     @property
+    def max_positions(self) -> int | None:
+        """The base's `max_position_embeddings` (config.json): its position embeddings or RoPE range."""
+        return getattr(self.base.config, "max_position_embeddings", None)
+
+    @property
     def tokenizer(self) -> Tokenizer:
         """The base directory's `tokenizer.json`."""
         return DirectoryTokenizer(self.config["base"]["directory"])

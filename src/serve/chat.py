@@ -4,7 +4,9 @@ A reply is generated from a prompt of the session's recalled memories, its conve
 short-term buffer) and the message, laid out by `src.serve.turns` (a play script, or the tokenizer's
 chat template when its directory has one), read through the model's tokenizer
 (`LanguageModel.tokenizer`: UTF-8 bytes, or a pretrained model's `tokenizer.json`) and cut to its
-last `chat.context_bytes` tokens (bytes for a byte-level model).
+last `chat.context_bytes` tokens (bytes for a byte-level model; an adapted model's positions less
+`max_new_tokens` when fewer). A message whose own turn is longer than that is refused with the
+limit, unless the request sets `truncate`.
 Generation stops at the stop token (`chat.stop`, one token) or at `max_new_tokens`; the exchange is
 then written to memory in one transaction. Under `chat.session_state: carry` the session's turns are
 not replayed: the reply continues the model state stored with the session's last exchange, and the
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from src.generation import beam_search, check_sampling, generate_stream
+from src.generation import PromptTooLong, beam_search, check_sampling, fit_prompt, generate_stream, prompt_limit
 from src.language_model import LanguageModel
 from src.memory_system.embedding import embed_texts
 from src.memory_system.manager import MemoryInputError, MemoryManager, Recalled
@@ -52,6 +54,7 @@ class GenerationRequest:
     top_p: float | None = None
     seed: int = 0
     beam_width: int = 1
+    truncate: bool = False  # a message longer than the prompt limit keeps its last tokens instead of a 422
 
 
 def load_model(checkpoint_path: str, device: str) -> LanguageModel:
@@ -95,6 +98,10 @@ class ChatService:
         self._embedder = copy.deepcopy(model).requires_grad_(False)
         self._model_lock, self._embed_lock = threading.Lock(), threading.Lock()
         self._closing = threading.Event()
+        try:
+            prompt_limit(model, config.chat.max_new_tokens, config.chat.context_bytes, "chat.context_bytes")
+        except PromptTooLong as error:
+            raise ConfigError(f"{config.file}: key 'chat.max_new_tokens': {error}") from error
         self.memory = MemoryManager(config.database, model.hidden_size, self._embed, config.memory)
         self.learner = IncrementalLearner(model, config.learning)
         self.sessions = SessionStates(model, self.memory, config.chat.session_state, config.file)
@@ -122,15 +129,25 @@ class ChatService:
             raise MemoryInputError(str(error)) from error
         return max_new_tokens
 
-    def prompt(self, session: str, text: str, replay: bool = True) -> tuple[list[int], list[Recalled]]:
-        """The prompt's token ids for a message, and the memories it shows; without `replay` the session's
-        turns are left out (a carried state has read them)."""
+    def prompt(
+        self, session: str, text: str, max_new_tokens: int, truncate: bool = False, replay: bool = True
+    ) -> tuple[list[int], list[Recalled]]:
+        """The prompt's token ids for a message, and the memories it shows: its last tokens within
+        `chat.context_bytes` and the model's positions. A message whose own turn is longer is refused
+        (MemoryInputError naming the limit) unless `truncate`. Without `replay` the session's turns are
+        left out (a carried state has read them)."""
         chat = self.config.chat
+        bound, reason = prompt_limit(self.model, max_new_tokens, chat.context_bytes, "chat.context_bytes")
+        turn = self.tokenizer.encode(self.format.prompt([], [], text))
+        try:
+            fit_prompt(turn, bound, reason, truncate, '"truncate": true')
+        except PromptTooLong as error:
+            raise MemoryInputError(f"text: {error}") from error
         recalled = self.memory.recall(session, text) if session in self.memory.sessions else []
         remembered = [memory.text for memory in recalled if memory.level != "short_term"]
         turns = [(turn.role, turn.text) for turn in self.memory.conversation(session)] if replay else []
         layout = self.format.prompt(remembered, turns, text)
-        return self.tokenizer.encode(layout)[-chat.context_bytes :], recalled
+        return self.tokenizer.encode(layout)[-bound:], recalled
 
     def _reply_text(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens[:-1] if tokens and tokens[-1] == self.stop_id else tokens)
@@ -141,7 +158,7 @@ class ChatService:
         self.memory.check_text(text)
         max_new_tokens = self.check(request)
         start = self.sessions.start(session)
-        ids, recalled = self.prompt(session, text, replay=start.state is None)
+        ids, recalled = self.prompt(session, text, max_new_tokens, request.truncate, replay=start.state is None)
         prompt = torch.tensor([ids], device=self._device)
         if request.beam_width > 1:
             with self._model_lock:
@@ -169,7 +186,7 @@ class ChatService:
         if request.beam_width != 1:
             raise MemoryInputError("beam search does not stream: beam_width must be 1 on /chat/stream")
         start = self.sessions.start(session)
-        ids, recalled = self.prompt(session, text, replay=start.state is None)
+        ids, recalled = self.prompt(session, text, max_new_tokens, request.truncate, replay=start.state is None)
         return self._events(session, text, ids, recalled, start, max_new_tokens, request)
 
     def _events(self, session, text, ids, recalled, start, max_new_tokens, request) -> Iterator[dict]:

@@ -23,6 +23,7 @@ class ChatRequest(_Request):
     top_p: float | None = None
     seed: int = 0
     beam_width: int = 1
+    truncate: bool = False
 
 
 class ReasonRequest(_Request):

@@ -57,3 +57,12 @@ def test_an_adapted_checkpoint_is_served(adapted_server, adapted_checkpoint):
         assert long_term[0]["id"] == stored["ids"][0] and long_term[0]["score"] == pytest.approx(1.0, abs=1e-4)
         learned = client.post("/train/interaction", json={"text": "Who art thou?", "reply": "Romeo."}).json()
         assert learned["steps"] == 3 and learned["loss_after"] < learned["loss_before"]
+
+
+def test_more_new_tokens_than_the_base_positions_is_refused_at_start(adapted_checkpoint, tmp_path, capsys):
+    from src.cli import main
+
+    assert main(["serve", str(write_config(tmp_path, adapted_checkpoint, chat={"max_new_tokens": 5000}))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "key 'chat.max_new_tokens': 5000 new tokens leave no room for a prompt in the model's 4096 positions" in err

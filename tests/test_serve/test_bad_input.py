@@ -130,6 +130,14 @@ BAD = [
         422,
         "Extra inputs",
     ),
+    (
+        "message over the prompt limit",
+        "POST",
+        "/chat/stream",
+        {"session": "known", "text": "x" * 1500},
+        422,
+        "text: the prompt is 1,515 tokens, more than the limit of 1,024 (chat.context_bytes)",
+    ),
     ("huge seed", "POST", "/chat/message", {"session": "known", "text": "hi", "seed": 2**70}, 422, "seed must lie"),
     (
         "NaN temperature",
@@ -275,3 +283,8 @@ def test_sql_metacharacters_in_text_are_data(client, server):
     with sqlite3.connect(server.config.with_name("memory.sqlite")) as connection:
         assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert connection.execute("SELECT text FROM memories WHERE id = ?", stored).fetchone()[0] == hostile
+
+
+def test_a_long_message_is_cut_to_the_prompt_limit_when_asked(client):
+    body = {"session": "known", "text": "x" * 1500, "max_new_tokens": 2, "truncate": True}
+    assert client.post("/chat/message", json=body).status_code == 200
