@@ -8,10 +8,12 @@ is a `CheckpointError` naming the path.
 onto the target with `os.replace` (atomic on POSIX and Windows) and fsyncs the directory so the
 rename itself is durable. A process killed at any moment leaves the previous file or the new one,
 never a partial one; at most a partial `.<name>.tmp` is left beside it, overwritten by the next
-write. One writer per target at a time.
+write. A write that fails (a full disk, no permission) removes its temporary file and raises a
+`CheckpointError` naming the path and the free space. One writer per target at a time.
 """
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -39,8 +41,10 @@ def write_atomically(path: str | Path, write: Callable[[IO[bytes]], None]) -> No
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError | RuntimeError):  # torch.save reports a full disk as a RuntimeError
+            raise CheckpointError(_not_written(path, error)) from error
         raise
     if os.name == "posix":  # a directory cannot be opened for fsync on Windows
         directory = os.open(path.parent, os.O_RDONLY)
@@ -48,6 +52,14 @@ def write_atomically(path: str | Path, write: Callable[[IO[bytes]], None]) -> No
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+def _not_written(path: Path, error: BaseException) -> str:
+    free = shutil.disk_usage(path.parent).free / 2**20
+    return (
+        f"{path}: could not be written ({_first_line(error)}; {free:,.0f} MiB free on its disk); the file "
+        "there before is unchanged: make room (or fix the permissions), then run again (train: --resume)"
+    )
 
 
 def save(obj: Any, path: str | Path) -> None:

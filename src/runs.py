@@ -8,7 +8,7 @@ One module for what every command reads and writes (`train`, `evaluate`, `compar
 - `save_checkpoint` / `read_checkpoint`: `train.out_dir/checkpoint.pt`, written atomically
   (`src.checkpoints`) with the step, tokens, metrics and the resolved config. Its model state is the
   model's `state_dict`: the whole PaperModel, or an adapted model's adapters only (the resolved
-  config pins the frozen base by `model.base.weights_sha256`); under `train.parallel: fsdp` the
+  config pins the frozen base by `model.base.files_sha256`); under `train.parallel: fsdp` the
   state lies in DCP shards beside the file (`src.distributed`), which `load_model` reads into one
   process at any number of processes;
 - `load_trained_model`: the one loader of a trained model (checkpoint -> config -> model -> state).

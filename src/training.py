@@ -310,17 +310,31 @@ def _prepare_out_dir(out_dir: Path, file: str, resume_step: int | None) -> None:
     if not os.access(out_dir, os.W_OK):
         raise RunError(f"{file}: cannot write to train.out_dir {out_dir}: permission denied")
     metrics = out_dir / METRICS
-    if resume_step is not None and metrics.is_file():
+    if resume_step is not None and metrics.exists():
+        try:
+            metrics.open("a").close()  # the log is appended to at each evaluation: found out now, not after steps
+        except OSError as error:
+            raise RunError(f"{metrics}: the metrics log cannot be appended to ({error.strerror}); {_FIX}") from error
         lines = metrics.read_text().splitlines(keepends=True)
         kept = [line for line in lines if (step := _logged_step(line)) is not None and step <= resume_step]
         if kept != lines:
             checkpoints.write_atomically(metrics, lambda handle: handle.write("".join(kept).encode()))
 
 
+_FIX = "make it writable (permissions, free disk space), then run again with --resume"
+
+
 def _log_metrics(path: Path, result: dict, replace: bool) -> None:
-    """Append one JSON line to the metrics log (`replace`: start the log anew with it)."""
-    with path.open("w" if replace else "a") as file:
-        file.write(json.dumps(result) + "\n")
+    """Append one JSON line to the metrics log (`replace`: start the log anew with it). A failed write
+    leaves at most a line cut short, which --resume drops."""
+    try:
+        with path.open("w" if replace else "a") as file:
+            file.write(json.dumps(result) + "\n")
+    except OSError as error:
+        raise RunError(
+            f"{path}: step {result['step']}'s metrics could not be written ({error.strerror}); the checkpoint "
+            f"before it is intact: {_FIX}"
+        ) from error
 
 
 def _check_finite(

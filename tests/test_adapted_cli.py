@@ -45,7 +45,7 @@ def test_train_evaluate_and_generate_an_adapted_model(tmp_path, tiny_bases, caps
     path = experiment(tmp_path, tiny_bases["llama"])
     assert main(["train", path]) == 0
     out = capsys.readouterr().out
-    assert "weights_sha256:" in out and f"tokenizer: {tiny_bases['llama']}" in out  # resolved config
+    assert "files_sha256:" in out and f"tokenizer: {tiny_bases['llama']}" in out  # resolved config
     assert "trained; task: text" in out and "final: eval_loss" in out
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert all(key.startswith("memory_adapters.") or key.endswith((".A", ".B")) for key in checkpoint["model"])
@@ -71,10 +71,10 @@ def test_a_changed_base_is_refused_by_every_command(tmp_path, tiny_bases, capsys
     safetensors.save_file(weights, base / "model.safetensors", metadata={"format": "pt"})
     checkpoint = str(tmp_path / "run" / "checkpoint.pt")
     assert main(["generate", checkpoint, "--prompt", "A"]) == 2
-    assert "weights_sha256" in capsys.readouterr().err
+    assert f"model.base.files_sha256': {base / 'model.safetensors'} changed" in capsys.readouterr().err
     assert main(["train", path, "--resume"]) == 2  # the config resolves the new hash; the checkpoint has the old one
     err = capsys.readouterr().err
-    assert "model.base.weights_sha256" in err and "checkpoint.pt" in err
+    assert "model.base.files_sha256" in err and "checkpoint.pt" in err
 
 
 def test_fact_recall_trains_through_the_base_tokenizer(tmp_path, tiny_bases, capsys):
@@ -117,7 +117,7 @@ def test_compare_puts_adapters_side_by_side(tmp_path, tiny_bases, capsys):
         ({"base": {"directory": "/nonexistent"}}, r"model\.base\.directory': no directory /nonexistent"),
         ({"base": {"quantization": "nf4", "freeze": False}}, "quantized weights cannot train"),
         ({"base": {"quantization": "int4"}}, r"model\.base\.quantization' must be one of"),
-        ({"base": {"weights_sha256": "0" * 64}}, r"model\.base\.weights_sha256' is 0+, but the weights in"),
+        ({"base": {"files_sha256": {"config.json": "0" * 64}}}, r"model\.base\.files_sha256': .*config\.json changed"),
         ({"base": {"dirctory": "x"}}, r"unknown key 'model\.base\.dirctory'"),
     ],
 )

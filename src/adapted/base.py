@@ -21,8 +21,13 @@ from torch import nn
 
 from src.layers.quantization import QuantizedLinear
 from src.tasks.tokenizer import HF_EXTRA
+from src.validation import ConfigError
 
 WEIGHT_PATTERNS = ("model.safetensors", "model-*.safetensors", "pytorch_model.bin", "pytorch_model-*.bin")
+READ_FILES = (  # besides the weights: what AutoConfig, AutoModelForCausalLM and the tokenizer read
+    "config.json", "generation_config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+)  # fmt: skip
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -45,23 +50,32 @@ def weight_files(directory: Path) -> list[Path]:
     return []
 
 
-def weights_sha256(directory: str | Path) -> str:
-    """SHA-256 of the bytes of the directory's weight files, in order: the identity of the frozen weights.
+def base_files(directory: Path) -> list[Path]:
+    """Every file of a base directory that the model reads: config.json, the weight files (and their index),
+    the tokenizer's and the generation config, those that exist; in a fixed order."""
+    present = [directory / name for name in READ_FILES if (directory / name).is_file()]
+    return sorted(present + weight_files(directory))
 
-    Every model of a comparison resolves its base's hash; the files are read once per process for
-    as long as their paths, sizes and modification times stay the same.
+
+def files_sha256(directory: str | Path) -> dict[str, str]:
+    """File name -> SHA-256 of its bytes, for every file `base_files` lists: the identity of the base.
+
+    Every model of a comparison resolves its base's hashes; a file is read once per process for as
+    long as its path, size and modification time stay the same.
     """
-    files = [(file.resolve(), file.stat()) for file in weight_files(Path(directory))]
-    return _files_sha256(tuple((str(path), stat.st_size, stat.st_mtime_ns) for path, stat in files))
+    hashes = {}
+    for file in base_files(Path(directory)):
+        stat = file.stat()
+        hashes[file.name] = _file_sha256(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+    return hashes
 
 
 @cache
-def _files_sha256(files: tuple[tuple[str, int, int], ...]) -> str:
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
-    for path, _, _ in files:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 24):
-                digest.update(chunk)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -90,9 +104,14 @@ def skeleton(directory: Path) -> nn.Module:
         return transformers.AutoModelForCausalLM.from_config(config)
 
 
-def linear_names(layer: nn.Module) -> list[str]:
-    """Names of the `nn.Linear` modules (the projections: q_proj, v_proj, gate_proj, ...) inside a decoder layer."""
-    return sorted({name.rpartition(".")[2] for name, module in layer.named_modules() if isinstance(module, nn.Linear)})
+def linear_widths(layer: nn.Module) -> dict[str, int]:
+    """The `nn.Linear` modules (the projections: q_proj, v_proj, gate_proj, ...) inside a decoder layer, by
+    name, each with min(in_features, out_features)."""
+    return {
+        name.rpartition(".")[2]: min(module.in_features, module.out_features)
+        for name, module in layer.named_modules()
+        if isinstance(module, nn.Linear)
+    }
 
 
 def quantize_linears(layers: nn.ModuleList, kind: str) -> None:
@@ -117,9 +136,7 @@ def load_base(section: dict, device: torch.device | str | None = "cpu", weights:
     transformers.logging.disable_progress_bar()  # one line per weight file on stderr otherwise
     dtype = DTYPES[section["dtype"]]
     if weights:
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            section["directory"], dtype=dtype, local_files_only=True
-        )
+        model = _read_weights(transformers, Path(section["directory"]), dtype)
     else:
         config = transformers.AutoConfig.from_pretrained(section["directory"], local_files_only=True)
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -128,6 +145,28 @@ def load_base(section: dict, device: torch.device | str | None = "cpu", weights:
     model.eval().requires_grad_(not section["freeze"])
     if section["quantization"] != "none":
         quantize_linears(decoder_layers(model), section["quantization"])
+    return model
+
+
+def _read_weights(transformers, directory: Path, dtype: torch.dtype) -> nn.Module:
+    """The base with its weights; damaged files, sizes that disagree with config.json, and a tensor missing
+    from or unexpected in the weights are each a ConfigError naming the files and the tensor."""
+    files = ", ".join(file.name for file in weight_files(directory))
+    where = f"{directory}: the base's weights ({files})"
+    advice = "restore the directory from where it came (save_pretrained writes it whole)"
+    try:
+        model, report = transformers.AutoModelForCausalLM.from_pretrained(
+            directory, dtype=dtype, local_files_only=True, output_loading_info=True
+        )
+    except Exception as error:  # safetensors, torch and transformers raise many types for a damaged file
+        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise ConfigError(f"{where} cannot be read with its config.json: {reason[:300]}; {advice}") from error
+    for kind, what in (("missing_keys", "is missing from them"), ("unexpected_keys", "is not in the model")):
+        if names := sorted(report[kind]):
+            raise ConfigError(f"{where}: tensor {names[0]} {what} ({len(names)} such tensors); {advice}")
+    if report["mismatched_keys"]:
+        name, *shapes = sorted(report["mismatched_keys"])[0]
+        raise ConfigError(f"{where}: tensor {name} is {shapes[0]} there, {shapes[1]} by config.json; {advice}")
     return model
 
 

@@ -13,9 +13,10 @@
 Validated like every section (`src.config`): unknown, missing, wrong-typed and out-of-range keys,
 and also a missing directory, a layer index beyond the base's decoder layers, a projection name
 the decoder layers do not have, two memory adapters at one place, quantization under full
-fine-tuning, nothing to train; each error names the key and the file. The resolved section adds
-`base.weights_sha256`, the hash of the base's weight files: a config or checkpoint that states a
-hash refuses a directory whose weights hash otherwise.
+fine-tuning, nothing to train, a LoRA rank above a projection's width; each error names the key and
+the file. The resolved section adds `base.files_sha256`, the SHA-256 of every file the model reads
+(config.json, the weights, the tokenizer's and generation files): a config or checkpoint that
+states them refuses a directory where any of them changed, was added or is gone, naming the file.
 """
 
 from collections.abc import Mapping
@@ -27,11 +28,11 @@ import torch
 
 from src.adapted.base import (
     decoder_layers,
-    linear_names,
+    files_sha256,
+    linear_widths,
     read_hf_config,
     skeleton,
     weight_files,
-    weights_sha256,
 )
 from src.layers.memory_adapter import MemoryAdapter
 from src.layers.memory_bank import MemoryBankAttention
@@ -47,7 +48,7 @@ class BaseSection:
     freeze: bool = True
     quantization: Literal["none", "int8", "nf4"] = "none"
     dtype: Literal["float32", "bfloat16"] = "float32"
-    weights_sha256: str | None = None
+    files_sha256: dict | None = None  # file name -> SHA-256: filled in when the section is resolved
 
 
 @dataclass(frozen=True)
@@ -94,13 +95,21 @@ def resolve_base(raw, where: str, file: str) -> dict:
         raise ConfigError(f"{file}: key '{where}.directory': {directory} has no weight files (model.safetensors, ...)")
     if base["quantization"] != "none" and not base["freeze"]:
         raise ConfigError(f"{file}: key '{where}.quantization': quantized weights cannot train; set freeze: true")
-    digest = weights_sha256(directory)
-    if base["weights_sha256"] not in (None, digest):
-        raise ConfigError(
-            f"{file}: key '{where}.weights_sha256' is {base['weights_sha256']}, but the weights in {directory} "
-            f"hash to {digest}: the base model changed since this config or checkpoint was written"
-        )
-    return {**base, "weights_sha256": digest}
+    digests, recorded = files_sha256(directory), base["files_sha256"]
+    if recorded is not None:
+        if not all(isinstance(name, str) and isinstance(digest, str) for name, digest in recorded.items()):
+            raise ConfigError(f"{file}: key '{where}.files_sha256' must map file names to SHA-256 hex digests")
+        if changed := [
+            name for name in sorted(set(recorded) | set(digests)) if recorded.get(name) != digests.get(name)
+        ]:
+            name = changed[0]
+            what = "is gone" if name not in digests else "was added" if name not in recorded else "changed"
+            more = f" (and {len(changed) - 1} more file(s))" if len(changed) > 1 else ""
+            raise ConfigError(
+                f"{file}: key '{where}.files_sha256': {directory / name} {what}{more} since this config or "
+                "checkpoint was written: the base model differs; restore its files, or train anew on this base"
+            )
+    return {**base, "files_sha256": digests}
 
 
 def _check_layers(layers: list[int] | None, n_layers: int, where: str, file: str) -> None:
@@ -112,7 +121,8 @@ def _check_layers(layers: list[int] | None, n_layers: int, where: str, file: str
             )
 
 
-def _resolve_adapter(raw, where: str, file: str, n_layers: int, projections: list[str], d_model: int) -> dict:
+def _resolve_adapter(raw, where: str, file: str, n_layers: int, widths: dict[str, int], d_model: int) -> dict:
+    """One adapter; `widths` maps each projection of the decoder layers to min(d_in, d_out), LoRA's largest rank."""
     if not isinstance(raw, dict) or raw.get("type") not in ADAPTERS:
         raise ConfigError(f"{file}: key '{where}' must be a mapping with 'type' one of {list(ADAPTERS)}, got {raw!r}")
     rest = {key: value for key, value in raw.items() if key != "type"}
@@ -120,10 +130,15 @@ def _resolve_adapter(raw, where: str, file: str, n_layers: int, projections: lis
         adapter = arguments_for(LoRAAdapter, rest, where, file)
         _check_layers(adapter["layers"], n_layers, where, file)
         for name in adapter["targets"]:
-            if name not in projections:
+            if name not in widths:
                 raise ConfigError(
                     f"{file}: key '{where}.targets' names projection {name!r}, which the decoder layers do not have; "
-                    f"they have {projections}"
+                    f"they have {sorted(widths)}"
+                )
+            if adapter["rank"] > widths[name]:  # B A would have the rank of min(d_in, d_out) at most
+                raise ConfigError(
+                    f"{file}: key '{where}.rank' is {adapter['rank']}, more than {name}'s width: a LoRA rank is "
+                    f"at most min(d_in, d_out) = {widths[name]}"
                 )
         return {"type": "lora", **adapter}
     placement_keys = {key: rest.pop(key) for key in ("layers", "variant") if key in rest}
@@ -148,9 +163,9 @@ def resolve_adapted_section(raw, file: str, section: str = "model") -> dict:
         raise ConfigError(f"{file}: key '{section}.base.directory': {str(error).splitlines()[0]}") from error
     if not isinstance(raw["adapters"], list):
         raise ConfigError(f"{file}: key '{section}.adapters' must be a list of adapters (memory, lora)")
-    d_model, projections = model.config.hidden_size, linear_names(layers[0])
+    d_model, widths = model.config.hidden_size, linear_widths(layers[0])
     adapters = [
-        _resolve_adapter(adapter, f"{section}.adapters[{i}]", file, len(layers), projections, d_model)
+        _resolve_adapter(adapter, f"{section}.adapters[{i}]", file, len(layers), widths, d_model)
         for i, adapter in enumerate(raw["adapters"])
     ]
     places = [(index, a["variant"]) for a in adapters if a["type"] == "memory" for index in a["layers"]]
