@@ -85,7 +85,7 @@ MEANINGS: dict[str, str] = {
     "base.freeze": "keep the base's weights fixed (false: full fine-tuning)",
     "base.quantization": "store the decoder layers' linear weights as `int8` or `nf4`",
     "base.dtype": "the base's weights' dtype",
-    "base.weights_sha256": "filled in on load: the weights' hash, pinned so a changed base is refused",
+    "base.files_sha256": "filled in on load: file -> SHA-256 of each file the model reads; a change is refused",
     "memory_adapter.layers": "decoder layers after which a memory adapter is inserted",
     "memory_adapter.variant": "`A`: after the layer's self-attention, `B`: after its MLP",
     "lora_adapter.targets": "projection names to wrap, e.g. q_proj, v_proj",
