@@ -24,6 +24,7 @@ from src.layers.compressive_memory import HeadMemory
 from src.layers.neural_memory import NeuralMemoryOptions
 from src.schema import Range
 from src.tasks import TASKS
+from src.tasks.text_corpus import LocalDataset
 
 PATH = Path(__file__).resolve().parents[1] / "configs" / "README.md"
 REQUIRED = "required"
@@ -123,6 +124,9 @@ def sections() -> list[tuple[str, str, list[tuple[str, Any, Any]]]]:
     ]  # fmt: skip
     for name, cls in TASKS.items():
         tables.append((f"task.{name}", f"### task `type: {name}` (`{cls.__name__}`)", keys_of(cls, ("self",))))
+    tables.append(
+        ("LocalDataset", "### `LocalDataset`: the text task's `dataset` (extra `datasets`)", keys_of(LocalDataset))
+    )
     tables += [
         ("train", "## `train` (`TrainConfig`)", keys_of(TrainConfig)),
         ("early_stopping", "### `train.early_stopping` (`EarlyStopping`)", keys_of(EarlyStopping)),

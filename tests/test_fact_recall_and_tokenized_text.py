@@ -61,8 +61,8 @@ def test_impossible_fact_settings_are_named():
 
 
 def test_tokenized_text_scores_bits_per_byte_of_the_same_split(tiny_bases):
-    byte_level = TextCorpus(str(CORPUS), length=32)
-    tokenized = TextCorpus(str(CORPUS), length=32, tokenizer=str(tiny_bases["qwen2"]))
+    byte_level = TextCorpus(path=str(CORPUS), length=32)
+    tokenized = TextCorpus(path=str(CORPUS), length=32, tokenizer=str(tiny_bases["qwen2"]))
     assert tokenized.vocab_size == 512 and byte_level.vocab_size == 256
     for split in (tokenized, tokenized.held_out()):
         assert 1.5 < split.bytes_per_token < 4  # a 512-entry BPE merges a few bytes per token
@@ -77,4 +77,4 @@ def test_tokenized_text_scores_bits_per_byte_of_the_same_split(tiny_bases):
 
 def test_a_tokenizer_directory_without_tokenizer_json_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"has no tokenizer\.json"):
-        TextCorpus(str(CORPUS), length=32, tokenizer=str(tmp_path))
+        TextCorpus(path=str(CORPUS), length=32, tokenizer=str(tmp_path))

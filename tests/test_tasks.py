@@ -58,7 +58,7 @@ def test_passkey_without_a_depth_draws_one_per_example():
 def test_text_corpus_windows_and_held_out_split(tmp_path):
     path = tmp_path / "text.txt"
     path.write_bytes(bytes(range(256)) * 4)
-    task = TextCorpus(str(path), length=16, eval_fraction=0.25)
+    task = TextCorpus(path=str(path), length=16, eval_fraction=0.25)
     inputs, targets = task.sample(5, seed=0)
     assert inputs.shape == targets.shape == (5, 16)
     assert torch.equal(inputs[:, 1:], targets[:, :-1])
@@ -75,4 +75,4 @@ def test_new_tasks_reject_impossible_settings(tmp_path):
     with pytest.raises(ValueError, match="vocab_size must be > 12"):
         Passkey(12, 50, 0.5)
     with pytest.raises(ValueError, match="is not a file"):
-        TextCorpus(str(tmp_path / "missing.txt"), 8)
+        TextCorpus(path=str(tmp_path / "missing.txt"), length=8)

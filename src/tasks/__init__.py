@@ -7,6 +7,8 @@ is disjoint); a task with a held-out split (text) returns it from `held_out()`. 
 validated by `src.config.resolve_task_section`.
 """
 
+import typing
+
 from src.tasks.associative_recall import AssociativeRecall
 from src.tasks.common import IGNORE
 from src.tasks.fact_recall import FactRecall
@@ -14,6 +16,7 @@ from src.tasks.induction_heads import InductionHeads
 from src.tasks.passkey import Passkey
 from src.tasks.selective_copying import SelectiveCopying
 from src.tasks.text_corpus import TextCorpus
+from src.validation import instantiate
 
 TASKS: dict[str, type] = {
     "associative_recall": AssociativeRecall,
@@ -28,8 +31,11 @@ __all__ = ["IGNORE", "TASKS", "build_task", "held_out"]
 
 
 def build_task(spec: dict):
-    """Instantiate the task a resolved `task` section (from `src.config`) describes."""
-    return TASKS[spec["type"]](**{key: value for key, value in spec.items() if key != "type"})
+    """Instantiate the task a resolved `task` section (from `src.config`) describes (nested mappings
+    typed as dataclasses, e.g. the text task's `dataset`, become those dataclasses)."""
+    task = TASKS[spec["type"]]
+    hints = typing.get_type_hints(task.__init__, include_extras=True)
+    return task(**{key: instantiate(value, hints[key]) for key, value in spec.items() if key != "type"})
 
 
 def held_out(task):
