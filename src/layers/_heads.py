@@ -25,9 +25,9 @@ class HeadProjections(Mixer):
 
     def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(batch, T, d_model) -> Q, K, V, each (batch, heads, T, d_model / heads)."""
-        batch, length, d_model = x.shape
+        return self._split(self.W_q(x)), self._split(self.W_k(x)), self._split(self.W_v(x))
 
-        def split(y: torch.Tensor) -> torch.Tensor:
-            return y.view(batch, length, self.n_heads, d_model // self.n_heads).transpose(1, 2)
-
-        return split(self.W_q(x)), split(self.W_k(x)), split(self.W_v(x))
+    def _split(self, y: torch.Tensor) -> torch.Tensor:
+        """(batch, T, d_model) -> (batch, heads, T, d_model / heads)."""
+        batch, length, d_model = y.shape
+        return y.view(batch, length, self.n_heads, d_model // self.n_heads).transpose(1, 2)

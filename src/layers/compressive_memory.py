@@ -24,11 +24,13 @@ M_s, so no token reads itself through memory. M_0 = 0 and z_0 = 0 (the paper lea
 the first segment retrieves exactly zero, because eps only guards the 0 / 0.
 """
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from src.kernels.fla_memory import delta_memory_shifted, fla_available, fla_delta, fla_linear, linear_memory_shifted
@@ -36,6 +38,7 @@ from src.layers._checks import check_positive, check_shapes
 from src.layers._heads import HeadProjections
 from src.layers.attention import concat_heads, fused_attention, rotary_embedding
 from src.layers.mixer import register_mixer
+from src.layers.selective_ssm import causal_conv1d
 from src.schema import PositiveFloat, PositiveInt
 
 Update = Literal["linear", "delta"]
@@ -479,12 +482,14 @@ def memory_gate(A_mem: torch.Tensor, A_dot: torch.Tensor, beta: torch.Tensor) ->
 class CompressiveMemoryState:
     """Per head: the memory M (b, H, d_k, d_v) and normaliser z (b, H, d_k) of the completed
     segments, and the raw keys and values (b, H, n, d) of the current, incomplete segment
-    (n < segment_size, so the state's size is constant)."""
+    (n < segment_size, so the state's size is constant); and the last kernel - 1 inputs
+    (b, <= kernel - 1, d_model) that a short convolution reads (empty without one)."""
 
     M: torch.Tensor
     z: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
+    tail: torch.Tensor
 
 
 class _SegmentMemoryLayer(HeadProjections, ABC):
@@ -507,11 +512,15 @@ class _SegmentMemoryLayer(HeadProjections, ABC):
     def _read(self, q, segment_k, segment_v, M, z) -> torch.Tensor:
         """The output of the queries q (b, H, n, d) given the segment so far and the memory (M, z)."""
 
+    def _project(self, x: torch.Tensor, tail: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Q, K, V heads of the tokens x and the tail to carry (`tail`: earlier inputs, for a convolution)."""
+        return *self._heads(x), tail
+
     def _step(self, x: torch.Tensor, state: CompressiveMemoryState | None):
-        q, k, v = self._heads(x)
+        q, k, v, tail = self._project(x, x[:, :0] if state is None else state.tail)
         if state is None:
             M, z = _initial_memory(None, None, k, v)
-            state = self.State(M, z, k[..., :0, :], v[..., :0, :])
+            state = self.State(M, z, k[..., :0, :], v[..., :0, :], tail)
         M, z, segment_k, segment_v = state.M, state.z, state.k, state.v
         outputs, start = [], 0
         while start < x.shape[1]:
@@ -524,7 +533,7 @@ class _SegmentMemoryLayer(HeadProjections, ABC):
                 segment_k, segment_v = segment_k[..., :0, :], segment_v[..., :0, :]
             start = stop
         y = concat_heads(torch.cat(outputs, dim=-2), self.W_o.weight)
-        return y, self.State(M, z, segment_k, segment_v)
+        return y, self.State(M, z, segment_k, segment_v, tail)
 
 
 class TensorMemoryState(CompressiveMemoryState):
@@ -580,7 +589,10 @@ class TensorMemory(_SegmentMemoryLayer):
     `max_memory`, `max_norm` clamp each write (`clip_update`, `clip_memory`, `clip_memory_norm`,
     in that order); `normalize_qkv` L2-normalises each head's σ(q), σ(k) after the feature map, as
     DeltaNet does, and v (`l2_normalize`);
-    `bias` adds a bias to the Q, K, V projections. `heads` declares each head's memory instead
+    `bias` adds a bias to the Q, K, V projections. `conv_kernel` > 1 adds DeltaNet's short
+    convolution (Yang et al. 2024, arXiv:2406.06484, its architecture figure, after the
+    official code's ShortConvolution): each of the Q, K, V projections passes a causal depthwise
+    convolution (`causal_conv1d`) and a SiLU before the heads are split. `heads` declares each head's memory instead
     (`HeadMemory`: update rule and clamps per head, so heads may differ); the layer-level `update`
     and clamps must then keep their defaults.
 
@@ -607,8 +619,12 @@ class TensorMemory(_SegmentMemoryLayer):
         bias: bool = False,
         heads: list[HeadMemory] | None = None,
         backend: Literal["auto", "chunked", "fla"] = "auto",
+        conv_kernel: PositiveInt = 1,
     ):
         super().__init__(d_model, n_heads, segment_size, update, eps, bias)
+        self.conv = (
+            nn.Parameter(torch.randn(3 * d_model, conv_kernel) / math.sqrt(conv_kernel)) if conv_kernel > 1 else None
+        )
         if backend not in ("auto", "chunked", "fla"):
             raise ValueError(f"backend must be one of auto, chunked, fla, got {backend!r}")
         self.backend = backend
@@ -629,9 +645,17 @@ class TensorMemory(_SegmentMemoryLayer):
         order = [index for _, indices in self._groups for index in indices]
         self._inverse = sorted(range(n_heads), key=order.__getitem__)  # group order -> head order
 
-    def _heads(self, x: torch.Tensor):
-        q, k, v = super()._heads(x)
-        return (q, k, l2_normalize(v)) if self.normalize_qkv else (q, k, v)
+    def _project(self, x: torch.Tensor, tail: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Q, K, V heads (after the short convolution and SiLU when `conv_kernel` > 1, reading `tail`)."""
+        if self.conv is None:
+            q, k, v = self._heads(x)
+        else:
+            window = torch.cat((tail, x), dim=1)
+            projected = torch.cat((self.W_q(window), self.W_k(window), self.W_v(window)), dim=-1)
+            projected = F.silu(causal_conv1d(projected.transpose(1, 2), self.conv).transpose(1, 2))
+            q, k, v = (self._split(part[:, tail.shape[1] :]) for part in projected.chunk(3, dim=-1))
+            tail = window[:, window.shape[1] - min(self.conv.shape[1] - 1, window.shape[1]) :]
+        return q, k, l2_normalize(v) if self.normalize_qkv else v, tail
 
     def _feature(self, x: torch.Tensor) -> torch.Tensor:
         """σ(x) = ELU(x) + 1, then L2-normalised under normalize_qkv (after the feature map, as in DeltaNet)."""
@@ -657,7 +681,7 @@ class TensorMemory(_SegmentMemoryLayer):
     def _step(self, x: torch.Tensor, state: TensorMemoryState | None):
         if self.segment_size != 1 or any(spec.clipped for spec, _ in self._groups):
             return super()._step(x, state)
-        q, k, v = self._heads(x)
+        q, k, v, tail = self._project(x, x[:, :0] if state is None else state.tail)
         M0, z0 = _initial_memory(None, None, k, v) if state is None else (state.M, state.z)
 
         use_fla = self.backend == "fla" or (self.backend == "auto" and x.is_cuda and fla_available())
@@ -671,7 +695,7 @@ class TensorMemory(_SegmentMemoryLayer):
             return CHUNKED[spec.update](self._feature(q), self._feature(k), v, self.chunk_size, M0, z0, self.eps)
 
         A_mem, M, z = self._per_head_group(chunked, q, k, v, M0, z0)
-        return concat_heads(A_mem, self.W_o.weight), self.State(M, z, k[..., :0, :], v[..., :0, :])
+        return concat_heads(A_mem, self.W_o.weight), self.State(M, z, k[..., :0, :], v[..., :0, :], tail)
 
 
 @register_mixer("infini_attention")

@@ -41,6 +41,31 @@ def test_tensor_memory_is_the_recurrence_composed_by_hand(update, segment_size):
 
 
 @pytest.mark.parametrize("update", ["linear", "delta"])
+@pytest.mark.parametrize("segment_size", [1, 4])
+def test_short_convolution_is_deltanets_conv_then_silu_on_each_projection(update, segment_size):
+    """conv_kernel 3: Q, K, V = SiLU(causal depthwise conv of x W), then the same recurrence; and the
+    step state carries the convolution's last inputs, so any split of the sequence gives the same output."""
+    torch.manual_seed(2)
+    layer = TensorMemory(12, n_heads=3, update=update, segment_size=segment_size, conv_kernel=3).double()
+    x = torch.randn(2, 11, 12, dtype=torch.float64)
+    b, n, d = x.shape
+    projected = torch.cat([W(x) for W in (layer.W_q, layer.W_k, layer.W_v)], dim=-1)  # (b, n, 3 d)
+    filtered = torch.zeros_like(projected)
+    for t in range(n):  # the causal depthwise filter as a loop over the kernel, zeros before the first token
+        for i in range(3):
+            if t - 2 + i >= 0:
+                filtered[:, t] += layer.conv[:, i] * projected[:, t - 2 + i]
+    q, k, v = (
+        part.view(b, n, 3, d // 3).transpose(1, 2) for part in torch.nn.functional.silu(filtered).chunk(3, dim=-1)
+    )
+    A, _, _ = compressive_memory_recurrent(elu_plus_one(q), elu_plus_one(k), v, update, segment_size)
+    torch.testing.assert_close(layer(x), A.transpose(1, 2).flatten(-2) @ layer.W_o.weight.T, rtol=1e-10, atol=1e-12)
+    first, state = layer.step(x[:, :5], None)
+    second, _ = layer.step(x[:, 5:], state)
+    torch.testing.assert_close(torch.cat((first, second), dim=1), layer(x), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("update", ["linear", "delta"])
 def test_infini_attention_is_eq2_to_eq7_composed_by_hand(update):
     torch.manual_seed(1)
     layer = InfiniAttention(d_model=8, n_heads=2, segment_size=3, update=update).double()
