@@ -40,6 +40,7 @@ MEANINGS: dict[str, str] = {
     "tensor_memory.max_norm": "clamp of the memory's norm (this project's control; null: off)",
     "tensor_memory.normalize_qkv": "L2-normalise σ(q), σ(k) and v per head, as DeltaNet",
     "tensor_memory.bias": "biases on the Q, K, V projections",
+    "tensor_memory.conv_kernel": "> 1: DeltaNet's short convolution (causal depthwise, then SiLU) on Q, K, V",
     "tensor_memory.heads": "one `HeadMemory` per head (update and clamps per head) instead of the layer's",
     "tensor_memory.backend": "the token-level fast form: `chunked` (PyTorch), `fla` (CUDA kernels), `auto`",
     "infini_attention.n_heads": "heads of the local attention and of the memory",
