@@ -38,6 +38,7 @@ def uninterrupted(tmp_path_factory) -> str:
     return (tmp_path / "run" / "metrics.jsonl").read_text()
 
 
+@pytest.mark.slow  # three runs, one in a child process
 def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_last_checkpoint_resumes(tmp_path, uninterrupted, capsys):
     assert main(["train", tiny_experiment(tmp_path, steps=3)]) == 0
     checkpoint = tmp_path / "run" / "checkpoint.pt"
@@ -56,6 +57,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_last_checkpoint_resumes
     assert "final:" in final_line(capsys.readouterr().out)
 
 
+@pytest.mark.slow  # two runs, one in a child process
 def test_a_full_disk_at_the_metrics_log_is_one_line(tmp_path):
     assert main(["train", tiny_experiment(tmp_path, steps=3)]) == 0
     metrics = tmp_path / "run" / "metrics.jsonl"

@@ -28,6 +28,7 @@ def server(checkpoint, tmp_path_factory):
     running.stop()
 
 
+@pytest.mark.slow  # a second server loads its model before it finds the lock
 def test_a_second_server_on_the_same_database_exits_at_start(server):
     second = subprocess.run(
         serve_command(server.config, free_port()), cwd=ROOT, capture_output=True, text=True, timeout=180

@@ -66,6 +66,7 @@ def test_two_streams_interleave(server):
         assert [event["index"] for event in read_events(lines, 3)] == [3, 4, 5]
 
 
+@pytest.mark.slow  # a server of its own
 def test_sigterm_during_a_stream_exits_within_the_bound(checkpoint, tmp_path):
     server = long_server(tmp_path, checkpoint)
     try:
