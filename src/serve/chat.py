@@ -236,9 +236,10 @@ class ChatService:
         )  # fmt: skip
 
     def complete(self, text: str, max_new_tokens: int) -> str:
-        """The greedy continuation of `text` (cut to the context) up to the stop token: the reasoning programs'
-        model (`src.serve.reason`)."""
-        prompt = torch.tensor([self.tokenizer.encode(text)[-self.config.chat.context_bytes :]], device=self._device)
+        """The greedy continuation of `text` (cut to the context and the model's positions) up to the stop
+        token: the reasoning programs' model (`src.serve.reason`)."""
+        bound, _ = prompt_limit(self.model, max_new_tokens, self.config.chat.context_bytes, "chat.context_bytes")
+        prompt = torch.tensor([self.tokenizer.encode(text)[-bound:]], device=self._device)
         tokens = self._stream_tokens(prompt, max_new_tokens, GenerationRequest(), SessionStart(None, 0))
         return self._reply_text(list(self._locked(tokens)))
 
