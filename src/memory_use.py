@@ -41,7 +41,7 @@ def peak_memory(device: torch.device) -> dict[str, int]:
     return fields
 
 
-def memory_text(record: Mapping[str, object]) -> str:
+def memory_text(record: Mapping[str, float]) -> str:
     """The memory part of a progress line, from the fields `peak_memory` put into a log record."""
     if "peak_allocated_bytes" in record:
         allocated, reserved = record["peak_allocated_bytes"], record["peak_reserved_bytes"]

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -217,7 +218,7 @@ class EvaluationSetting:
     the trained model as it is; else a section of `eval.settings` model overrides, the same weights)."""
 
     suffix: str
-    task: object
+    task: Any  # a task of src.tasks
     model_section: dict | None = None
 
 
@@ -257,7 +258,7 @@ def evaluate(model: nn.Module, experiment: ExperimentConfig, tasks: list[Evaluat
     """
     was_training = model.training
     model.eval()
-    language_model = model.model if isinstance(model, TrainingObjective) else model
+    language_model = cast(LanguageModel, model.model if isinstance(model, TrainingObjective) else model)
     result = {}
     for setting in tasks if tasks is not None else evaluation_tasks(experiment):
         reader = model if setting.model_section is None else setting_model(language_model, setting)

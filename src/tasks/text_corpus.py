@@ -112,7 +112,7 @@ class TextCorpus:
         self.vocab_size = 256 if tokenizer is None else load_tokenizer(tokenizer).get_vocab_size()
         source = str(Path(path).resolve()) if path is not None else dataset
         self._splits = _split_tokens(source, eval_fraction, tokenizer)
-        self.path = path if path is not None else dataset.path
+        self.path = dataset.path if dataset is not None else str(path)
         self.length, self.eval_fraction, self.tokenizer = length, eval_fraction, tokenizer
         self._use(split)
 
