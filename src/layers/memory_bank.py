@@ -144,8 +144,9 @@ class MemoryBankAttention(Mixer):
         self.bank, self.n_heads, self.n_memory, self.chapters, self.top_k = bank, n_heads, n_memory, chapters, top_k
         self.routing, self.balance_alpha, self.z_loss_coef = routing, balance_alpha, z_loss_coef
         self.quantize_bits = quantize
-        d_mem = rank if bank == "reduced" else d_model
-        d_attn = rank if bank == "reduced" else d_model
+        width = d_model if rank is None else rank  # the factors' and the reduced bank's width
+        d_mem = width if bank == "reduced" else d_model
+        d_attn = width if bank == "reduced" else d_model
         if d_attn % n_heads:
             raise ValueError(f"n_heads={n_heads} must divide the attention width {d_attn}")
         self.W_q = nn.Linear(d_model, d_attn, bias=False)
@@ -153,8 +154,8 @@ class MemoryBankAttention(Mixer):
         self.W_v = nn.Linear(d_mem, d_attn, bias=False)
         self.W_o = nn.Linear(d_attn, d_model, bias=False)
         if bank == "factorized":  # product of two N(0, 1/sqrt(rank)) factors has unit-scale entries
-            self.A = nn.Parameter(torch.randn(n_memory, rank) / rank**0.25)
-            self.B = nn.Parameter(torch.randn(d_model, rank) / rank**0.25)
+            self.A = nn.Parameter(torch.randn(n_memory, width) / width**0.25)
+            self.B = nn.Parameter(torch.randn(d_model, width) / width**0.25)
         else:
             self.M = nn.Parameter(torch.randn(n_memory, d_mem))
         self.router = nn.Linear(d_model, chapters, bias=False) if chapters > 1 else None
@@ -196,10 +197,13 @@ class MemoryBankAttention(Mixer):
         return self
 
     def _dequantized(self) -> torch.Tensor:
-        if int(self.quantized_bits) == 8:
-            M = dequantize_int8(self.quantized_codes, self.quantized_scale)
+        codes, scale, bits = self.quantized_codes, self.quantized_scale, self.quantized_bits
+        if codes is None or scale is None or bits is None:
+            raise RuntimeError("the bank is not quantised (quantize() first)")
+        if int(bits) == 8:
+            M = dequantize_int8(codes, scale)
         else:
-            M = dequantize_blockwise_4bit(self.quantized_codes, self.quantized_scale, self.bank_shape)
+            M = dequantize_blockwise_4bit(codes, scale, self.bank_shape)
         return M.to(self.W_q.weight.dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -221,11 +225,12 @@ class MemoryBankAttention(Mixer):
         if self.router is None:
             return self._read(x, self.memory_rows()), MemoryBankState(position)
         if self.routing == "sequence_noncausal":
-            return self._route_whole_sequence(x, state, position)
+            return self._route_whole_sequence(self.router, x, state, position)
         if self.routing == "token":
             router_input, new_state = x, MemoryBankState(position)
         else:  # causal sequence routing: the mean of the tokens so far
-            sums = torch.cumsum(x, dim=1) + (0 if state is None else state.prefix_sum[:, None])
+            before = None if state is None else state.prefix_sum
+            sums = torch.cumsum(x, dim=1) + (0 if before is None else before[:, None])
             counts = torch.arange(position - x.shape[1] + 1, position + 1, device=x.device, dtype=x.dtype)
             router_input, new_state = sums / counts[:, None], MemoryBankState(position, sums[:, -1])
         logits = self.router(router_input)  # (b, T, C)
@@ -236,9 +241,9 @@ class MemoryBankAttention(Mixer):
         self._record_aux_losses(logits.flatten(0, 1), probs.flatten(0, 1), chosen.flatten(0, 1))
         return (gates[..., None] * y).sum(dim=2), new_state
 
-    def _route_whole_sequence(self, x, state, position) -> tuple[torch.Tensor, MemoryBankState]:
+    def _route_whole_sequence(self, router: nn.Linear, x, state, position) -> tuple[torch.Tensor, MemoryBankState]:
         if state is None:
-            logits = self.router(x.mean(dim=1))  # (b, C): one choice per sequence, from every token
+            logits = router(x.mean(dim=1))  # (b, C): one choice per sequence, from every token
             probs = router_probs(logits)
             chosen, gates = top_k_chapters(probs, self.top_k)  # (b, k)
             self._record_aux_losses(logits, probs, chosen)
