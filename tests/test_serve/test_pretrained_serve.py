@@ -1,7 +1,8 @@
 """`memory-models serve` on a local Hugging Face directory (`pretrained:`): tiny random Llama (float32) and
 Qwen2 (NF4) directories written here with a BPE tokenizer trained on the committed corpus and their family's
 chat template. A real server (uvicorn subprocess, httpx) formats the message with the template, replies
-greedily as the model built here does, stores and recalls memories, and learns an interaction with LoRA."""
+greedily as the model built here does, stores and recalls memories, learns an interaction with LoRA, and
+(NF4) passes the load test of `test_load.py`."""
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from src.serve.config import load_serve_config
 from src.validation import ConfigError
 from tests.conftest import CORPUS
 from tests.test_serve.conftest import Server, write_config
+from tests.test_serve.test_load import test_concurrent_stores_are_all_kept_once as stores_are_all_kept_once
 
 transformers = pytest.importorskip("transformers")
 
@@ -104,3 +106,12 @@ def test_a_bad_pretrained_section_is_named(chat_bases, tmp_path, change, message
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=message):
         load_serve_config(path)
+
+
+@pytest.mark.slow
+def test_the_load_test_on_the_nf4_model(served):
+    """`test_load`'s 32 concurrent clients x 50 stores, every acknowledged store recalled once, on the NF4 Qwen2."""
+    _, quantization, server = served
+    if quantization != "nf4":
+        pytest.skip("the load test runs on the NF4 model")
+    stores_are_all_kept_once(server)
