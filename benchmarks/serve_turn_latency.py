@@ -134,7 +134,7 @@ def main() -> None:
         f"torch {torch.__version__}, 1 thread, Python {sys.version.split()[0]}. Byte-level models, width 64, two "
         f"blocks, random weights; {MESSAGE_BYTES}-byte messages, {MAX_NEW_TOKENS}-token replies. Per turn (median of "
         f"{REPEATS} turns): CPU ms / wall ms of the process (a shared machine: the CPU time is the work, the wall "
-        "time also holds the waits), and in parentheses the prompt tokens turn n read.\n\n{table}\n"
+        f"time also holds the waits), and in parentheses the prompt tokens turn n read.\n\n{table}\n"
     )
     (ROOT / "benchmarks" / "results" / "serve_turn_latency_cpu.md").write_text(text)
 
