@@ -12,9 +12,10 @@ pretrained model, resolved by `src.adapted.config`. `src.runs` builds from what 
 
 import copy
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import yaml
@@ -30,6 +31,7 @@ from src.early_stopping import EarlyStopping
 from src.layers import MIXERS
 from src.layers.block import Block
 from src.layers.feedforward import SwiGLU
+from src.layers.mixer import Mixer
 from src.schema import (
     BelowOneFloat,
     Device,
@@ -102,7 +104,7 @@ class ExperimentConfig:
         return yaml.safe_dump(sections, sort_keys=False)
 
 
-def _resolve_component(raw, registry: dict[str, type], where: str, file: str) -> dict:
+def _resolve_component(raw, registry: Mapping[str, type], where: str, file: str) -> dict:
     if not isinstance(raw, dict) or "type" not in raw:
         raise ConfigError(f"{file}: key '{where}' must be a mapping with a 'type' key, one of {sorted(registry)}")
     kind = raw["type"]
@@ -112,14 +114,14 @@ def _resolve_component(raw, registry: dict[str, type], where: str, file: str) ->
     return {"type": kind, **arguments_for(registry[kind], rest, where, file, provided=("d_model",))}
 
 
-def _build_component(spec: dict, registry: dict[str, type], where: str, file: str, d_model: int) -> nn.Module:
+def _build_component(spec: dict, registry: Mapping[str, type], where: str, file: str, d_model: int) -> nn.Module:
     kwargs = {key: value for key, value in spec.items() if key != "type"}
     return build(registry[spec["type"]], kwargs, where, file, d_model=d_model)
 
 
 def build_block(spec: dict, where: str, file: str, d_model: int, norm_eps: float) -> Block:
     """One block of a resolved model section: its mixer (from `MIXERS`) and MLP (from `MLPS`)."""
-    mixer = _build_component(spec["mixer"], MIXERS, f"{where}.mixer", file, d_model)
+    mixer = cast(Mixer, _build_component(spec["mixer"], MIXERS, f"{where}.mixer", file, d_model))
     mlp = None if spec["mlp"] == NO_MLP else _build_component(spec["mlp"], MLPS, f"{where}.mlp", file, d_model)
     return Block(d_model, mixer, mlp, norm_eps)
 

@@ -123,8 +123,8 @@ def estimate_training_memory(
     memory the step would take.
     """
     batch = batch or experiment.train.batch_size
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    target = torch.device(device)
+    if target.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("estimating the CUDA code paths needs a CUDA device here; use device 'cpu'")
     task_length = build_task(experiment.task).sample(1, seed=experiment.train.seed)[0].shape[1]
     length = length or task_length
@@ -133,7 +133,7 @@ def estimate_training_memory(
     with FakeTensorMode():
         tracker = _LiveStorage()
         with tracker:
-            with device:  # built where it trains (moving it after would copy every parameter)
+            with target:  # built where it trains (moving it after would copy every parameter)
                 model = build_model(experiment.model, experiment.file, None, base_weights=False)
             parameter_bytes = tracker.live
             optimizer = torch.optim.AdamW(model.parameter_groups(experiment.train.weight_decay), lr=experiment.train.lr)
@@ -156,7 +156,7 @@ def estimate_training_memory(
                 if isinstance(value, torch.Tensor)
             )
     return MemoryEstimate(
-        device=device.type,
+        device=target.type,
         batch=batch,
         length=length,
         parameters=parameter_counts(experiment.model, experiment.file)[0],

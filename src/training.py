@@ -82,7 +82,7 @@ def learning_rate(step: int, train: TrainConfig) -> float:
 
 
 def chunked_loss_and_accuracy(
-    hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor, chunk_tokens: int
+    hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, chunk_tokens: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`masked_loss_and_accuracy` of head(hidden), computed chunk_tokens positions at a time.
 
@@ -352,7 +352,7 @@ def _check_finite(
     values = processes.sum(torch.stack(objectives))  # a non-finite value on one process is one in the sum
     bad = (~torch.isfinite(values)).nonzero()
     if len(bad):
-        first = bad[0].item()
+        first = int(bad[0])
         at = step - len(objectives) + first + 1
         raise RunError(f"{file}: training diverged: the loss at step {at} is {values[first].item()}; {kept}")
     if not processes.all_finite(model.parameters()):
@@ -453,8 +453,9 @@ def build_training(experiment: ExperimentConfig, processes: Processes) -> Traini
     model = build_model(experiment.model, experiment.file, processes.device)
     objective = TrainingObjective(model, cfg)
     wrapped = processes.wrap(objective, model.sharding_units())
+    beta1, beta2 = cfg.betas or (0.9, 0.999)
     optimizer = torch.optim.AdamW(  # built after wrapping: under fsdp the parameters are shards
-        model.parameter_groups(cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas or (0.9, 0.999))
+        model.parameter_groups(cfg.weight_decay), lr=cfg.lr, betas=(beta1, beta2)
     )
     return Training(model, objective, wrapped, optimizer)
 

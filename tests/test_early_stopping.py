@@ -74,18 +74,11 @@ def test_resuming_a_stopped_run_reports_it_and_changes_nothing(stopped, capsys):
 
 def test_resume_continues_the_patience_count(tmp_path):
     rule = {"patience": 3, "min_delta": NEVER_BETTER}
-    (tmp_path / "whole").mkdir()
-    (tmp_path / "parts").mkdir()
-    whole = tiny_experiment(tmp_path / "whole", steps=9, eval_every=1, early_stopping=rule)
-    assert main(["train", whole]) == 0
-    assert [r["step"] for r in metrics(tmp_path / "whole" / "run")] == [1, 2, 3, 4]
-    interrupted = tiny_experiment(tmp_path / "parts", steps=2, eval_every=1, early_stopping=rule)
-    assert main(["train", interrupted]) == 0
-    extended = tiny_experiment(tmp_path / "parts", steps=9, eval_every=1, early_stopping=rule)
-    assert main(["train", extended, "--resume"]) == 0
-    # stops where the uninterrupted run stops (a count reset at step 2 would go on to step 5)
-    assert [r["step"] for r in metrics(tmp_path / "parts" / "run")] == [1, 2, 3, 4]
-    assert torch.load(tmp_path / "parts" / "run" / "best.pt", weights_only=True)["step"] == 1
+    assert main(["train", tiny_experiment(tmp_path, steps=2, eval_every=1, early_stopping=rule)]) == 0
+    assert main(["train", tiny_experiment(tmp_path, steps=9, eval_every=1, early_stopping=rule), "--resume"]) == 0
+    # stops at step 4, as the uninterrupted run does: a count reset at step 2 would go on to step 5
+    assert [r["step"] for r in metrics(tmp_path / "run")] == [1, 2, 3, 4]
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["step"] == 1
 
 
 def test_more_patience_continues_a_stopped_run(tmp_path):

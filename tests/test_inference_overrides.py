@@ -20,7 +20,7 @@ SETTINGS = [{f"{BANK}.top_k": 1}, {f"{BANK}.top_k": 4}, {f"{BANK}.quantize": 8},
 
 def bank_experiment(tmp_path: Path, settings=SETTINGS) -> str:
     """The tiny transformer of test_cli with a routed memory bank (2 of 4 chapters) as its second block."""
-    raw = read_yaml(tiny_experiment(tmp_path))
+    raw = read_yaml(tiny_experiment(tmp_path, steps=3, eval_every=3, warmup_steps=1))
     bank = {"type": "memory_bank", "n_heads": 2, "n_memory": 32, "chapters": 4, "top_k": 2}
     raw["model"]["blocks"] = [raw["model"]["blocks"][0], {"mixer": bank, "mlp": "none"}]
     raw["eval"]["settings"] = settings

@@ -105,8 +105,8 @@ def test_evaluate_names_the_checkpoints_step_when_out_of_memory(tmp_path, capsys
 
 
 def test_compare_records_running_out_of_memory_in_the_models_row(tmp_path, capsys):
-    config = comparison(tmp_path, names=("first", "second"))
-    with out_of_memory(training_forward(after=6 + 1)):  # the first model's 6 steps, then the second's 2nd
+    config = comparison(tmp_path, names=("first", "second"), steps=2, eval_every=2, warmup_steps=0)
+    with out_of_memory(training_forward(after=2 + 1)):  # the first model's 2 steps, then the second's 2nd
         code, _, err = run(capsys, "compare", config)
     assert code == 2 and "1 of 2 models failed (second)" in err
     rows = json.loads((tmp_path / "run" / "compare.json").read_text())
