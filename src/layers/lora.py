@@ -114,9 +114,11 @@ class LoRALinear(nn.Module):
         self.base, self.alpha = base.requires_grad_(False), float(alpha)
         weight = base.weight
         dtype = weight.dtype if weight.dtype == torch.float64 else torch.float32
-        factory = {"device": weight.device, "dtype": dtype}
-        self.A = nn.Parameter(torch.randn(rank, base.in_features, **factory) / math.sqrt(base.in_features))
-        self.B = nn.Parameter(torch.zeros(base.out_features, rank, **factory))
+        device = weight.device
+        self.A = nn.Parameter(
+            torch.randn(rank, base.in_features, device=device, dtype=dtype) / math.sqrt(base.in_features)
+        )
+        self.B = nn.Parameter(torch.zeros(base.out_features, rank, device=device, dtype=dtype))
 
     @property
     def weight(self) -> torch.Tensor:

@@ -309,6 +309,13 @@ class QuantizedLinear(nn.Module):
     floating point. Nothing here trains: wrap it with `LoRALinear` to adapt it (QLoRA).
     """
 
+    codes: torch.Tensor  # buffers (int8: codes, scale; nf4: codes and the double-quantized constants)
+    scale: torch.Tensor
+    absmax_codes: torch.Tensor
+    absmax_scale: torch.Tensor
+    absmax_mean: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(self, linear: nn.Linear, kind: str):
         super().__init__()
         if kind not in ("int8", "nf4"):
