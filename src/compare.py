@@ -162,6 +162,6 @@ def compare(
         log(f"wrote {out_dir / 'compare.md'} and compare.json (install the 'plots' extra for compare.png)")
     write_needles(rows, out_dir, log)  # passkey settings with both length and depth: the needle grid
     write_recall_tables(rows, out_dir, log)
-    if failed := [row["model"] for row in rows if "error" in row]:
+    if failed := [str(row["model"]) for row in rows if "error" in row]:
         raise ComparisonError(f"{len(failed)} of {len(rows)} models failed ({', '.join(failed)}); see {out_dir}")
     return rows

@@ -149,7 +149,7 @@ class PaperModel(LanguageModel):
             x = checkpoint(block, x, use_reentrant=False) if checkpoint_blocks else block(x)
         return self.norm(x)
 
-    def step(self, input_ids: torch.Tensor, state: PaperModelState | None) -> tuple[torch.Tensor, PaperModelState]:
+    def step(self, input_ids: torch.Tensor, state: ModelState | None) -> tuple[torch.Tensor, PaperModelState]:
         """Continue each sequence with the next token(s).
 
         Args:

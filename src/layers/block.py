@@ -23,7 +23,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.mixer(self.mixer_norm(x))
-        if self.mlp is not None:
+        if self.mlp is not None and self.mlp_norm is not None:
             x = x + self.mlp(self.mlp_norm(x))
         return x
 
@@ -31,6 +31,6 @@ class Block(nn.Module):
         """x: (batch, T, d_model) next tokens; state: the mixer's state or None -> (x, new state)."""
         y, state = self.mixer.step(self.mixer_norm(x), state)
         x = x + y
-        if self.mlp is not None:
+        if self.mlp is not None and self.mlp_norm is not None:
             x = x + self.mlp(self.mlp_norm(x))
         return x, state
