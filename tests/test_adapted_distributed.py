@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from src.cli import main
 from src.config import load_experiment
 from src.runs import CHECKPOINT, build_model, load_model, read_checkpoint
 from src.training import train
@@ -57,24 +58,59 @@ def one_process(tmp_path_factory, tiny_bases) -> str:
     return path
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_an_adapted_model_trains_over_two_processes_as_in_one(tmp_path, tiny_bases, one_process, parallel):
-    path = adapted_experiment(tmp_path, tiny_bases["llama"], parallel=parallel)
+def two_processes(tmp_path_factory, tiny_bases, parallel: str) -> str:
+    path = adapted_experiment(tmp_path_factory.mktemp(f"adapted_{parallel}"), tiny_bases["llama"], parallel=parallel)
     run_processes(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, tiny_bases) -> str:
+    return two_processes(tmp_path_factory, tiny_bases, "ddp")
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory, tiny_bases) -> str:
+    return two_processes(tmp_path_factory, tiny_bases, "fsdp")
+
+
+def run_dir(path: str) -> Path:
+    return Path(load_experiment(path).train.out_dir)
+
+
+@pytest.mark.parametrize("run", ["ddp_run", "fsdp_run"])
+def test_an_adapted_model_trains_over_two_processes_as_in_one(request, one_process, run):
+    path = request.getfixturevalue(run)
     state = adapter_state(path)
     assert all(key.startswith("memory_adapters.") or key.endswith((".A", ".B")) for key in state)  # adapters only
     assert_same_parameters(state, adapter_state(one_process), relative=1e-5)
-    run_dir, reference_dir = Path(load_experiment(path).train.out_dir), Path(load_experiment(one_process).train.out_dir)
-    assert_same_metrics(metrics(run_dir), metrics(reference_dir))
-    if parallel == "fsdp":
-        assert "shards" in read_checkpoint(run_dir / CHECKPOINT)
+    assert_same_metrics(metrics(run_dir(path)), metrics(run_dir(one_process)))
+    if run == "fsdp_run":
+        assert "shards" in read_checkpoint(run_dir(path) / CHECKPOINT)
 
 
 @pytest.mark.slow
-def test_adapter_shards_resume_at_another_number_of_processes(tmp_path, tiny_bases, one_process):
-    """fsdp over two processes killed after step 4, resumed in one process to step 6: the uninterrupted adapters."""
-    path = adapted_experiment(tmp_path, tiny_bases["llama"], parallel="fsdp")
-    run_dir = Path(load_experiment(path).train.out_dir)
-    interrupted_and_resumed(run_dir, path, resume_world_size=1)
-    resumed_config = str(run_dir.parent / f"{run_dir.name}_resumed.yaml")
-    assert_same_parameters(adapter_state(resumed_config), adapter_state(one_process), relative=1e-5)
+@pytest.mark.parametrize(("interrupt_world_size", "resume_world_size"), [(2, 1), (1, 2)])
+def test_adapter_shards_resume_at_another_number_of_processes(
+    fsdp_run, one_process, interrupt_world_size, resume_world_size
+):
+    """fsdp over n processes killed after step 4, resumed over m to step 6: the uninterrupted adapters, and
+    every logged loss within float32 rounding (relative 1e-5) of the uninterrupted run's."""
+    resumed = interrupted_and_resumed(run_dir(fsdp_run), fsdp_run, resume_world_size, interrupt_world_size)
+    assert_same_parameters(adapter_state(f"{resumed}.yaml"), adapter_state(one_process), relative=1e-5)
+    assert_same_metrics(metrics(resumed), metrics(run_dir(one_process)))
+
+
+def test_evaluate_and_generate_read_the_adapter_shards_in_one_process(fsdp_run, one_process, capsys):
+    """`evaluate` prints the fsdp run's last held-out metrics; `generate` continues a prompt greedily as the
+    one-process run's checkpoint file does."""
+    checkpoint = str(run_dir(fsdp_run) / CHECKPOINT)
+    assert main(["evaluate", fsdp_run, checkpoint]) == 0
+    last = metrics(run_dir(fsdp_run))[-1]
+    expected = f"step {last['step']}: eval_loss {last['eval_loss']:.4f}  eval_accuracy {last['eval_accuracy']:.4f}"
+    assert capsys.readouterr().out.strip() == expected
+    texts = []
+    for path in (checkpoint, str(run_dir(one_process) / CHECKPOINT)):
+        assert main(["generate", path, "--prompt", "ROMEO:", "--max-new-tokens", "5"]) == 0
+        texts.append(capsys.readouterr().out)
+    assert texts[0].startswith("ROMEO:") and texts[0] == texts[1]

@@ -172,15 +172,17 @@ def test_fsdp_over_two_processes_trains_as_one_process_does(one_process, fsdp_ru
     assert len(list((fsdp_run[0] / checkpoint["shards"]).glob("*.distcp"))) == WORLD_SIZE
 
 
-def interrupted_and_resumed(run_dir: Path, path: str, resume_world_size: int) -> Path:
-    """A copy of the experiment killed after step STOP_AT over two processes, then resumed."""
-    copy_dir = run_dir.parent / f"{run_dir.name}_resumed"
+def interrupted_and_resumed(
+    run_dir: Path, path: str, resume_world_size: int, interrupt_world_size: int = WORLD_SIZE
+) -> Path:
+    """A copy of the experiment killed after step STOP_AT over `interrupt_world_size` processes, then resumed."""
+    copy_dir = run_dir.parent / f"{run_dir.name}_resumed_{interrupt_world_size}to{resume_world_size}"
     raw = read_yaml(path)
     raw["train"]["out_dir"] = str(copy_dir)
-    copy = run_dir.parent / f"{run_dir.name}_resumed.yaml"
+    copy = copy_dir.with_suffix(".yaml")
     copy.write_text(yaml.safe_dump(raw))
     with pytest.raises(mp.ProcessRaisedException):  # rank 0's Interrupted, or the others losing it
-        run_processes(str(copy), stop_at=STOP_AT)
+        run_processes(str(copy), world_size=interrupt_world_size, stop_at=STOP_AT)
     assert read_checkpoint(copy_dir / CHECKPOINT)["step"] == STOP_AT
     run_processes(str(copy), world_size=resume_world_size, resume=True)
     return copy_dir
@@ -193,9 +195,11 @@ def test_a_resumed_ddp_run_repeats_the_uninterrupted_one(ddp_run):
 
 
 @pytest.mark.slow
-def test_an_fsdp_run_resumes_at_another_number_of_processes(fsdp_run):
-    """Two processes until step 4, then one: torch.distributed.checkpoint reshards model and AdamW state."""
-    resumed = interrupted_and_resumed(*fsdp_run, resume_world_size=1)
+@pytest.mark.parametrize(("interrupt_world_size", "resume_world_size"), [(2, 1), (1, 2)])
+def test_an_fsdp_run_resumes_at_another_number_of_processes(fsdp_run, interrupt_world_size, resume_world_size):
+    """n processes until step 4, then m: torch.distributed.checkpoint reshards model and AdamW state, and
+    every logged loss stays within float32 rounding (relative 1e-5) of the uninterrupted run's."""
+    resumed = interrupted_and_resumed(*fsdp_run, resume_world_size, interrupt_world_size)
     assert_same_parameters(parameters(resumed, fsdp_run[1]), parameters(*fsdp_run), relative=1e-6)
     assert_same_metrics(metrics(resumed), metrics(fsdp_run[0]))
 
