@@ -18,7 +18,13 @@ KILL_AFTER = 150  # acknowledged writes before the SIGKILL
 
 @pytest.mark.slow
 def test_acknowledged_writes_survive_sigkill(checkpoint, tmp_path):
-    server = Server(write_config(tmp_path, checkpoint)).start()  # no token variable: open routes
+    acknowledged_writes_survive_sigkill(Server(write_config(tmp_path, checkpoint)))  # no token variable: open routes
+
+
+def acknowledged_writes_survive_sigkill(server: Server) -> None:
+    """Writers store and chat until KILL_AFTER writes are acknowledged, the server is SIGKILLed, and every
+    acknowledged write is in its database and recalled after a restart (`server` not started yet)."""
+    server.start()
     acknowledged: dict[str, list[int]] = {}
     lock = threading.Lock()
     enough = threading.Event()
@@ -52,7 +58,7 @@ def test_acknowledged_writes_survive_sigkill(checkpoint, tmp_path):
             for future in futures:
                 future.result()
         assert killed_at >= KILL_AFTER and interrupted  # the kill came during the writes
-        database = tmp_path / "memory.sqlite"
+        database = server.config.with_name("memory.sqlite")
         with sqlite3.connect(database) as connection:  # opening replays the write-ahead log
             assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             stored = dict(connection.execute("SELECT id, text FROM memories").fetchall())

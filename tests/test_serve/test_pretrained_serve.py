@@ -2,7 +2,7 @@
 Qwen2 (NF4) directories written here with a BPE tokenizer trained on the committed corpus and their family's
 chat template. A real server (uvicorn subprocess, httpx) formats the message with the template, replies
 greedily as the model built here does, stores and recalls memories, learns an interaction with LoRA, and
-(NF4) passes the load test of `test_load.py`."""
+(NF4) passes the load test of `test_load.py` and the SIGKILL test of `test_crash.py`."""
 
 import pytest
 import torch
@@ -16,6 +16,7 @@ from src.serve.config import load_serve_config
 from src.validation import ConfigError
 from tests.conftest import CORPUS
 from tests.test_serve.conftest import Server, write_config
+from tests.test_serve.test_crash import acknowledged_writes_survive_sigkill
 from tests.test_serve.test_load import test_concurrent_stores_are_all_kept_once as stores_are_all_kept_once
 
 transformers = pytest.importorskip("transformers")
@@ -115,3 +116,9 @@ def test_the_load_test_on_the_nf4_model(served):
     if quantization != "nf4":
         pytest.skip("the load test runs on the NF4 model")
     stores_are_all_kept_once(server)
+
+
+@pytest.mark.slow
+def test_acknowledged_writes_survive_sigkill_on_the_nf4_model(chat_bases, tmp_path):
+    """`test_crash`'s SIGKILL during concurrent stores and chats, on a server of the NF4 Qwen2."""
+    acknowledged_writes_survive_sigkill(Server(serve_config(tmp_path, chat_bases["qwen2"], "qwen2", "nf4")))
