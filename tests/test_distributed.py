@@ -235,8 +235,9 @@ def test_a_ddp_checkpoint_is_not_resumed_under_fsdp(one_process, tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_runs_the_command_and_evaluate_reads_the_fsdp_shards(one_process, tmp_path, capsys):
-    """The real launcher: rank 0 alone prints; the result equals one process's; `evaluate` reads the shards."""
+def test_torchrun_runs_the_command_and_evaluate_and_generate_read_the_fsdp_shards(one_process, tmp_path, capsys):
+    """The real launcher: rank 0 alone prints; the result equals one process's; `evaluate` and `generate`
+    read the shards in one process (greedy tokens equal the one-process checkpoint's)."""
     path = experiment_file(tmp_path, parallel="fsdp")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD_SIZE), "--no-python"]
     command += [str(Path(sys.executable).parent / "memory-models"), "train", path]
@@ -248,3 +249,8 @@ def test_torchrun_runs_the_command_and_evaluate_reads_the_fsdp_shards(one_proces
     assert final_line(done.stdout) == final_line(capsys.readouterr().out)
     assert main(["evaluate", path, str(tmp_path / "run" / CHECKPOINT)]) == 0
     assert capsys.readouterr().out.strip() == f"step {STEPS}: {final_line(done.stdout).removeprefix('final: ')}"
+    generated = []
+    for checkpoint in (tmp_path / "run" / CHECKPOINT, one_process[0] / CHECKPOINT):
+        assert main(["generate", str(checkpoint), "--prompt-ids", "3 40 5", "--max-new-tokens", "4"]) == 0
+        generated.append(capsys.readouterr().out)
+    assert generated[0].split()[:3] == ["3", "40", "5"] and generated[0] == generated[1]
