@@ -6,6 +6,7 @@ flag, a diverging run) ends in one line on stderr and exit status 2, never a tra
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -356,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return 1
     except (ConfigError, CheckpointError, runs.RunError, UsageError, ComparisonError) as error:
         text = out_of_memory_advice(error) if isinstance(error, training.OutOfMemory) else str(error)
         message = " ".join(line.strip() for line in text.splitlines() if line.strip())

@@ -3,6 +3,8 @@
 import importlib.util
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -197,3 +199,12 @@ def test_train_ends_with_a_held_out_example_and_the_final_metrics(tmp_path, caps
     inputs, targets = AssociativeRecall(task["vocab_size"], task["num_pairs"], task["num_queries"]).sample(1, seed)
     queries = [inputs[0, t].item() for t in range(inputs.shape[1]) if targets[0, t] >= 0]
     assert [int(answer.split(" -> ")[0]) for answer in answers] == queries  # the eval seed's first example
+
+
+def test_a_reader_that_goes_away_ends_the_command_without_a_traceback():
+    """`memory-models equations | true`: the reader has gone before the first line (the command takes
+    seconds to start); the command stops quietly instead of a BrokenPipeError traceback."""
+    command = "import sys; from src.cli import main; sys.exit(main(['equations']))"
+    script = f'{sys.executable} -c "{command}" | true'
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
