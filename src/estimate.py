@@ -4,8 +4,11 @@
 `memory-models train` (`src.training.training_step`: the config's `train.checkpoint_blocks` and
 `train.loss_chunk_tokens`, clipped AdamW)
 twice under torch's FakeTensorMode: every tensor, the token ids included, has its shape, dtype and
-storage but no memory, so a CPU-only machine estimates a GPU run of any batch; the time grows with
-the length only (the chunked scans' steps), seconds to minutes. A dispatch mode records
+storage but no memory, so a CPU-only machine estimates a GPU run of any batch. A Mamba block's
+selective scan is one operator on fake tensors (`memory_models::selective_scan`, whose fake form
+allocates what the fused Triton kernel does), on CPU and CUDA code paths alike, so a Mamba step at
+any length takes seconds; the layers that loop over chunks in Python (the memory layers' chunked
+forms) still take time that grows with the length. A dispatch mode records
 each storage when an operation creates it and forgets it when Python frees it (autograd's saved
 tensors, recomputation under checkpointing and the optimizer's state are all honoured), so the
 largest sum of live storages is the peak that `torch.cuda.max_memory_allocated` reports, up to the
@@ -115,10 +118,11 @@ def estimate_training_memory(
     """The peak memory of one AdamW training step of `experiment` (default: its batch and task length).
 
     Everything is fake, the token ids included (their values never decide a size): no batch is
-    allocated, and the time does not depend on the batch (the length sets the steps of the scans).
+    allocated, and the time does not depend on the batch (the length sets the steps of chunked loops).
     A size torch cannot represent is an EstimateError naming batch and length.
-    `device` picks the code paths: "cpu" (the default, on any machine) runs the CPU forms (the
-    chunked scan where training on CUDA would take the Triton kernel); "cuda" runs the CUDA forms
+    `device` picks the code paths: "cpu" (the default, on any machine) runs the CPU forms, except
+    Mamba's selective scan, priced as the fused kernel a GPU runs (CPU training takes the chunked
+    scan, whose backward holds every step's state: more); "cuda" runs the CUDA forms
     and needs a CUDA device to be present (autograd's backward asks for its context), but not the
     memory the step would take.
     """

@@ -9,7 +9,9 @@ gate fused; it writes h only at chunk boundaries. The backward kernel walks the 
 it recomputes the chunk's states from its boundary state into a small per-program buffer, then
 runs the adjoint recurrence g_{t-1} = Ā_t g_t (+ C_t dy_{t-1}) backwards through the chunk.
 Reductions over channels (dB, dC) are written per program and summed afterwards, so the result
-does not depend on the order programs run in.
+does not depend on the order programs run in. The kernels are the CUDA (and interpreted CPU)
+implementations of the `memory_models::selective_scan` operators of `src.kernels.selective_scan_op`,
+which allocates their outputs and holds the fake forms and the autograd formula.
 
 Tensors on a CUDA device run the compiled kernels. With TRITON_INTERPRET=1 in the environment before
 triton is imported, the same kernels run in Triton's interpreter on CPU tensors, which is how the
@@ -24,9 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from src.layers._checks import check_selective_scan_arguments, has_values
-
-CHUNK = 64  # steps between saved states: backward recomputes at most CHUNK states per program
+from src.kernels.selective_scan_op import BACKWARD, CHUNK, FORWARD, forward_outputs, launch_sizes, selective_scan_fused
 
 
 @triton.jit
@@ -186,77 +186,38 @@ def _check_device(device: torch.device) -> None:
         )
 
 
-def _launch(batch: int, dim: int, N: int) -> tuple[int, int, int]:
-    """(BLOCK_D, BLOCK_N, num_warps): channels and states per program, and its warps.
+@torch.library.register_kernel(FORWARD, ("cuda", "cpu"))
+def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0):
+    _check_device(u.device)
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    out, last, states = forward_outputs(u, A)
+    BLOCK_D, BLOCK_N, num_warps = launch_sizes(batch, dim, N)
+    _scan_forward[(batch, triton.cdiv(dim, BLOCK_D))](
+        u, delta, A, B, C, D, z, delta_bias, h0, out, states, last, L, dim, N, states.shape[1],
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+        HAS_H0=h0 is not None, CHUNK_SIZE=CHUNK, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, num_warps=num_warps,
+    )  # fmt: skip
+    return out, last, states
 
-    Each program walks the sequence step after step, so many small programs hide each other's
-    latency. Chosen from a sweep on an H100 at d 1536, N 16, L 2048 (fastest forward + backward:
-    4 channels and 1 warp at batch 1, 8 channels and 2 warps at batch 4); unrolling the step loop
-    by 8 gave nothing there.
-    """
-    BLOCK_D, num_warps = (4, 1) if batch * dim <= 2048 else (8, 2)
-    return min(BLOCK_D, triton.next_power_of_2(dim)), triton.next_power_of_2(N), num_warps
 
-
-class _SelectiveScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0):
-        batch, dim, L = u.shape
-        N = A.shape[1]
-        n_chunks = triton.cdiv(L, CHUNK)
-        BLOCK_D, BLOCK_N, num_warps = _launch(batch, dim, N)
-        out = torch.empty_like(u)
-        states = u.new_empty(batch, n_chunks, dim, N)
-        last = u.new_empty(batch, dim, N)
-        if has_values(u):  # fake tensors (src.estimate) only need the allocations above
-            _scan_forward[(batch, triton.cdiv(dim, BLOCK_D))](
-                u, delta, A, B, C, D, z, delta_bias, h0, out, states, last, L, dim, N, n_chunks,
-                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-                HAS_H0=h0 is not None, CHUNK_SIZE=CHUNK, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, num_warps=num_warps,
-            )  # fmt: skip
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
-        ctx.delta_softplus, ctx.has_h0 = delta_softplus, h0 is not None
-        ctx.mark_non_differentiable(states)
-        return out, last
-
-    @staticmethod
-    def backward(ctx, dout, dlast):
-        u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
-        batch, dim, L = u.shape
-        N = A.shape[1]
-        n_chunks = states.shape[1]
-        BLOCK_D, BLOCK_N, num_warps = _launch(batch, dim, N)
-        n_blocks = triton.cdiv(dim, BLOCK_D)
-        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-        dz = torch.empty_like(z) if z is not None else None
-        dA_part = u.new_empty(batch, dim, N)
-        dB_part, dC_part = u.new_zeros(batch, n_blocks, N, L), u.new_zeros(batch, n_blocks, N, L)
-        dD_part = u.new_empty(batch, dim) if D is not None else None
-        dbias_part = u.new_empty(batch, dim) if delta_bias is not None else None
-        dh0 = u.new_empty(batch, dim, N)
-        buffer = u.new_empty(batch, n_blocks, CHUNK + 1, BLOCK_D, BLOCK_N)
-        if has_values(u):
-            _scan_backward[(batch, n_blocks)](
-                u, delta, A, B, C, D, z, delta_bias, states, dout.contiguous(),
-                dlast.contiguous() if dlast is not None else None,
-                du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part, dh0, buffer,
-                L, dim, N, n_chunks, n_blocks,
-                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
-                HAS_DLAST=dlast is not None, CHUNK_SIZE=CHUNK, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N,
-                num_warps=num_warps,
-            )  # fmt: skip
-        return (
-            du,
-            ddelta,
-            dA_part.sum(0),
-            dB_part.sum(1),
-            dC_part.sum(1),
-            dD_part.sum(0) if D is not None else None,
-            dz,
-            dbias_part.sum(0) if delta_bias is not None else None,
-            None,
-            dh0 if ctx.has_h0 else None,
-        )
+@torch.library.register_kernel(BACKWARD, ("cuda", "cpu"))
+def _backward(
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, states, dout, dlast,
+    du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part, dh0, buffer,
+):  # fmt: skip
+    _check_device(u.device)
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    BLOCK_D, BLOCK_N, num_warps = launch_sizes(batch, dim, N)
+    n_blocks = dB_part.shape[1]
+    _scan_backward[(batch, n_blocks)](
+        u, delta, A, B, C, D, z, delta_bias, states, dout, dlast,
+        du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part, dh0, buffer,
+        L, dim, N, states.shape[1], n_blocks,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+        HAS_DLAST=dlast is not None, CHUNK_SIZE=CHUNK, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, num_warps=num_warps,
+    )  # fmt: skip
 
 
 def selective_scan_triton(
@@ -272,33 +233,10 @@ def selective_scan_triton(
     return_last_state: bool = False,
     initial_state: torch.Tensor | None = None,
 ):
-    r"""Fast form of Mamba Eq. (2a)-(2b): the selective scan fused in Triton (see the module docstring).
-
-    .. math::
-        h_t = \exp(\Delta_t A) h_{t-1} + \Delta_t B_t x_t, \qquad
-        \mathrm{out}_t = (C_t h_t + D x_t) \odot \mathrm{SiLU}(z_t)
-
-    Same arguments, shapes and result as `selective_scan_sequential` (the reference it is tested
-    equal to, values and gradients), i.e. the official `selective_scan_ref` layout with real A.
-
-    Args:
-        u: (b, d, l) input x.
-        delta: (b, d, l) Δ, or s_Δ(x) when `delta_softplus` (then Δ = softplus(delta + delta_bias)).
-        A: (d, N) real diagonal state matrix.
-        B, C: (b, N, l) input-dependent B_t and C_t.
-        D: (d,) skip weights, or None.
-        z: (b, d, l) gate input, or None.
-        delta_bias: (d,) added to delta, or None.
-        delta_softplus: apply softplus to delta + delta_bias.
-        return_last_state: also return h_l.
-        initial_state: (b, d, N) h_0, or None for zeros.
-
-    Returns:
-        (b, d, l) output, and (b, d, N) last state when `return_last_state`.
-    """
-    check_selective_scan_arguments(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    """Fast form of Mamba Eq. (2a)-(2b): `selective_scan_fused` (same arguments, shapes and result) run by
+    the kernels above, on CUDA tensors or, under Triton's interpreter, CPU ones. Tested equal to
+    `selective_scan_sequential` (the literal recurrence) in value and in every gradient."""
     _check_device(u.device)
-    args = [None if t is None else t.contiguous() for t in (u, delta, A, B, C, D, z, delta_bias)]
-    h0 = None if initial_state is None else initial_state.contiguous()
-    out, last = _SelectiveScan.apply(*args, delta_softplus, h0)
-    return (out, last) if return_last_state else out
+    return selective_scan_fused(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state
+    )  # fmt: skip

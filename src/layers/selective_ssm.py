@@ -587,7 +587,9 @@ class MambaMixer(GatedSSMBlock):
     D, out_proj) so checkpoints map one to one. `scan` picks the form of Eq. (2): "triton" (the fused
     kernel of `src.kernels.selective_scan`, CUDA), "chunked" (the PyTorch fast form), "sequential"
     (the literal loop, the reference, to time or check the others inside the block), or "auto":
-    triton on CUDA tensors, chunked elsewhere. `step` keeps the last k - 1 conv inputs and the SSM
+    triton on CUDA tensors, chunked on other real ones. Fake tensors (`src.estimate`) take the
+    triton form's operator (`src.kernels.selective_scan_op`), so an estimate on any machine prices
+    the fused kernel's memory in one operator per scan. `step` keeps the last k - 1 conv inputs and the SSM
     state, so a MambaGPT generates in constant memory per token.
     """
 
@@ -615,8 +617,13 @@ class MambaMixer(GatedSSMBlock):
         with torch.no_grad():
             self.dt_proj.bias.copy_(delta_bias_init(self.d_inner, dt_min, dt_max, dt_init_floor))
 
-    def _scan_function(self, device: torch.device):
-        kind = self.scan if self.scan != "auto" else ("triton" if device.type == "cuda" else "chunked")
+    def _scan_function(self, u: torch.Tensor):
+        fake = not has_values(u)
+        kind = self.scan if self.scan != "auto" else ("triton" if u.device.type == "cuda" or fake else "chunked")
+        if kind == "triton" and fake:  # a fake step (src.estimate) needs the operator's fake form, not Triton
+            from src.kernels.selective_scan_op import selective_scan_fused  # imports src.layers: not at the top
+
+            return selective_scan_fused
         if kind == "triton":
             # Imported when picked: triton comes with torch's Linux CUDA builds only, not everywhere torch runs.
             from src.kernels.selective_scan import selective_scan_triton
@@ -627,7 +634,7 @@ class MambaMixer(GatedSSMBlock):
     def _ssm(self, u, z, h0):
         s_delta, B, C = selection_functions(u, self.x_proj.weight, self.dt_proj.weight, self.d_state)
         A = -torch.exp(self.A_log)
-        return self._scan_function(u.device)(
+        return self._scan_function(u)(
             u, s_delta, A, B, C, self.D, z, self.dt_proj.bias, delta_softplus=True,
             return_last_state=True, initial_state=h0,
         )  # fmt: skip

@@ -10,7 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from src.kernels.selective_scan import CHUNK, selective_scan_triton
+from src.kernels.selective_scan import selective_scan_triton
+from src.kernels.selective_scan_op import CHUNK
 from src.layers.selective_ssm import MambaMixer, selective_scan, selective_scan_sequential
 
 GRADIENT_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
