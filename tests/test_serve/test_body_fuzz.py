@@ -62,7 +62,7 @@ def client(checkpoint, tmp_path_factory):
     server.stop()
 
 
-def answered(response) -> None:
+def assert_answered_without_500(response) -> None:
     """200, or the documented 404 (unknown), 409 (no adapter saved) or 422 (bad input) with its reason
     (or 307: a path ending in '/' is redirected to the one without)."""
     assert response.status_code in (200, 307, 404, 409, 422), response.text[:300]
@@ -76,7 +76,7 @@ def answered(response) -> None:
 def test_no_body_answers_500(client, data):
     path = data.draw(st.sampled_from(sorted(ENDPOINTS)))
     body = data.draw(bodies(ENDPOINTS[path]))
-    answered(client.post(path, content=body, headers={"content-type": "application/json"}))
+    assert_answered_without_500(client.post(path, content=body, headers={"content-type": "application/json"}))
 
 
 @FUZZ
@@ -86,6 +86,6 @@ def test_no_body_answers_500(client, data):
     limit=st.one_of(st.integers(min_value=-(2**70), max_value=2**70), st.floats().map(str)),
 )
 def test_no_path_or_query_answers_500(client, memory_id, session, limit):
-    answered(client.delete(f"/memory/{memory_id}", params={"session": session}))
-    answered(client.get(f"/chat/history/{quote(session, safe='')}", params={"limit": limit}))
-    answered(client.get("/memory/stats", params={"session": session}))
+    assert_answered_without_500(client.delete(f"/memory/{memory_id}", params={"session": session}))
+    assert_answered_without_500(client.get(f"/chat/history/{quote(session, safe='')}", params={"limit": limit}))
+    assert_answered_without_500(client.get("/memory/stats", params={"session": session}))

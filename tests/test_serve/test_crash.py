@@ -18,10 +18,11 @@ KILL_AFTER = 150  # acknowledged writes before the SIGKILL
 
 @pytest.mark.slow
 def test_acknowledged_writes_survive_sigkill(checkpoint, tmp_path):
-    acknowledged_writes_survive_sigkill(Server(write_config(tmp_path, checkpoint)))  # no token variable: open routes
+    # no token variable: open routes
+    assert_acknowledged_writes_survive_sigkill(Server(write_config(tmp_path, checkpoint)))
 
 
-def acknowledged_writes_survive_sigkill(server: Server) -> None:
+def assert_acknowledged_writes_survive_sigkill(server: Server) -> None:
     """Writers store and chat until KILL_AFTER writes are acknowledged, the server is SIGKILLed, and every
     acknowledged write is in its database and recalled after a restart (`server` not started yet)."""
     server.start()

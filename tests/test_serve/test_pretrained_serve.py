@@ -16,8 +16,8 @@ from src.serve.config import load_serve_config
 from src.validation import ConfigError
 from tests.conftest import CORPUS
 from tests.test_serve.conftest import Server, write_config
-from tests.test_serve.test_crash import acknowledged_writes_survive_sigkill
-from tests.test_serve.test_load import test_concurrent_stores_are_all_kept_once as stores_are_all_kept_once
+from tests.test_serve.test_crash import assert_acknowledged_writes_survive_sigkill
+from tests.test_serve.test_load import test_concurrent_stores_are_all_kept_once as assert_stores_are_all_kept_once
 
 transformers = pytest.importorskip("transformers")
 
@@ -115,10 +115,10 @@ def test_the_load_test_on_the_nf4_model(served):
     _, quantization, server = served
     if quantization != "nf4":
         pytest.skip("the load test runs on the NF4 model")
-    stores_are_all_kept_once(server)
+    assert_stores_are_all_kept_once(server)
 
 
 @pytest.mark.slow
 def test_acknowledged_writes_survive_sigkill_on_the_nf4_model(chat_bases, tmp_path):
     """`test_crash`'s SIGKILL during concurrent stores and chats, on a server of the NF4 Qwen2."""
-    acknowledged_writes_survive_sigkill(Server(serve_config(tmp_path, chat_bases["qwen2"], "qwen2", "nf4")))
+    assert_acknowledged_writes_survive_sigkill(Server(serve_config(tmp_path, chat_bases["qwen2"], "qwen2", "nf4")))
