@@ -8,7 +8,8 @@ storage but no memory, so a CPU-only machine estimates a GPU run of any batch. A
 selective scan is one operator on fake tensors (`memory_models::selective_scan`, whose fake form
 allocates what the fused Triton kernel does), on CPU and CUDA code paths alike, so a Mamba step at
 any length takes seconds; the layers that loop over chunks in Python (the memory layers' chunked
-forms) still take time that grows with the length. A dispatch mode records
+forms) still take time that grows with the length. A chunked loss (`train.loss_chunk_tokens`) runs
+three of its chunks (`distinct_loss_chunks`), whatever the batch and length. A dispatch mode records
 each storage when an operation creates it and forgets it when Python frees it (autograd's saved
 tensors, recomputation under checkpointing and the optimizer's state are all honoured), so the
 largest sum of live storages is the peak that `torch.cuda.max_memory_allocated` reports, up to the
@@ -30,7 +31,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from src.config import ExperimentConfig, parameter_counts
 from src.runs import build_model
 from src.tasks import build_task
-from src.training import OutOfMemory, TrainingObjective, training_step
+from src.training import LossChunks, OutOfMemory, TrainingObjective, training_step
 
 GIB = 2**30
 LOSS_CHUNK_TOKENS = 1024  # the value advised for train.loss_chunk_tokens (configs/mamba_130m.yaml's)
@@ -49,6 +50,20 @@ def _unrepresentable(batch: int, length: int, cause: str) -> str:
         f"batch {batch:,} x length {length:,}: a tensor of this training step would have more elements or "
         f"bytes than torch can represent (2**63 - 1): {cause}"
     )
+
+
+def distinct_loss_chunks(tokens: int, chunk_tokens: int) -> list[int]:
+    """The first, second and last chunk of a chunked loss, the only ones whose storages differ.
+
+    `chunked_loss_and_accuracy` sums as it goes and frees each chunk's logits before the next, and
+    backward takes the chunks from the last to the first, the first of them creating the gradient
+    buffers of the hidden states and the head that the others add to: every chunk between the second
+    and the last allocates and frees what the second does, from the same live bytes. Leaving them out
+    leaves the step's peak unchanged to the byte (tests/test_estimate.py checks it against every chunk)
+    and the loss's value wrong, which a fake step does not have.
+    """
+    starts = range(0, tokens, chunk_tokens)
+    return list(starts) if len(starts) <= 3 else [starts[0], starts[1], starts[-1]]
 
 
 class _LiveStorage(TorchDispatchMode):
@@ -113,8 +128,12 @@ class MemoryEstimate:
 
 
 def estimate_training_memory(
-    experiment: ExperimentConfig, batch: int | None = None, length: int | None = None, device: str = "cpu"
-):
+    experiment: ExperimentConfig,
+    batch: int | None = None,
+    length: int | None = None,
+    device: str = "cpu",
+    loss_chunks: LossChunks = distinct_loss_chunks,
+) -> MemoryEstimate:
     """The peak memory of one AdamW training step of `experiment` (default: its batch and task length).
 
     Everything is fake, the token ids included (their values never decide a size): no batch is
@@ -124,7 +143,8 @@ def estimate_training_memory(
     Mamba's selective scan, priced as the fused kernel a GPU runs (CPU training takes the chunked
     scan, whose backward holds every step's state: more); "cuda" runs the CUDA forms
     and needs a CUDA device to be present (autograd's backward asks for its context), but not the
-    memory the step would take.
+    memory the step would take. `loss_chunks` picks the chunks a chunked loss computes
+    (`src.training.every_loss_chunk` runs them all: the same peak, slower).
     """
     batch = batch or experiment.train.batch_size
     target = torch.device(device)
@@ -147,7 +167,8 @@ def estimate_training_memory(
                 tracker.peak = tracker.live
                 ids = torch.zeros(batch, step_length, dtype=torch.long, device=device)  # fake: no memory
                 try:
-                    training_step(TrainingObjective(model, experiment.train), optimizer, ids, ids, experiment.train)
+                    objective = TrainingObjective(model, experiment.train, loss_chunks)
+                    training_step(objective, optimizer, ids, ids, experiment.train)
                 except RuntimeError as error:
                     if not _OVERFLOW.search(str(error)):
                         raise

@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,13 +81,27 @@ def learning_rate(step: int, train: TrainConfig) -> float:
     return train.lr * (train.min_lr_ratio + (1 - train.min_lr_ratio) * cosine)
 
 
+LossChunks = Callable[[int, int], Sequence[int]]  # (tokens, chunk_tokens) -> the chunks' first positions
+
+
+def every_loss_chunk(tokens: int, chunk_tokens: int) -> range:
+    """The first position of every chunk of `chunked_loss_and_accuracy`: the training objective."""
+    return range(0, tokens, chunk_tokens)
+
+
 def chunked_loss_and_accuracy(
-    hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, chunk_tokens: int
+    hidden: torch.Tensor,
+    head: torch.nn.Module,
+    targets: torch.Tensor,
+    chunk_tokens: int,
+    chunks: LossChunks = every_loss_chunk,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`masked_loss_and_accuracy` of head(hidden), computed chunk_tokens positions at a time.
 
     Each chunk's logits are recomputed in backward instead of kept, so the (tokens, vocab) logits
-    never exist all at once (1.6 GB in float32 for 4 x 2048 tokens and a 50k vocabulary).
+    never exist all at once (1.6 GB in float32 for 4 x 2048 tokens and a 50k vocabulary). The sums
+    run along, so every chunk after the first holds the same storages as the one before it (what
+    `src.estimate` relies on to run three chunks of any number: `chunks` picks which are computed).
     """
 
     def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,12 +110,14 @@ def chunked_loss_and_accuracy(
         return F.cross_entropy(logits, y, ignore_index=IGNORE, reduction="sum"), (logits.argmax(-1) == y).sum()
 
     hidden, targets = hidden.flatten(0, 1), targets.flatten()
-    chunks = [
-        checkpoint(chunk_loss, hidden[i : i + chunk_tokens], targets[i : i + chunk_tokens], use_reentrant=False)
-        for i in range(0, targets.numel(), chunk_tokens)
-    ]
+    loss_sum = correct_sum = 0
+    for i in chunks(targets.numel(), chunk_tokens):
+        loss, correct = checkpoint(
+            chunk_loss, hidden[i : i + chunk_tokens], targets[i : i + chunk_tokens], use_reentrant=False
+        )
+        loss_sum, correct_sum = loss_sum + loss, correct_sum + correct
     scored = (targets != IGNORE).sum()
-    return sum(loss for loss, _ in chunks) / scored, sum(correct for _, correct in chunks) / scored
+    return loss_sum / scored, correct_sum / scored
 
 
 def masked_loss_and_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,17 +129,22 @@ def masked_loss_and_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tup
 
 
 def loss_and_accuracy(
-    model: LanguageModel, inputs: torch.Tensor, targets: torch.Tensor, train: TrainConfig
+    model: LanguageModel,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    train: TrainConfig,
+    loss_chunks: LossChunks = every_loss_chunk,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The training objective with the train section's memory options.
 
     `train.checkpoint_blocks` recomputes each block in backward (LanguageModel.hidden_states);
-    `train.loss_chunk_tokens` computes the loss without materialising all logits.
+    `train.loss_chunk_tokens` computes the loss without materialising all logits, over the chunks
+    `loss_chunks` picks (`chunked_loss_and_accuracy`).
     """
     hidden = model.hidden_states(inputs, checkpoint_blocks=train.checkpoint_blocks)
     if train.loss_chunk_tokens is None:
         return masked_loss_and_accuracy(model.head(hidden), targets)
-    return chunked_loss_and_accuracy(hidden, model.head, targets, train.loss_chunk_tokens)
+    return chunked_loss_and_accuracy(hidden, model.head, targets, train.loss_chunk_tokens, loss_chunks)
 
 
 def precision(train: TrainConfig, device: torch.device):
@@ -142,17 +163,19 @@ class TrainingObjective(nn.Module):
     Data-parallel wrappers act when their module is called, and the objective reaches the model
     through `hidden_states` and the head, so it runs here: `forward(inputs, targets)` gives the
     loss, the accuracy and the auxiliary losses; `forward(inputs)` gives the logits (evaluation).
+    `loss_chunks` picks the chunks of a chunked loss: every one, but for `src.estimate`.
     """
 
-    def __init__(self, model: LanguageModel, train: TrainConfig):
+    def __init__(self, model: LanguageModel, train: TrainConfig, loss_chunks: LossChunks = every_loss_chunk):
         super().__init__()
         self.model = model
         self.train_config = train
+        self.loss_chunks = loss_chunks
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor | None = None):
         if targets is None:
             return self.model(inputs)
-        loss, accuracy = loss_and_accuracy(self.model, inputs, targets, self.train_config)
+        loss, accuracy = loss_and_accuracy(self.model, inputs, targets, self.train_config, self.loss_chunks)
         return loss, accuracy, self.model.auxiliary_losses()
 
 

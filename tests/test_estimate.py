@@ -1,5 +1,7 @@
 """memory-models estimate: exact persistent parts, and the fake step equals the same step run for real."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -12,7 +14,7 @@ from src.kernels.selective_scan_op import selective_scan_fused
 from src.model import PaperModel
 from src.runs import build_model
 from src.tasks import build_task
-from src.training import TrainingObjective, training_step
+from src.training import TrainingObjective, every_loss_chunk, training_step
 from tests.conftest import ROOT
 
 CONFIGS = ["transformer_mqar", "mamba_tiny", "titans_mag_mqar"]  # attention, scan, neural memory
@@ -95,6 +97,24 @@ def test_a_mamba_step_of_65536_tokens_is_estimated_affine_in_the_length():
     experiment = load_experiment(ROOT / "configs" / "mamba_tiny.yaml")
     peaks = [estimate_training_memory(experiment, 1, length).peak_bytes for length in (16_384, 32_768, 65_536)]
     assert peaks[2] - peaks[1] == 2 * (peaks[1] - peaks[0]) > 0
+
+
+@pytest.mark.parametrize(("chunk", "precision"), [(24, "bfloat16"), (100, "bfloat16"), (256, "float32")])
+def test_three_loss_chunks_give_the_peak_of_every_chunk(chunk, precision):
+    """A chunked loss priced by three chunks (`distinct_loss_chunks`) has the step's peak of all of them, to the
+    byte. 4 x 256 tokens of a transformer with an 8,192-token vocabulary: 42 chunks and a tail of 16 tokens,
+    10 and a tail of 24, 4 and no tail. The peak lies inside the loss (measured: a chunk's forward in the
+    first case, a chunk's backward in the others), so a chunk more of logits would move it."""
+    experiment = load_experiment(ROOT / "configs" / "transformer_mqar.yaml")
+    experiment = replace(
+        experiment,
+        model={**experiment.model, "vocab_size": 8192},
+        train=replace(experiment.train, loss_chunk_tokens=chunk, precision=precision, checkpoint_blocks=True),
+    )
+    estimate = estimate_training_memory(experiment, 4, 256)
+    assert estimate == estimate_training_memory(experiment, 4, 256, loss_chunks=every_loss_chunk)
+    wider = replace(experiment, train=replace(experiment.train, loss_chunk_tokens=chunk + 8))
+    assert estimate_training_memory(wider, 4, 256).peak_bytes > estimate.peak_bytes
 
 
 def test_persistent_parts_are_exact_for_float32_adamw():
