@@ -3,13 +3,17 @@ a process of its own on one GPU, then one report with the published number besid
 
     PYTHONPATH=. python3 benchmarks/paper_results.py run mqar --runs /tmp/paper --summary OUT --deadline 420  # GPU
     PYTHONPATH=. python3 benchmarks/paper_results.py run long --runs /tmp/paper --summary OUT --deadline 500
+    PYTHONPATH=. python3 benchmarks/paper_results.py run recipes --runs /tmp/paper --summary OUT --deadline 385
     uv run --extra plots python benchmarks/paper_results.py report OUT/paper_results_*.json  # -> results/
 
 `run` starts every job of the group at once (`mqar`: MQAR where attention cannot reach; `long`: passkey
-beyond the window, selective copying at 4,096 and induction heads) and stops the ones still training
+beyond the window, selective copying at 4,096 and induction heads; `recipes`: the longer runs of issue 31
+item 4) and stops the ones still training
 at the deadline: a stopped job keeps its last evaluation (every `train.eval_every` steps) and the
 report says at which step it stopped. The group's rows and learning curves go to one JSON file and
-every job's output to one log (few files, as a GPU machine's output folder allows). `report` writes
+every job's output to one log (few files, as a GPU machine's output folder allows). Start CUDA's MPS
+daemon first (`nvidia-cuda-mps-control -d`): without it the jobs' processes time-slice the GPU, and a
+group of 15 tiny jobs ran about 5x slower per job than under MPS (H200, 2026-12-03). `report` writes
 one table per experiment from those files, its learning curves (matplotlib, extra `plots`), and the
 MQAR accuracy by query position and key-query distance.
 """
@@ -60,6 +64,34 @@ GROUPS = {
         + _seeds("induction_heads", "transformer", range(2), 1e-3)
         + _seeds("induction_heads", "transformer", range(1), 3e-4)
     ),
+    # Issue 31, item 4: longer recipes where the first run stayed at chance (attention at the paper's
+    # constant learning rate, Mamba paper Appendix E.1).
+    "recipes": lambda: (
+        [
+            Job(
+                "passkey_beyond_window",
+                "mamba",
+                "mamba_20k_steps_lr1e-3",
+                {"steps": 20000, "lr": 1e-3, "eval_every": 2000},
+            )
+        ]
+        + [
+            Job(
+                "induction_heads",
+                "transformer",
+                f"transformer_20k_steps_lr3e-4_seed{seed}",
+                {
+                    "steps": 20000,
+                    "lr": 3e-4,
+                    "warmup_steps": 500,
+                    "min_lr_ratio": 1.0,
+                    "eval_every": 2500,
+                    "seed": seed,
+                },
+            )
+            for seed in range(3)
+        ]
+    ),
 }
 
 # What each paper reports, for the report's header of each experiment (quoted from the papers' tables).
@@ -90,6 +122,9 @@ PUBLISHED = {
 
 # Headline rows whose runs have their own committed tables (not re-run by this script).
 ELSEWHERE = [
+    "Mamba Table 2 beside the official mamba_ssm (its CUDA scan built on the device) in one loop, three seeds, "
+    "the paper's batch 8 and constant lr 1e-3, trained at 256 and tested at 2^6 .. 2^20 (H200): "
+    "`induction_heads_official.md` (`benchmarks/induction_heads_official.py`).",
     "The memory bank against attention alone on MQAR (Zoology's task, 4 pairs in 16 tokens, H200): "
     "`compare_mqar_h200.md` (`memory-models compare configs/compare_mqar_gpu.yaml`).",
     "Memory adapters against LoRA at about equal trained parameters on fact recall over a frozen Llama (CPU): "
@@ -145,11 +180,12 @@ def run_group(group: str, runs: Path, summary: Path, deadline: float) -> None:
     for process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
+    grace = time.monotonic() + 20  # one grace period for all of them: the summary must be written in time
+    while any(p.poll() is None for p in processes) and time.monotonic() < grace:
+        time.sleep(1)
     results, logs = {}, []
     for job, process in zip(jobs, processes):
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        if process.poll() is None:
             process.kill()
             process.wait()
         stopped = process.returncode != 0 and time.monotonic() - started >= deadline
