@@ -13,16 +13,16 @@ its value only through the memory. Chance is 1 / num_pairs.
 """
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from benchmarks.peer_training import held_out_accuracy, train_on_task
 from src.config import TrainConfig, resolve_model_section
 from src.runs import build_model
 from src.tasks.associative_recall import AssociativeRecall
-from src.training import learning_rate, masked_loss_and_accuracy
+from src.training import learning_rate
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -89,26 +89,14 @@ MODELS = {
 
 def train_and_evaluate(name: str, task: AssociativeRecall, args) -> dict:
     model = build(name, args.seed).to(args.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     schedule = TrainConfig(args.steps, args.batch, args.lr, args.steps // 20, 0.0, 1.0, args.seed, "-", args.steps)
-    started = time.perf_counter()
-    for step in range(args.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, schedule)
-        inputs, targets = (t.to(args.device) for t in task.sample(args.batch, seed=args.seed * 1_000_003 + step))
-        loss, _ = masked_loss_and_accuracy(model(inputs), targets)
-        optimizer.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-    seconds = time.perf_counter() - started
-    inputs, targets = task.sample(1000, seed=12345)  # held out: training seeds never reach it
-    with torch.no_grad():
-        logits = model(inputs.to(args.device)).cpu()
-    _, accuracy = masked_loss_and_accuracy(logits, targets)
-    splits = task.accuracy_splits(inputs, logits.argmax(-1), targets)
+    seconds = train_on_task(
+        model, task, args.steps, args.batch, lambda step: learning_rate(step, schedule), args.seed, args.device
+    )
+    accuracy, inputs, predictions, targets = held_out_accuracy(model, task, 1000, 1000, args.device)
+    splits = task.accuracy_splits(inputs, predictions, targets)
     parameters = sum(p.numel() for p in model.parameters())
-    return {"model": name, "parameters": parameters, "accuracy": accuracy.item(), "splits": splits, "seconds": seconds}
+    return {"model": name, "parameters": parameters, "accuracy": accuracy, "splits": splits, "seconds": seconds}
 
 
 def main() -> None:
