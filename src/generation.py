@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import torch
 
+from src.generation_graphs import graph_step
 from src.generation_scoring import length_penalty
 from src.language_model import LanguageModel, ModelState
 
@@ -135,8 +136,14 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int = 0,
+    cuda_graphs: bool = True,
 ) -> torch.Tensor:
-    """Continue (batch, T >= 1) prompt ids by `max_new_tokens`; returns (batch, T + max_new_tokens)."""
+    """Continue (batch, T >= 1) prompt ids by `max_new_tokens`; returns (batch, T + max_new_tokens).
+
+    With `cuda_graphs`, a prompt on a CUDA device and a model whose state keeps its structure from token
+    to token (`src.generation_graphs`: Mamba, S4D), the tokens after the prompt are stepped by replaying
+    one captured CUDA graph, with the same result as stepping; elsewhere `model.step` runs each token.
+    """
     check_sampling(max_new_tokens, temperature, top_k, top_p, seed, model.vocab_size)
     if prompt.dim() != 2 or prompt.shape[1] == 0:
         raise ValueError(f"prompt must have shape (batch, T) with T >= 1, got {tuple(prompt.shape)}")
@@ -145,10 +152,14 @@ def generate(
     model.eval()
     tokens = [prompt]
     logits, state = model.step(prompt, None)
+    graphs = cuda_graphs and prompt.device.type == "cuda" and model.constant_state
+    step = None
     for _ in range(max_new_tokens):
         next_token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)[:, None]
         tokens.append(next_token)
-        logits, state = model.step(next_token, state)
+        if step is None:  # the first token after the prompt: capture, or step eagerly
+            step = (graph_step(model, state, next_token) if graphs else None) or model.step
+        logits, state = step(next_token, state)
     model.train(was_training)
     return torch.cat(tokens, dim=1)
 

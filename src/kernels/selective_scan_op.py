@@ -4,59 +4,87 @@ Paper: Mamba (Gu & Dao 2023, arXiv:2312.00752), Sec. 3.3.2 (hardware-aware scan:
 fast memory and is recomputed for backward).
 
 `memory_models::selective_scan` is one operator per scan: its fake (meta) form allocates what the
-Triton kernel of `src.kernels.selective_scan` returns (the output, the last state, and the states at
-every CHUNK-th step that backward recomputes from), and its autograd formula allocates what the
-backward kernel writes (the gradients, per-program partial sums of dA, dB, dC, dD and d bias, and the
-recomputation buffer) before `memory_models::selective_scan_backward` fills them in place. So a fake
-step (`src.estimate`) or a trace sees one operator per scan and the fused kernel's memory, on a machine
-without a GPU or Triton; the kernels themselves are registered for CUDA (and CPU, run by Triton's
-interpreter) when `src.kernels.selective_scan` is imported.
+Triton kernel of `src.kernels.selective_scan` returns (the output in the inputs' dtype, the last state,
+and the states at the start of every chunk that backward rescans from, in the state's dtype), and its
+autograd formula allocates what the backward kernel writes (the gradients, per-(batch, channel) partial
+sums of dA, dD and d bias, and the dB, dC accumulators) before `memory_models::selective_scan_backward`
+fills them in place. So a fake step (`src.estimate`) or a trace sees one operator per scan and the fused
+kernel's memory, on a machine without a GPU or Triton; the kernels themselves are registered for CUDA
+(and CPU, run by Triton's interpreter) when `src.kernels.selective_scan` is imported.
+
+Dtypes as the official kernel's (`selective_scan_interface.py`): u, delta, B, C, z share one dtype
+(float32, bfloat16 or float16; or float64), and A, D, delta_bias and the state are float32 (float64
+with float64 inputs); the kernels compute in the state's dtype.
 """
 
 import torch
 
-from src.layers._checks import check_selective_scan_arguments
+from src.layers._checks import check_shapes
 
-CHUNK = 64  # steps between saved states: backward recomputes at most CHUNK states per program
+# Steps per chunk at most. At 512 the kernels' tiles hold 8 values per thread without spilling registers
+# (ptxas for sm_90 at 1-4 channels per program); the official kernel's chunks are 2,048 steps.
+MAX_CHUNK = 512
 
 FORWARD = "memory_models::selective_scan"
 BACKWARD = "memory_models::selective_scan_backward"
 _INPUTS = "Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias"
-torch.library.define(FORWARD, f"({_INPUTS}, bool delta_softplus, Tensor? h0) -> (Tensor, Tensor, Tensor)")
+torch.library.define(
+    FORWARD, f"({_INPUTS}, bool delta_softplus, Tensor? h0, int chunk_size) -> (Tensor, Tensor, Tensor)"
+)
 torch.library.define(
     BACKWARD,
-    f"({_INPUTS}, bool delta_softplus, Tensor states, Tensor dout, Tensor? dlast, Tensor(a!) du, "
-    "Tensor(b!) ddelta, Tensor(c!)? dz, Tensor(d!) dA_part, Tensor(e!) dB_part, Tensor(f!) dC_part, "
-    "Tensor(g!)? dD_part, Tensor(h!)? dbias_part, Tensor(i!) dh0, Tensor(j!) buffer) -> ()",
+    f"({_INPUTS}, bool delta_softplus, int chunk_size, Tensor states, Tensor dout, Tensor? dlast, "
+    "Tensor(a!) du, Tensor(b!) ddelta, Tensor(c!)? dz, Tensor(d!) dA_part, Tensor(e!) dB, Tensor(f!) dC, "
+    "Tensor(g!)? dD_part, Tensor(h!)? dbias_part, Tensor(i!) dh0) -> ()",
 )
 
-
-def _next_power_of_2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
+INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
-def launch_sizes(batch: int, dim: int, N: int) -> tuple[int, int, int]:
-    """(BLOCK_D, BLOCK_N, num_warps): channels and states per program of the kernels, and its warps.
-
-    Each program walks the sequence step after step, so many small programs hide each other's
-    latency. Chosen from a sweep on an H100 at d 1536, N 16, L 2048 (fastest forward + backward:
-    4 channels and 1 warp at batch 1, 8 channels and 2 warps at batch 4); unrolling the step loop
-    by 8 gave nothing there.
-    """
-    BLOCK_D, num_warps = (4, 1) if batch * dim <= 2048 else (8, 2)
-    return min(BLOCK_D, _next_power_of_2(dim)), _next_power_of_2(N), num_warps
+def state_dtype(input_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of A, D, delta_bias and the state for inputs of `input_dtype`: float64 for float64, else float32."""
+    return torch.float64 if input_dtype == torch.float64 else torch.float32
 
 
-def forward_outputs(u: torch.Tensor, A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def check_kernel_arguments(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
+    """Shapes as `check_selective_scan_arguments`; dtypes as the module docstring says."""
+    sizes = check_shapes(u=(u, "b d l"), delta=(delta, "b d l"), B=(B, "b N l"), C=(C, "b N l"), z=(z, "b d l"))
+    parameters = check_shapes(
+        A=(A, "d N"), D=(D, "d"), delta_bias=(delta_bias, "d"), initial_state=(initial_state, "b d N")
+    )
+    for symbol, size in parameters.items():
+        if sizes.get(symbol, size) != size:
+            raise ValueError(
+                f"A, D, delta_bias or initial_state has {symbol}={size}, but u, B or C has {sizes[symbol]}"
+            )
+    if u.dtype not in INPUT_DTYPES:
+        raise TypeError(f"u has dtype {u.dtype}; the kernel takes {', '.join(map(str, INPUT_DTYPES))}")
+    expected = state_dtype(u.dtype)
+    if A.dtype != expected:
+        raise TypeError(
+            f"A has dtype {A.dtype}, but with u of dtype {u.dtype} A, D, delta_bias and initial_state must be "
+            f"{expected} (the state's dtype)"
+        )
+
+
+def default_chunk_size(length: int) -> int:
+    """Steps per chunk: the length's next power of two, at most MAX_CHUNK."""
+    return min(MAX_CHUNK, 1 << (max(length, 1) - 1).bit_length())
+
+
+def forward_outputs(
+    u: torch.Tensor, A: torch.Tensor, chunk_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The forward kernel's outputs, unfilled: out (b, d, l), last state (b, d, N), chunk states (b, n_c, d, N)."""
     batch, dim, L = u.shape
-    n_chunks = -(-L // CHUNK)
-    return torch.empty_like(u), u.new_empty(batch, dim, A.shape[1]), u.new_empty(batch, n_chunks, dim, A.shape[1])
+    n_chunks = max(1, -(-L // chunk_size))
+    last = A.new_empty(batch, dim, A.shape[1])
+    return torch.empty_like(u), last, A.new_empty(batch, n_chunks, dim, A.shape[1])
 
 
 @torch.library.register_fake(FORWARD)
-def _forward_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0):
-    return forward_outputs(u, A)
+def _forward_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, chunk_size):
+    return forward_outputs(u, A, chunk_size)
 
 
 @torch.library.register_fake(BACKWARD)
@@ -65,10 +93,10 @@ def _backward_fake(*args):
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0 = inputs
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, chunk_size = inputs
     states = output[2]
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
-    ctx.delta_softplus, ctx.has_h0 = delta_softplus, h0 is not None
+    ctx.delta_softplus, ctx.has_h0, ctx.chunk_size = delta_softplus, h0 is not None, chunk_size
     ctx.mark_non_differentiable(states)
 
 
@@ -76,32 +104,30 @@ def _backward(ctx, dout, dlast, _dstates):
     u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
     batch, dim, L = u.shape
     N = A.shape[1]
-    BLOCK_D, BLOCK_N, _ = launch_sizes(batch, dim, N)
-    n_blocks = -(-dim // BLOCK_D)
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
     dz = torch.empty_like(z) if z is not None else None
-    dA_part = u.new_empty(batch, dim, N)
-    dB_part, dC_part = u.new_zeros(batch, n_blocks, N, L), u.new_zeros(batch, n_blocks, N, L)
-    dD_part = u.new_empty(batch, dim) if D is not None else None
-    dbias_part = u.new_empty(batch, dim) if delta_bias is not None else None
-    dh0 = u.new_empty(batch, dim, N)
-    buffer = u.new_empty(batch, n_blocks, CHUNK + 1, BLOCK_D, BLOCK_N)
+    dA_part = A.new_empty(batch, dim, N)
+    dB, dC = A.new_zeros(batch, N, L), A.new_zeros(batch, N, L)  # atomically accumulated in the state's dtype
+    dD_part = A.new_empty(batch, dim) if D is not None else None
+    dbias_part = A.new_empty(batch, dim) if delta_bias is not None else None
+    dh0 = A.new_empty(batch, dim, N)
     torch.ops.memory_models.selective_scan_backward(
-        u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, states, dout.contiguous(),
+        u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, ctx.chunk_size, states, dout.contiguous(),
         dlast.contiguous() if dlast is not None else None,
-        du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part, dh0, buffer,
+        du, ddelta, dz, dA_part, dB, dC, dD_part, dbias_part, dh0,
     )  # fmt: skip
     return (
         du,
         ddelta,
         dA_part.sum(0),
-        dB_part.sum(1),
-        dC_part.sum(1),
+        dB.to(B.dtype),
+        dC.to(C.dtype),
         dD_part.sum(0) if D is not None else None,
         dz,
         dbias_part.sum(0) if delta_bias is not None else None,
         None,
         dh0 if ctx.has_h0 else None,
+        None,
     )
 
 
@@ -120,6 +146,7 @@ def selective_scan_fused(
     delta_softplus: bool = False,
     return_last_state: bool = False,
     initial_state: torch.Tensor | None = None,
+    chunk_size: int | None = None,
 ):
     r"""Mamba Eq. (2a)-(2b) through the `memory_models::selective_scan` operator (module docstring).
 
@@ -127,9 +154,10 @@ def selective_scan_fused(
         h_t = \exp(\Delta_t A) h_{t-1} + \Delta_t B_t x_t, \qquad
         \mathrm{out}_t = (C_t h_t + D x_t) \odot \mathrm{SiLU}(z_t)
 
-    Same arguments, shapes and result as `selective_scan_sequential`. Real tensors need the kernels
-    registered (`src.kernels.selective_scan.selective_scan_triton` imports and calls this); fake ones
-    need only this module.
+    Same arguments, shapes and result as `selective_scan_sequential`, with the official kernel's
+    dtypes (module docstring). Real tensors need the kernels registered
+    (`src.kernels.selective_scan.selective_scan_triton` imports and calls this); fake ones need only
+    this module.
 
     Args:
         u: (b, d, l) input x.
@@ -140,14 +168,19 @@ def selective_scan_fused(
         z: (b, d, l) gate input, or None.
         delta_bias: (d,) added to delta, or None.
         delta_softplus: apply softplus to delta + delta_bias.
-        return_last_state: also return h_l.
+        return_last_state: also return h_l (in the state's dtype).
         initial_state: (b, d, N) h_0, or None for zeros.
+        chunk_size: steps each kernel program scans in parallel, a power of two (`default_chunk_size`
+            when None); the states at chunk starts are kept for backward.
 
     Returns:
-        (b, d, l) output, and (b, d, N) last state when `return_last_state`.
+        (b, d, l) output in u's dtype, and (b, d, N) last state when `return_last_state`.
     """
-    check_selective_scan_arguments(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    check_kernel_arguments(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    T = default_chunk_size(u.shape[-1]) if chunk_size is None else chunk_size
+    if T < 1 or T & (T - 1):
+        raise ValueError(f"chunk_size must be a power of two, got {chunk_size}")
     args = [None if t is None else t.contiguous() for t in (u, delta, A, B, C, D, z, delta_bias)]
     h0 = None if initial_state is None else initial_state.contiguous()
-    out, last, _ = torch.ops.memory_models.selective_scan(*args, delta_softplus, h0)
+    out, last, _ = torch.ops.memory_models.selective_scan(*args, delta_softplus, h0, T)
     return (out, last) if return_last_state else out

@@ -33,6 +33,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 from src.layers._checks import check_positive, check_selective_scan_arguments, check_shapes, has_values
 from src.layers.mixer import Mixer, register_mixer
@@ -535,7 +536,8 @@ class GatedSSMBlock(Mixer, ABC):
 
     The state keeps the last k - 1 conv inputs and the SSM state, so the model generates in
     constant memory per token. Under autocast the projections and the conv run in the autocast dtype
-    and the SSM in float32.
+    and the SSM in float32 (`_scan_input_dtype`; the Triton scan of `MambaMixer` takes its inputs in
+    the autocast dtype and keeps a float32 state, as the official kernel).
     """
 
     autocast = True
@@ -552,6 +554,10 @@ class GatedSSMBlock(Mixer, ABC):
         self.A_log = nn.Parameter(torch.log(-s4d_real_init(self.d_inner, d_state)))
         self.D = nn.Parameter(torch.ones(self.d_inner))
 
+    def _scan_input_dtype(self, u: torch.Tensor) -> torch.dtype:
+        """The dtype the SSM takes u and z in: float32 at least (the state is float32 or wider)."""
+        return torch.promote_types(u.dtype, torch.float32)
+
     @abstractmethod
     def _ssm(self, u, z, h0):
         """(b, d_inner, T) conv output and gate -> gated SSM output (b, d_inner, T) and last state."""
@@ -564,8 +570,8 @@ class GatedSSMBlock(Mixer, ABC):
         history = torch.cat((conv_history, u), dim=-1)  # earlier conv inputs, then the new ones
         weight, bias = self.conv1d.weight[:, 0, :].to(u.dtype), self.conv1d.bias.to(u.dtype)  # autocast's dtype
         u = F.silu(causal_conv1d(history, weight, bias)[..., -length:])
-        with torch.autocast(x.device.type, enabled=False):  # the scan and its state: float32 at least
-            dtype = torch.promote_types(u.dtype, torch.float32)
+        with torch.autocast(x.device.type, enabled=False):  # the scan's own dtypes from here
+            dtype = self._scan_input_dtype(u)
             y, ssm_state = self._ssm(u.to(dtype), z.to(dtype), None if state is None else state.ssm)
         new_state = self.State(history[..., history.shape[-1] - (self.d_conv - 1) :], ssm_state)
         return self.out_proj(y.transpose(1, 2)), new_state
@@ -590,7 +596,8 @@ class MambaMixer(GatedSSMBlock):
     triton on CUDA tensors, chunked on other real ones. Fake tensors (`src.estimate`) take the
     triton form's operator (`src.kernels.selective_scan_op`), so an estimate on any machine prices
     the fused kernel's memory in one operator per scan. `step` keeps the last k - 1 conv inputs and the SSM
-    state, so a MambaGPT generates in constant memory per token.
+    state, so a MambaGPT generates in constant memory per token; on the triton form a single token without
+    gradients (decoding) takes the one-step kernel of `src.kernels.selective_state_update`.
     """
 
     State = MambaState
@@ -617,9 +624,18 @@ class MambaMixer(GatedSSMBlock):
         with torch.no_grad():
             self.dt_proj.bias.copy_(delta_bias_init(self.d_inner, dt_min, dt_max, dt_init_floor))
 
+    def _scan_kind(self, u: torch.Tensor) -> str:
+        if self.scan != "auto":
+            return self.scan
+        return "triton" if u.device.type == "cuda" or not has_values(u) else "chunked"
+
+    def _scan_input_dtype(self, u: torch.Tensor) -> torch.dtype:
+        # the kernel takes bfloat16 and float16 inputs with a float32 state, as the official one
+        return u.dtype if self._scan_kind(u) == "triton" else super()._scan_input_dtype(u)
+
     def _scan_function(self, u: torch.Tensor):
-        fake = not has_values(u)
-        kind = self.scan if self.scan != "auto" else ("triton" if u.device.type == "cuda" or fake else "chunked")
+        fake = isinstance(u, FakeTensor)
+        kind = self._scan_kind(u)
         if kind == "triton" and fake:  # a fake step (src.estimate) needs the operator's fake form, not Triton
             from src.kernels.selective_scan_op import selective_scan_fused  # imports src.layers: not at the top
 
@@ -632,12 +648,25 @@ class MambaMixer(GatedSSMBlock):
         return selective_scan if kind == "chunked" else selective_scan_sequential
 
     def _ssm(self, u, z, h0):
-        s_delta, B, C = selection_functions(u, self.x_proj.weight, self.dt_proj.weight, self.d_state)
-        A = -torch.exp(self.A_log)
+        # x_proj and dt_proj in u's dtype (autocast's, as the official block), A, D, Δ bias in the state's
+        W_x, W_delta = self.x_proj.weight.to(u.dtype), self.dt_proj.weight.to(u.dtype)
+        s_delta, B, C = selection_functions(u, W_x, W_delta, self.d_state)
+        state = torch.promote_types(u.dtype, torch.float32)
+        A, D, bias = -torch.exp(self.A_log.to(state)), self.D.to(state), self.dt_proj.bias.to(state)
+        if u.shape[-1] == 1 and self._decodes_with_kernel(u):
+            from src.kernels.selective_state_update import selective_state_update  # as the scan kernel: lazily
+
+            h = h0 if h0 is not None else u.new_zeros(u.shape[0], self.d_inner, self.d_state, dtype=state)
+            x, delta, B, C, z = (t[..., 0] for t in (u, s_delta, B, C, z))
+            y, h = selective_state_update(h, x, delta, A, B, C, D, z, bias, delta_softplus=True)
+            return y[..., None], h
         return self._scan_function(u)(
-            u, s_delta, A, B, C, self.D, z, self.dt_proj.bias, delta_softplus=True,
-            return_last_state=True, initial_state=h0,
-        )  # fmt: skip
+            u, s_delta, A, B, C, D, z, bias, delta_softplus=True, return_last_state=True, initial_state=h0
+        )
+
+    def _decodes_with_kernel(self, u: torch.Tensor) -> bool:
+        """One token without gradients on the Triton path: `selective_state_update`, one kernel per step."""
+        return not torch.is_grad_enabled() and self._scan_kind(u) == "triton" and not isinstance(u, FakeTensor)
 
 
 @register_mixer("lti_ssm")

@@ -1,8 +1,9 @@
 """The Triton selective scan equals the literal recurrence of Eq. (2a)-(2b), in value and in every gradient.
 
 On a machine without a GPU the kernels run in Triton's interpreter on CPU tensors (tests/conftest.py
-sets TRITON_INTERPRET=1), at small shapes; the `cuda` tests repeat the comparison at the size of
-MambaGPT-130m's scan on a GPU.
+sets TRITON_INTERPRET=1), at small shapes with chunks of CHUNK steps so that lengths of 2-3 chunks
+cross chunk boundaries (the state carried forward, the adjoint carried back); the `cuda` tests repeat
+the comparison at the size of MambaGPT-130m's scan on a GPU, with the default chunks.
 """
 
 import pytest
@@ -11,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from src.kernels.selective_scan import selective_scan_triton
-from src.kernels.selective_scan_op import CHUNK
 from src.layers.selective_ssm import MambaMixer, selective_scan, selective_scan_sequential
+
+CHUNK = 8  # the kernels' chunk size in the interpreted tests
 
 GRADIENT_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
@@ -37,9 +39,9 @@ def scan_inputs(b, d, N, L, dtype, device="cpu", seed=0, D=True, z=True, bias=Tr
     }
 
 
-def check_equal(inputs, rtol, atol, softplus=True, scan=selective_scan_sequential):
+def check_equal(inputs, rtol, atol, softplus=True, scan=selective_scan_sequential, chunk_size=CHUNK):
     """Outputs, last states and the gradients of every given input agree with the reference."""
-    y, last = selective_scan_triton(**inputs, delta_softplus=softplus, return_last_state=True)
+    y, last = selective_scan_triton(**inputs, delta_softplus=softplus, return_last_state=True, chunk_size=chunk_size)
     y_ref, last_ref = scan(**inputs, delta_softplus=softplus, return_last_state=True)
     torch.testing.assert_close(y, y_ref, rtol=rtol, atol=atol)
     torch.testing.assert_close(last, last_ref, rtol=rtol, atol=atol)
@@ -56,9 +58,9 @@ def check_equal(inputs, rtol, atol, softplus=True, scan=selective_scan_sequentia
 @settings(max_examples=6, deadline=None)
 @given(
     b=st.integers(1, 2),
-    d=st.integers(1, 6),
-    N=st.integers(1, 5),
-    L=st.integers(1, CHUNK + 9),
+    d=st.integers(1, 5),
+    N=st.integers(1, 3),
+    L=st.integers(1, 2 * CHUNK + 3),
     options=st.lists(st.booleans(), min_size=5, max_size=5),
 )
 def test_equals_the_recurrence_in_float64_for_any_shape_and_options(b, d, N, L, options):
@@ -68,13 +70,48 @@ def test_equals_the_recurrence_in_float64_for_any_shape_and_options(b, d, N, L, 
 
 
 def test_float32_within_1e_5_across_two_and_a_half_chunks():
-    inputs = scan_inputs(2, 3, 4, 2 * CHUNK + CHUNK // 2, torch.float32, seed=3)
+    inputs = scan_inputs(2, 3, 2, 2 * CHUNK + CHUNK // 2, torch.float32, seed=3)
     check_equal(inputs, rtol=1e-5, atol=1e-5)
+
+
+def check_half_precision(dtype, bound, device="cpu", sizes=(1, 3, 2, 2 * CHUNK + 3), chunk_size=CHUNK):
+    """u, Δ, B, C, z in `dtype` with float32 A, D, Δ bias and state (the official kernel's rules): the
+    output and every gradient within `bound`, norm-wise relative, of the float64 loop on the same values."""
+    float64 = scan_inputs(*sizes, torch.float64, device=device, seed=5)
+    low = {
+        name: None if t is None else t.detach().to(dtype if name in HALF_INPUTS else torch.float32).requires_grad_()
+        for name, t in float64.items()
+    }
+    exact = {name: t.detach().double().requires_grad_() for name, t in low.items() if t is not None}
+    y, last = selective_scan_triton(**low, delta_softplus=True, return_last_state=True, chunk_size=chunk_size)
+    assert (y.dtype, last.dtype) == (dtype, torch.float32)
+    y_exact, last_exact = selective_scan_sequential(**exact, delta_softplus=True, return_last_state=True)
+    dy, dlast = torch.randn_like(y), torch.randn_like(last)
+    grads = torch.autograd.grad((y * dy).sum() + (last * dlast).sum(), list(low.values()))
+    grads_exact = torch.autograd.grad(
+        (y_exact * dy.double()).sum() + (last_exact * dlast.double()).sum(), list(exact.values())
+    )
+    names = ["y", "last state", *(f"d{name}" for name in low)]
+    dtypes = [dtype, torch.float32, *(t.dtype for t in low.values())]  # a gradient has its input's dtype
+    for name, got, want, expected in zip(names, [y, last, *grads], [y_exact, last_exact, *grads_exact], dtypes):
+        assert got.dtype == expected, name
+        error = (got.double() - want).norm() / want.norm()
+        assert error < bound, f"{name}: relative error {error:.2e}"
+
+
+HALF_INPUTS = ("u", "delta", "B", "C", "z")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs_within_two_unit_roundoffs_of_float64(dtype):
+    # outputs and gradients stored in `dtype` carry its rounding, at most one unit roundoff u
+    # (2^-8 bfloat16, 2^-11 float16); the float32 computation adds ~1e-6; 2u bounds both
+    check_half_precision(dtype, bound=2 * torch.finfo(dtype).eps)
 
 
 def test_without_any_optional_argument_and_only_the_output():
     inputs = scan_inputs(1, 2, 3, 10, torch.float64, D=False, z=False, bias=False, h0=False)
-    y = selective_scan_triton(**inputs)
+    y = selective_scan_triton(**inputs)  # the default chunk: one
     torch.testing.assert_close(y, selective_scan_sequential(**inputs), rtol=1e-12, atol=1e-12)
     (du,) = torch.autograd.grad(y.sum(), inputs["u"])
     (du_ref,) = torch.autograd.grad(selective_scan_sequential(**inputs).sum(), inputs["u"])
@@ -96,10 +133,10 @@ def test_mamba_block_with_the_triton_scan_equals_the_literal_scan():
     # the block-level contract (causality, step == forward, ...) runs in tests/test_mixer_contract.py
     # on the chunked and sequential scans; here the kernel inside the block, forward and gradients
     torch.manual_seed(0)
-    kernel_block = MambaMixer(d_model=8, d_state=4, scan="triton").double()
-    literal_block = MambaMixer(d_model=8, d_state=4, scan="sequential").double()
+    kernel_block = MambaMixer(d_model=4, d_state=2, scan="triton").double()
+    literal_block = MambaMixer(d_model=4, d_state=2, scan="sequential").double()
     literal_block.load_state_dict(kernel_block.state_dict())
-    x = torch.randn(2, 11, 8, dtype=torch.float64)
+    x = torch.randn(2, 11, 4, dtype=torch.float64)
     y, state = kernel_block.step(x[:, :7], None)
     y_rest, _ = kernel_block.step(x[:, 7:], state)  # continues from the kernel's last state
     expected = literal_block(x)
@@ -116,6 +153,11 @@ def test_bad_arguments_are_named():
         selective_scan_triton(**{**inputs, "B": inputs["B"][0]})
     with pytest.raises(TypeError, match=r"delta has dtype torch\.float32"):
         selective_scan_triton(**{**inputs, "delta": inputs["delta"].float()})
+    half = {name: t.to(torch.bfloat16) if name in HALF_INPUTS else t for name, t in inputs.items()}
+    with pytest.raises(TypeError, match=r"A has dtype torch\.float64, but with u of dtype torch\.bfloat16"):
+        selective_scan_triton(**half)
+    with pytest.raises(ValueError, match="chunk_size must be a power of two, got 6"):
+        selective_scan_triton(**inputs, chunk_size=6)
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -143,6 +185,14 @@ def test_on_a_gpu_at_the_size_of_mambagpt_130m():
 
 @pytest.mark.cuda
 @needs_cuda
-def test_on_a_gpu_against_the_literal_loop():
+@pytest.mark.parametrize("chunk_size", [None, 64])
+def test_on_a_gpu_against_the_literal_loop(chunk_size):
     inputs = scan_inputs(2, 64, 16, 300, torch.float64, device="cuda")
-    check_equal(inputs, rtol=1e-10, atol=1e-10)
+    check_equal(inputs, rtol=1e-10, atol=1e-10, chunk_size=chunk_size)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_on_a_gpu_half_precision_inputs_within_two_unit_roundoffs(dtype):
+    check_half_precision(dtype, 2 * torch.finfo(dtype).eps, device="cuda", sizes=(2, 64, 16, 300), chunk_size=None)
