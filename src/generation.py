@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import torch
 
-from src.generation_graphs import graph_step
+from src.generation_graphs import decoding_step
 from src.generation_scoring import length_penalty
 from src.language_model import LanguageModel, ModelState
 
@@ -152,13 +152,11 @@ def generate(
     model.eval()
     tokens = [prompt]
     logits, state = model.step(prompt, None)
-    graphs = cuda_graphs and prompt.device.type == "cuda" and model.constant_state
     step = None
     for _ in range(max_new_tokens):
         next_token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)[:, None]
         tokens.append(next_token)
-        if step is None:  # the first token after the prompt: capture, or step eagerly
-            step = (graph_step(model, state, next_token) if graphs else None) or model.step
+        step = step or decoding_step(model, state, next_token, cuda_graphs)
         logits, state = step(next_token, state)
     model.train(was_training)
     return torch.cat(tokens, dim=1)
@@ -174,33 +172,39 @@ def generate_stream(
     seed: int = 0,
     end_id: int | None = None,
     state: ModelState | None = None,
+    cuda_graphs: bool = True,
 ) -> Iterator[int]:
     """The tokens `generate` appends to a (1, T) prompt, yielded one at a time as they are chosen.
 
-    Same rules, same seed, same state stepping, so the tokens equal `generate`'s; with `end_id` the
-    stream stops after yielding that token; with `state` the prompt continues the sequence that state
-    has read (a chat session's carried state). Arguments are checked here, before the first token.
+    Same rules, same seed, same state stepping (CUDA graphs as `generate`'s), so the tokens equal
+    `generate`'s; with `end_id` the stream stops after yielding that token; with `state` the prompt
+    continues the sequence that state has read (a chat session's carried state). Arguments are checked
+    here, before the first token.
     """
     check_sampling(max_new_tokens, temperature, top_k, top_p, seed, model.vocab_size)
     if prompt.dim() != 2 or prompt.shape[0] != 1 or prompt.shape[1] == 0:
         raise ValueError(f"prompt must have shape (1, T) with T >= 1, got {tuple(prompt.shape)}")
     _check_end_id(end_id, model.vocab_size)
-    return _stream(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, end_id, state)
+    return _stream(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, end_id, state, cuda_graphs)
 
 
 @torch.no_grad()
-def _stream(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, end_id, state) -> Iterator[int]:
+def _stream(
+    model, prompt, max_new_tokens, temperature, top_k, top_p, seed, end_id, state, cuda_graphs
+) -> Iterator[int]:
     generator = torch.Generator(device=prompt.device).manual_seed(seed)
     was_training = model.training
     model.eval()
     try:
         logits, state = model.step(prompt, state)
+        step = None
         for _ in range(max_new_tokens):
             next_token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)[:, None]
             yield next_token.item()
             if next_token.item() == end_id:
                 return
-            logits, state = model.step(next_token, state)
+            step = step or decoding_step(model, state, next_token, cuda_graphs)
+            logits, state = step(next_token, state)
     finally:
         model.train(was_training)
 

@@ -79,3 +79,12 @@ def graph_step(model: LanguageModel, state: ModelState, token: torch.Tensor) -> 
     if step is not None:
         step.load(state)
     return step
+
+
+def decoding_step(model: LanguageModel, state: ModelState, token: torch.Tensor, cuda_graphs: bool):
+    """The step for the tokens after the prompt, given the first (batch, 1): the captured graph where one
+    applies (`cuda_graphs`, a CUDA device, a state of constant size that keeps its structure), else
+    `model.step`. Both are called as `step(token, state) -> (logits, state)`."""
+    if cuda_graphs and token.device.type == "cuda" and model.constant_state:
+        return graph_step(model, state, token) or model.step
+    return model.step

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from src.config import resolve_model_section
-from src.generation import generate
+from src.generation import generate, generate_stream
 from src.generation_graphs import graph_step, state_structure
 from src.model import PaperModel
 
@@ -51,6 +51,8 @@ def test_decoding_with_graphs_equals_stepping(mixer, temperature):
     stepped = generate(model, prompt, 12, temperature=temperature, seed=3, cuda_graphs=False)
     for _ in range(2):  # the second call replays the graph captured by the first
         assert torch.equal(generate(model, prompt, 12, temperature=temperature, seed=3), stepped)
+    streamed = generate_stream(model, prompt[:1], 12, temperature, seed=3)  # the chat service's path
+    assert list(streamed) == generate(model, prompt[:1], 12, temperature, seed=3, cuda_graphs=False)[0, 5:].tolist()
 
 
 @pytest.mark.cuda
