@@ -554,6 +554,10 @@ class GatedSSMBlock(Mixer, ABC):
         self.A_log = nn.Parameter(torch.log(-s4d_real_init(self.d_inner, d_state)))
         self.D = nn.Parameter(torch.ones(self.d_inner))
 
+    def _conv_silu(self, history: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """SiLU of the causal conv at the positions after the k - 1 earlier inputs that `history` begins with."""
+        return F.silu(causal_conv1d(history, weight, bias)[..., self.d_conv - 1 :])
+
     def _scan_input_dtype(self, u: torch.Tensor) -> torch.dtype:
         """The dtype the SSM takes u and z in: float32 at least (the state is float32 or wider)."""
         return torch.promote_types(u.dtype, torch.float32)
@@ -563,13 +567,13 @@ class GatedSSMBlock(Mixer, ABC):
         """(b, d_inner, T) conv output and gate -> gated SSM output (b, d_inner, T) and last state."""
 
     def _step(self, x: torch.Tensor, state: GatedSSMState | None) -> tuple[torch.Tensor, GatedSSMState]:
-        batch, length, _ = x.shape
+        batch = x.shape[0]
         xz = self.in_proj(x).transpose(1, 2)  # (b, 2 d_inner, T)
         u, z = xz.chunk(2, dim=1)
         conv_history = u.new_zeros(batch, self.d_inner, self.d_conv - 1) if state is None else state.conv
         history = torch.cat((conv_history, u), dim=-1)  # earlier conv inputs, then the new ones
         weight, bias = self.conv1d.weight[:, 0, :].to(u.dtype), self.conv1d.bias.to(u.dtype)  # autocast's dtype
-        u = F.silu(causal_conv1d(history, weight, bias)[..., -length:])
+        u = self._conv_silu(history, weight, bias)
         with torch.autocast(x.device.type, enabled=False):  # the scan's own dtypes from here
             dtype = self._scan_input_dtype(u)
             y, ssm_state = self._ssm(u.to(dtype), z.to(dtype), None if state is None else state.ssm)
@@ -597,7 +601,8 @@ class MambaMixer(GatedSSMBlock):
     triton form's operator (`src.kernels.selective_scan_op`), so an estimate on any machine prices
     the fused kernel's memory in one operator per scan. `step` keeps the last k - 1 conv inputs and the SSM
     state, so a MambaGPT generates in constant memory per token; on the triton form a single token without
-    gradients (decoding) takes the one-step kernel of `src.kernels.selective_state_update`.
+    gradients (decoding) takes the one-step kernel of `src.kernels.selective_state_update`, and the conv
+    and its SiLU are one kernel (`src.kernels.causal_conv1d`).
     """
 
     State = MambaState
@@ -632,6 +637,17 @@ class MambaMixer(GatedSSMBlock):
     def _scan_input_dtype(self, u: torch.Tensor) -> torch.dtype:
         # the kernel takes bfloat16 and float16 inputs with a float32 state, as the official one
         return u.dtype if self._scan_kind(u) == "triton" else super()._scan_input_dtype(u)
+
+    def _conv_silu(self, history: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        if self._scan_kind(history) != "triton":
+            return super()._conv_silu(history, weight, bias)
+        if isinstance(history, FakeTensor):  # the operator's fake form, as for the scan
+            from src.kernels.causal_conv1d_op import causal_conv1d_silu
+
+            return causal_conv1d_silu(history, weight, bias)
+        from src.kernels.causal_conv1d import causal_conv1d_silu_triton  # fused conv + SiLU, one kernel
+
+        return causal_conv1d_silu_triton(history, weight, bias)
 
     def _scan_function(self, u: torch.Tensor):
         fake = isinstance(u, FakeTensor)
