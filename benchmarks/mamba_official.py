@@ -19,6 +19,8 @@ conv1d (causal_conv1d is not built) and uses its Triton fused add + RMSNorm. Thr
 3. decode: batch 1, a 2,048-token prompt and 256 greedy tokens, float32: ours (`src.generation.generate`)
    with and without CUDA graphs, the official `decode` with and without its CUDA graphs. Seconds for
    the whole call (prompt included), the median of 3 after one warm-up call that also captures graphs.
+4. profile: where our plain bfloat16 130m step at 4 x 2048 spends the GPU's time, the 25 kernels of
+   most total time over 2 steps (`torch.profiler`), to pick what to fuse next (issue 25, item 2).
 
 Both models are randomly initialised with the same seed (the speed does not depend on the weights).
 """
@@ -45,7 +47,7 @@ from src.training import TrainingObjective, training_step
 CONFIG = Path("configs/mamba_130m.yaml")
 D_INNER, N, L = 1536, 16, 2048
 PROMPT, NEW_TOKENS = 2048, 256
-PARTS = ("scan", "train", "decode")
+PARTS = ("scan", "train", "decode", "profile")
 
 
 def scan_inputs(batch: int, dtype: torch.dtype) -> dict:
@@ -161,6 +163,24 @@ def train_official(batch: int, precision: str) -> dict:
     return throughput(step, batch * L)
 
 
+def profile_training() -> str:
+    """The top kernels by total GPU time of 2 plain bfloat16 steps of ours at 4 x 2048, as a text table."""
+    experiment = load_experiment(CONFIG)
+    train = dataclasses.replace(experiment.train, checkpoint_blocks=False, loss_chunk_tokens=None, precision="bfloat16")
+    model = ours_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(experiment.model["vocab_size"], (4, L + 1), device="cuda")
+    objective = TrainingObjective(model, train)
+    for _ in range(2):  # compile and autotune outside the profile
+        training_step(objective, optimizer, ids[:, :-1], ids[:, 1:], train)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+        for _ in range(2):
+            training_step(objective, optimizer, ids[:, :-1], ids[:, 1:], train)
+        torch.cuda.synchronize()
+    return profile.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
+
+
 def measure_training(batches: list[int]) -> list[dict]:
     rows = []
     for precision in ("float32", "bfloat16"):
@@ -262,6 +282,15 @@ def markdown(results: dict, command: str) -> str:
             f"| {r['implementation']} | {'yes' if r['cuda_graphs'] else 'no'} | {r['seconds']:.2f} |"
             for r in results["decode"]
         ]
+    if "profile" in results:
+        lines += [
+            "",
+            f"Where ours spends the GPU's time: 2 plain bfloat16 130m steps at 4 x {L} (`torch.profiler`):",
+            "",
+            "```",
+            results["profile"].rstrip(),
+            "```",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -287,6 +316,8 @@ def main() -> None:
         results["train"] = measure_training(args.batches)
     if "decode" in args.parts:
         results["decode"] = measure_decoding()
+    if "profile" in args.parts:
+        results["profile"] = profile_training()
     command = "PYTHONPATH=. python3 benchmarks/mamba_official.py " + " ".join(
         ["--out", str(args.out), "--parts", *args.parts, "--batches", *map(str, args.batches)]
     )

@@ -86,5 +86,5 @@ def has_values(x: torch.Tensor) -> bool:
     """False for a fake tensor (shapes without values, as `src.estimate` runs a model) and for any tensor
     while a CUDA graph is captured (reading a value would synchronise, which capture forbids): a check
     of the values, not the shape, is skipped then."""
-    capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    capturing = torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()  # never initialises CUDA
     return not isinstance(x, FakeTensor) and not capturing
