@@ -101,6 +101,15 @@ def throughput(step, tokens: int) -> dict:
         return {"out_of_memory": True}
 
 
+def failure_kept(measure) -> dict:
+    """measure()'s result, or {"error": ...} when it raises: one failing row leaves the others measured."""
+    try:
+        return measure()
+    except Exception as error:
+        print(f"failed: {error!r}", flush=True)
+        return {"error": f"{type(error).__name__}: {error}"}
+
+
 def peak_gib() -> float:
     return torch.cuda.max_memory_allocated() / 2**30
 
@@ -190,7 +199,7 @@ def measure_training(batches: list[int]) -> list[dict]:
                 ("ours, checkpointed + chunked loss", partial(train_ours, batch, precision, checkpointed=True)),
                 ("official", partial(train_official, batch, precision)),
             ):
-                rows.append({"precision": precision, "batch": batch, "implementation": name, **run()})
+                rows.append({"precision": precision, "batch": batch, "implementation": name, **failure_kept(run)})
                 print(rows[-1], flush=True)
     return rows
 
@@ -221,12 +230,15 @@ def measure_decoding() -> list[dict]:
     }
     rows = []
     for (implementation, graphs), call in calls.items():
-        rows.append({"implementation": implementation, "cuda_graphs": graphs, "seconds": seconds(call)})
+        timed = failure_kept(lambda call=call: {"seconds": seconds(call)})
+        rows.append({"implementation": implementation, "cuda_graphs": graphs, **timed})
         print(rows[-1], flush=True)
     return rows
 
 
 def fmt_run(row: dict) -> str:
+    if "error" in row:
+        return f"failed ({row['error'][:80]})"
     if row.get("out_of_memory"):
         return "out of memory"
     return f"{row['tokens_per_s']:,.0f} tok/s, {row['peak_gib']:.1f} GiB"
@@ -279,9 +291,12 @@ def markdown(results: dict, command: str) -> str:
             "|---|---|---|",
         ]
         lines += [
-            f"| {r['implementation']} | {'yes' if r['cuda_graphs'] else 'no'} | {r['seconds']:.2f} |"
+            f"| {r['implementation']} | {'yes' if r['cuda_graphs'] else 'no'} | "
+            + (f"{r['seconds']:.2f} |" if "seconds" in r else f"failed ({r['error'][:80]}) |")
             for r in results["decode"]
         ]
+    if "failed" in results:
+        lines += ["", "Parts that failed:", ""] + [f"- {part}: {why}" for part, why in results["failed"].items()]
     if "profile" in results:
         lines += [
             "",
@@ -310,19 +325,24 @@ def main() -> None:
         "triton": triton.__version__,
         "mamba_ssm": mamba_ssm.__version__,
     }
-    if "scan" in args.parts:
-        results["scan"] = measure_scans()
-    if "train" in args.parts:
-        results["train"] = measure_training(args.batches)
-    if "decode" in args.parts:
-        results["decode"] = measure_decoding()
-    if "profile" in args.parts:
-        results["profile"] = profile_training()
     command = "PYTHONPATH=. python3 benchmarks/mamba_official.py " + " ".join(
         ["--out", str(args.out), "--parts", *args.parts, "--batches", *map(str, args.batches)]
     )
-    (args.out / "mamba_official.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "mamba_official.md").write_text(markdown(results, command))
+    measures = {
+        "scan": measure_scans,
+        "train": partial(measure_training, args.batches),
+        "decode": measure_decoding,
+        "profile": profile_training,
+    }
+    for part in args.parts:  # the files are rewritten after each part: a later failure keeps the earlier ones
+        try:
+            results[part] = measures[part]()
+        except Exception as error:  # recorded, and the other parts still run
+            results.setdefault("failed", {})[part] = f"{type(error).__name__}: {error}"
+            print(f"{part} failed: {error!r}", flush=True)
+        fresh_memory()
+        (args.out / "mamba_official.json").write_text(json.dumps(results, indent=2) + "\n")
+        (args.out / "mamba_official.md").write_text(markdown(results, command))
     print(markdown(results, command))
 
 
