@@ -118,8 +118,8 @@ def sections() -> list[tuple[str, str, list[tuple[str, Any, Any]]]]:
         ("HeadMemory", "### `HeadMemory`: one entry of tensor_memory's `heads:` list", keys_of(HeadMemory)),
         ("base", "## `model` with `base` and `adapters`: an adapted pretrained model\n\n"
          "### `model.base` (`BaseSection`)", keys_of(BaseSection)),
-        ("memory_adapter", "### `model.adapters[i]` with `type: memory`: where (`MemoryPlacement`), then any "
-         "memory_bank key above", keys_of(MemoryPlacement)),
+        ("memory_adapter", "### `model.adapters[i]` with `type: memory` or `type: product_key_memory`: where "
+         "(`MemoryPlacement`), then any memory_bank or product_key_memory key above", keys_of(MemoryPlacement)),
         ("lora_adapter", "### `model.adapters[i]` with `type: lora` (`LoRAAdapter`)", keys_of(LoRAAdapter)),
     ]  # fmt: skip
     for name, cls in TASKS.items():
@@ -145,7 +145,7 @@ wrongly typed, non-finite or out-of-range value is one error naming the key and 
 given twice is refused. `memory-models train CONFIG` prints the resolved config, defaults included.
 Ranges are closed `[ ]` or open `( )`; integers are at most 4,294,967,295 in any case.
 
-A memory bank's keys are read by a memory adapter too; `eval.settings` entries take task keys and
+A memory bank's and a product-key memory's keys are read by a memory adapter too; `eval.settings` entries take task keys and
 dotted model keys (`"model.blocks[1].mixer.top_k": 4`) that keep the parameters' shapes.
 """
 

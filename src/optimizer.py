@@ -16,47 +16,69 @@ an adapted pretrained model (whose frozen base is left out):
    `models/s4/s4d.py`) likewise registers its A (`log_A_real`, `A_imag`) and `log_dt` "with a
    configurable learning rate and 0 weight decay", while its C is a plain parameter, as here.
 
+A mixer may also name parameters in `Mixer.lr_scale` (name -> factor): those form groups of their
+own whose learning rate is the schedule's times the factor (`set_learning_rates`), as Memory Layers
+at Scale (Berges et al. 2024, arXiv:2412.09764) train a memory's values faster than the rest.
+
 Parameters are grouped by name (`named_parameters`, which lists a tied embedding once) and by
 `dim()`, so the groups are the same after FSDP2 has made the parameters DTensor shards (a DTensor's
 `dim()` is the whole tensor's). The optimizer is built from the groups after wrapping.
 `LanguageModel.parameter_groups` (what the training loop calls) returns these groups.
 """
 
+import torch
 from torch import nn
 
 from src.layers.mixer import Mixer
 
 
-def exempt_parameter_names(model: nn.Module) -> set[str]:
-    """The qualified names of the parameters the model's mixers declare in `no_weight_decay`.
-
-    A declared name that is not a parameter of its mixer is an error naming both.
-    """
-    names = set()
+def _declared(model: nn.Module, attribute: str) -> dict[str, object]:
+    """Qualified name -> what the model's mixers declare for it in `attribute` (a collection of names, or a
+    mapping of names to values). A declared name that is not a parameter of its mixer is an error naming both."""
+    declared = {}
     for prefix, module in model.named_modules():
         if isinstance(module, Mixer):
-            for name in module.no_weight_decay:
+            entries = getattr(module, attribute)
+            for name in entries:
                 try:
                     module.get_parameter(name)
                 except AttributeError as error:
                     raise AttributeError(
-                        f"{type(module).__name__}.no_weight_decay names {name!r}, which is not one of its parameters"
+                        f"{type(module).__name__}.{attribute} names {name!r}, which is not one of its parameters"
                     ) from error
-                names.add(f"{prefix}.{name}" if prefix else name)
-    return names
+                declared[f"{prefix}.{name}" if prefix else name] = entries[name] if isinstance(entries, dict) else None
+    return declared
+
+
+def exempt_parameter_names(model: nn.Module) -> set[str]:
+    """The qualified names of the parameters the model's mixers declare in `no_weight_decay`."""
+    return set(_declared(model, "no_weight_decay"))
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW's two parameter groups of `model`'s trainable parameters: decayed, then not decayed.
+    """AdamW's parameter groups of `model`'s trainable parameters: decayed, then not decayed, then any
+    with a learning-rate factor.
 
     A parameter is decayed with `weight_decay` when it has two or more dimensions and no mixer
-    declares it in `no_weight_decay`; every other trainable parameter is in the second group, with
-    weight decay 0. Each parameter is in exactly one group (a tied embedding once). Both groups are
-    always present, so an optimizer's state has the same layout for every model.
+    declares it in `no_weight_decay`; every other trainable parameter is undecayed, with weight
+    decay 0. Each group carries its `lr_scale` (1 but for parameters a mixer names in `lr_scale`,
+    which get a group per decay and factor after the first two). Each parameter is in exactly one
+    group (a tied embedding once). The first two groups are always present, so an optimizer's state
+    has the same layout for every model without factors.
     """
-    exempt = exempt_parameter_names(model)
-    decay, no_decay = [], []
+    exempt, scales = exempt_parameter_names(model), _declared(model, "lr_scale")
+    groups: dict[tuple[bool, float], list] = {(True, 1.0): [], (False, 1.0): []}
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            (decay if parameter.dim() >= 2 and name not in exempt else no_decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            decayed = parameter.dim() >= 2 and name not in exempt
+            groups.setdefault((decayed, scales.get(name, 1.0)), []).append(parameter)
+    return [
+        {"params": params, "weight_decay": weight_decay if decayed else 0.0, "lr_scale": scale}
+        for (decayed, scale), params in groups.items()
+    ]
+
+
+def set_learning_rates(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Give each parameter group the learning rate `lr` times its `lr_scale` (see `parameter_groups`)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -30,6 +30,7 @@ from src.distributed import Processes
 from src.early_stopping import Patience
 from src.language_model import LanguageModel
 from src.memory_use import memory_text, peak_memory
+from src.optimizer import set_learning_rates
 from src.runs import (
     BEST,
     CHECKPOINT,
@@ -497,8 +498,7 @@ class StepResult:
 
 def train_step(training: Training, task, step: int, train: TrainConfig, processes: Processes) -> StepResult:
     """Step `step`: its learning rate, the (seed, step) batch, this process's rows, a clipped AdamW update."""
-    for group in training.optimizer.param_groups:
-        group["lr"] = learning_rate(step, train)
+    set_learning_rates(training.optimizer, learning_rate(step, train))
     inputs, targets = task.sample(train.batch_size, seed=train.seed * 1_000_003 + step)
     tokens = inputs.numel()
     inputs, targets, weight = local_batch(inputs, targets, processes)

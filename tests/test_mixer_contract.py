@@ -73,6 +73,7 @@ EXAMPLES = {
         {"n_heads": 2, "n_memory": 16, "chapters": 4, "top_k": 2, "routing": "sequence"},
     ),
     "memory_bank-factorized": ("memory_bank", {"n_heads": 2, "n_memory": 8, "bank": "factorized", "rank": 4}),
+    "product_key_memory": ("product_key_memory", {"n_keys": 4, "top_k": 3, "heads": 2, "key_dim": 4, "value_dim": 6}),
 }
 # At L = 65,536 each fast form runs (attention without the L x L scores), with the chunk and
 # segment sizes of the configs: the examples' tiny ones would only time the Python loop over chunks.

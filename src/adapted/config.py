@@ -8,6 +8,7 @@
         dtype: float32                     # float32 | bfloat16: the frozen weights' dtype
       adapters:
         - {type: memory, layers: [1, 3], variant: A, n_heads: 4, n_memory: 256}   # + memory_bank keys
+        - {type: product_key_memory, layers: [2], variant: B, n_keys: 64, top_k: 8, value_dim: 16}
         - {type: lora, targets: [q_proj, v_proj], rank: 8, alpha: 16}             # layers: all by default
 
 Validated like every section (`src.config`): unknown, missing, wrong-typed and out-of-range keys,
@@ -35,7 +36,7 @@ from src.adapted.base import (
     weight_files,
 )
 from src.layers.memory_adapter import MemoryAdapter
-from src.layers.memory_bank import MemoryBankAttention
+from src.layers.mixer import MIXERS
 from src.schema import NonNegativeInt, PositiveFloat, PositiveInt
 from src.validation import ConfigError, arguments_for, build, check_keys
 
@@ -69,13 +70,15 @@ class LoRAAdapter:
     layers: list[NonNegativeInt] | None = None
 
 
-ADAPTERS = ("memory", "lora")
-PLACEMENT_KEYS = ("type", "layers", "variant")  # a memory adapter's keys that are not the bank's
+MEMORY_ADAPTERS = {"memory": "memory_bank", "product_key_memory": "product_key_memory"}  # type -> its mixer
+ADAPTERS = (*MEMORY_ADAPTERS, "lora")
+PLACEMENT_KEYS = ("type", "layers", "variant")  # a memory adapter's keys that are not the memory's
 
 
-def bank_arguments(spec: dict) -> dict:
-    """A resolved memory adapter's `MemoryBankAttention` arguments (its keys besides type and placement)."""
-    return {key: value for key, value in spec.items() if key not in PLACEMENT_KEYS}
+def memory_arguments(spec: dict) -> dict:
+    """A resolved memory adapter's `MemoryAdapter` arguments: its mixer's type and keys (besides type and placement)."""
+    memory = {key: value for key, value in spec.items() if key not in PLACEMENT_KEYS}
+    return {"memory_type": MEMORY_ADAPTERS[spec["type"]], **memory}
 
 
 def lora_layers(spec: dict, n_layers: int) -> list[int] | range:
@@ -144,10 +147,11 @@ def _resolve_adapter(raw, where: str, file: str, n_layers: int, widths: dict[str
     placement_keys = {key: rest.pop(key) for key in ("layers", "variant") if key in rest}
     placement = arguments_for(MemoryPlacement, placement_keys, where, file)
     _check_layers(placement["layers"], n_layers, where, file)
-    bank = arguments_for(MemoryBankAttention, rest, where, file, provided=("d_model",))
-    with torch.device("meta"):  # the bank's cross-field constraints (n_heads divides the width, ...)
-        build(MemoryAdapter, bank, where, file, d_model=d_model, norm_eps=1e-5)
-    return {"type": "memory", **placement, **bank}
+    memory_type = MEMORY_ADAPTERS[raw["type"]]
+    memory = arguments_for(MIXERS[memory_type], rest, where, file, provided=("d_model",))
+    with torch.device("meta"):  # the memory's cross-field constraints (n_heads divides the width, ...)
+        build(MemoryAdapter, memory, where, file, d_model=d_model, norm_eps=1e-5, memory_type=memory_type)
+    return {"type": raw["type"], **placement, **memory}
 
 
 def resolve_adapted_section(raw, file: str, section: str = "model") -> dict:
@@ -168,7 +172,7 @@ def resolve_adapted_section(raw, file: str, section: str = "model") -> dict:
         _resolve_adapter(adapter, f"{section}.adapters[{i}]", file, len(layers), widths, d_model)
         for i, adapter in enumerate(raw["adapters"])
     ]
-    places = [(index, a["variant"]) for a in adapters if a["type"] == "memory" for index in a["layers"]]
+    places = [(index, a["variant"]) for a in adapters if a["type"] in MEMORY_ADAPTERS for index in a["layers"]]
     if len(places) != len(set(places)):
         (index, variant), *_ = [place for place in places if places.count(place) > 1]
         raise ConfigError(
@@ -193,7 +197,7 @@ def count_adapted_parameters(model: dict) -> tuple[int, int]:
     """(all, trained) parameters of a resolved adapted section, counted on the meta device without its weights.
 
     The base counts every weight (a quantised one by its d_out x d_in entries, a tied head once);
-    each memory adapter is built on the meta device and counted; each LoRA adapter adds r (d_in +
+    each memory adapter (bank or product keys) is built on the meta device and counted; each LoRA adapter adds r (d_in +
     d_out) per wrapped projection. Equal to `AdaptedModel.num_parameters` and
     `trainable_parameters` (tested).
     """
@@ -203,9 +207,9 @@ def count_adapted_parameters(model: dict) -> tuple[int, int]:
     frozen = sum(p.numel() for p in base.parameters())
     adapters = 0
     for spec in model["adapters"]:
-        if spec["type"] == "memory":
+        if spec["type"] in MEMORY_ADAPTERS:
             with torch.device("meta"):
-                adapter = MemoryAdapter(d_model, eps, **bank_arguments(spec))
+                adapter = MemoryAdapter(d_model, eps, **memory_arguments(spec))
             adapters += len(spec["layers"]) * sum(p.numel() for p in adapter.parameters())
         else:
             for index in lora_layers(spec, len(layers)):

@@ -2,10 +2,11 @@
 
 Built from a resolved `model` section with `base` and `adapters` (`src.adapted.config`):
 
-- a memory adapter (`src.layers.memory_adapter.MemoryAdapter`) is inserted at each listed decoder
-  layer, in variant A after the self-attention (the memory reads the stream s = h + attn(h) and its
-  gated read joins the stream before the MLP) or in variant B after the MLP (it reads and updates
-  the layer's output). It is attached with forward hooks, so the base's modules, their names and
+- a memory adapter (`src.layers.memory_adapter.MemoryAdapter`: a memory bank, `type: memory`, or a
+  product-key memory, `type: product_key_memory`) is inserted at each listed decoder layer, in
+  variant A after the self-attention (the memory reads the stream s = h + attn(h) and its gated
+  read joins the stream before the MLP) or in variant B after the MLP (it reads and updates the
+  layer's output). It is attached with forward hooks, so the base's modules, their names and
   its forward are unchanged; in variant A the gated read is added to the attention's output, which
   the layer then adds to its input, so with the gate at 0 every sum is the base's, bit for bit;
 - a LoRA adapter wraps the named projections of the listed layers (all by default) in `LoRALinear`.
@@ -27,7 +28,13 @@ import torch
 from torch import nn
 
 from src.adapted.base import decoder_layers, frozen_storage, load_base, transformers_library
-from src.adapted.config import bank_arguments, is_adapted_section, lora_layers, resolve_adapted_section
+from src.adapted.config import (
+    MEMORY_ADAPTERS,
+    is_adapted_section,
+    lora_layers,
+    memory_arguments,
+    resolve_adapted_section,
+)
 from src.language_model import (
     LanguageModel,
     ModelState,
@@ -140,9 +147,9 @@ class AdaptedModel(LanguageModel):
         self.memory_adapters = nn.ModuleDict()
         self._insertions: list[_Insertion] = []
         for spec in config["adapters"]:
-            if spec["type"] == "memory":
+            if spec["type"] in MEMORY_ADAPTERS:
                 for i in spec["layers"]:
-                    adapter = MemoryAdapter(hf.hidden_size, eps, **bank_arguments(spec))
+                    adapter = MemoryAdapter(hf.hidden_size, eps, **memory_arguments(spec))
                     if adapter.alpha.device != self.base.device:  # built there already under src.estimate's fakes
                         adapter.to(self.base.device)
                     self.memory_adapters[f"layer{i}{spec['variant']}"] = adapter

@@ -9,6 +9,7 @@ from src.layers import (  # noqa: F401  (imported to register their mixers)
     compressive_memory,
     memory_bank,
     neural_memory,
+    product_keys,
     selective_ssm,
     titans,
 )

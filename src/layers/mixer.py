@@ -26,6 +26,8 @@ compressive and neural memories, memory banks, ...) derives from `Mixer`:
   AdamW never decays, whatever their dimensions (`src.optimizer.parameter_groups`, which also
   leaves every tensor of fewer than two dimensions undecayed): the SSMs' A_log, D and Δ bias.
   Empty by default.
+- `lr_scale` maps the mixer's parameter names to a factor of the learning rate
+  (`src.optimizer.parameter_groups`): a product-key memory's values train faster. Empty by default.
 
 A mixer joins `MIXERS` where it is defined, with `@register_mixer("name")`; that name is the
 `type:` a config's block uses, and `tests/test_mixer_contract.py` checks every registered mixer for
@@ -69,6 +71,7 @@ class Mixer(nn.Module, ABC):
         super().__init__()
         self.d_model = d_model
         self.aux_losses: dict[str, torch.Tensor] = {}
+        self.lr_scale: dict[str, float] = {}
 
     @abstractmethod
     def _step(self, x: torch.Tensor, state) -> tuple[torch.Tensor, object]:

@@ -21,6 +21,7 @@ from src import checkpoints
 from src.config import TrainConfig
 from src.language_model import LanguageModel
 from src.layers.lora import LoRALinear
+from src.optimizer import set_learning_rates
 from src.serve.config import LearningConfig
 from src.tasks import IGNORE
 from src.training import TrainingObjective, masked_loss_and_accuracy, training_step
@@ -53,7 +54,9 @@ class IncrementalLearner:
         self.steps, self.recent_losses, self.last_save = 0, deque(maxlen=RECENT_LOSSES), None
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.model.parameter_groups(0.0), lr=self.config.lr)
+        optimizer = torch.optim.AdamW(self.model.parameter_groups(0.0), lr=self.config.lr)
+        set_learning_rates(optimizer, self.config.lr)
+        return optimizer
 
     def learn(self, prompt: list[int], reply: list[int], steps: int) -> dict:
         """`steps` AdamW steps on log p(reply | prompt); returns the loss before and after, per reply token."""

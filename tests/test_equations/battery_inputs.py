@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from src.layers import quantization, routing
+from src.layers import product_keys, quantization, routing
 
 BATCH = 3  # no other size of the inputs below is 3, so a batched argument is recognised by it
 
@@ -80,6 +80,23 @@ def _double_dequantize(s, r):
     return (codes, scale, mean), {}
 
 
+def _sub_key_scores(s, r) -> tuple:  # each half's 2 best of 4 sub-keys, for queries (B, 5, 6)
+    return product_keys.sub_key_top_k(r(B, 5, 6) * s, r(4, 3), r(4, 3), 2)
+
+
+def _candidates(s, r) -> tuple:  # the 2 x 2 candidates' scores and rows, and k = 2
+    return (*product_keys.product_key_candidates(*_sub_key_scores(s, r), 4), 2), {}
+
+
+def _kept_keys(s, r) -> tuple:  # the 2 best of the 2 x 2 candidates
+    return product_keys.top_k_keys(*_candidates(s, r)[0])
+
+
+def _value_read(s, r) -> tuple:  # the kept keys' weights and rows, and a table of 16 values
+    scores, indices = _kept_keys(s, r)
+    return (product_keys.key_weights(scores), indices, r(16, 4) * s), {}
+
+
 def _load_balancing(s, r):
     probs = routing.router_probs(r(6, 4) * s)
     return (probs, probs.topk(1, dim=-1).indices, 4, 0.01), {}
@@ -143,6 +160,11 @@ INPUTS: dict[str, Inputs] = {
     "load_balancing_loss": Inputs(_load_balancing),
     "router_probs": Inputs(lambda s, r: ((r(B, 5, 4) * s,), {}), (0,)),
     "router_z_loss": Inputs(lambda s, r: ((r(6, 4) * s,), {})),
+    "sub_key_top_k": Inputs(lambda s, r: ((r(B, 5, 6) * s, r(4, 3), r(4, 3), 2), {}), (0,)),
+    "product_key_candidates": Inputs(lambda s, r: ((*_sub_key_scores(s, r), 4), {}), (0, 1, 2, 3)),
+    "top_k_keys": Inputs(_candidates, (0, 1)),
+    "key_weights": Inputs(lambda s, r: ((_kept_keys(s, r)[0],), {}), (0,)),
+    "weighted_value_sum": Inputs(_value_read, (0, 1)),
     "top_k_chapters": Inputs(lambda s, r: ((routing.router_probs(r(B, 5, 4) * s), 2), {}), (0,)),
     "causal_conv1d": Inputs(lambda s, r: ((r(B, 4, 6) * s, r(4, 2), r(4)), {}), (0,)),
     "delta_bias_init": Inputs(
