@@ -145,8 +145,9 @@ wrongly typed, non-finite or out-of-range value is one error naming the key and 
 given twice is refused. `memory-models train CONFIG` prints the resolved config, defaults included.
 Ranges are closed `[ ]` or open `( )`; integers are at most 4,294,967,295 in any case.
 
-A memory bank's and a product-key memory's keys are read by a memory adapter too; `eval.settings` entries take task keys and
-dotted model keys (`"model.blocks[1].mixer.top_k": 4`) that keep the parameters' shapes.
+A memory bank's and a product-key memory's keys are read by a memory adapter too; `eval.settings`
+entries take task keys and dotted model keys (`"model.blocks[1].mixer.top_k": 4`) that keep the
+parameters' shapes.
 """
 
 
