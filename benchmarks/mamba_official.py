@@ -2,10 +2,12 @@
 
     PYTHONPATH=. python3 benchmarks/mamba_official.py --out OUT   # writes OUT/mamba_official.{md,json}
 
+`--parts` picks some of the parts below; a later run with the same `--out` adds its parts to the same
+two files (or replaces theirs), so the parts may be measured in separate runs of the same machine.
+
 The official is PyPI's mamba-ssm 2.3.2.post1, its selective scan compiled here from the source
 distribution (`benchmarks/official_mamba.py`, carried in peers/); its Mamba block falls back to torch's
-conv1d (causal_conv1d is not built) and uses its Triton fused add + RMSNorm. Three parts, each
-`--parts` may pick:
+conv1d (causal_conv1d is not built) and uses its Triton fused add + RMSNorm. The parts:
 
 1. scan: the selective scan forward + backward of one MambaGPT-130m layer (d 1536, N 16, L 2048), batch
    1 and 4, float32 and bfloat16 inputs (A, D, Δ bias float32 in both kernels), every input requiring a
@@ -244,12 +246,16 @@ def fmt_run(row: dict) -> str:
     return f"{row['tokens_per_s']:,.0f} tok/s, {row['peak_gib']:.1f} GiB"
 
 
-def markdown(results: dict, command: str) -> str:
+def markdown(results: dict) -> str:
+    commands = sorted(set(results["commands"].values()))
     lines = [
         f"# Mamba: ours beside the official CUDA kernels ({results['device']}, torch {results['torch']}, "
         f"triton {results['triton']}, mamba-ssm {results['mamba_ssm']})",
         "",
-        f"`{command}` (one run; `benchmarks/mamba_official.py` says what each part measures)",
+        "Each part measures ours and the official in the same run (`benchmarks/mamba_official.py` says what",
+        "each part measures):",
+        "",
+        *(f"- `{command}`" for command in commands),
     ]
     if "scan" in results:
         lines += [
@@ -295,7 +301,7 @@ def markdown(results: dict, command: str) -> str:
             + (f"{r['seconds']:.2f} |" if "seconds" in r else f"failed ({r['error'][:80]}) |")
             for r in results["decode"]
         ]
-    if "failed" in results:
+    if results.get("failed"):
         lines += ["", "Parts that failed:", ""] + [f"- {part}: {why}" for part, why in results["failed"].items()]
     if "profile" in results:
         lines += [
@@ -311,7 +317,9 @@ def markdown(results: dict, command: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="folder for mamba_official.md and .json")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="folder for mamba_official.md and .json (parts of earlier runs kept)"
+    )
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 4], help="training batches of 2048 tokens")
     args = parser.parse_args()
@@ -319,15 +327,23 @@ def main() -> None:
         parser.error("needs a CUDA GPU")
     args.out.mkdir(parents=True, exist_ok=True)
     mamba_ssm = official_mamba()
-    results = {
+    command = "PYTHONPATH=. python3 benchmarks/mamba_official.py " + " ".join(
+        ["--out", str(args.out), "--parts", *args.parts, "--batches", *map(str, args.batches)]
+    )
+    json_path = args.out / "mamba_official.json"
+    results = json.loads(json_path.read_text()) if json_path.is_file() else {}  # parts of earlier runs stay
+    environment = {
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "triton": triton.__version__,
         "mamba_ssm": mamba_ssm.__version__,
     }
-    command = "PYTHONPATH=. python3 benchmarks/mamba_official.py " + " ".join(
-        ["--out", str(args.out), "--parts", *args.parts, "--batches", *map(str, args.batches)]
-    )
+    if any(results.get(key, value) != value for key, value in environment.items()):
+        parser.error(f"{json_path} holds results from another device or versions: give another --out")
+    results.update(environment)
+    results.setdefault("commands", {}).update(dict.fromkeys(args.parts, command))
+    results.get("failed", {}).update(dict.fromkeys(args.parts))  # cleared, then set again if it fails again
+    results["failed"] = {part: why for part, why in results.get("failed", {}).items() if why}
     measures = {
         "scan": measure_scans,
         "train": partial(measure_training, args.batches),
@@ -338,12 +354,13 @@ def main() -> None:
         try:
             results[part] = measures[part]()
         except Exception as error:  # recorded, and the other parts still run
-            results.setdefault("failed", {})[part] = f"{type(error).__name__}: {error}"
+            results.pop(part, None)  # an earlier run's numbers for it are not this run's
+            results["failed"][part] = f"{type(error).__name__}: {error}"
             print(f"{part} failed: {error!r}", flush=True)
         fresh_memory()
-        (args.out / "mamba_official.json").write_text(json.dumps(results, indent=2) + "\n")
-        (args.out / "mamba_official.md").write_text(markdown(results, command))
-    print(markdown(results, command))
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
+        (args.out / "mamba_official.md").write_text(markdown(results))
+    print(markdown(results))
 
 
 if __name__ == "__main__":
