@@ -41,7 +41,7 @@ class CapturedStep:
         self.token = token.clone()
         self.state = map_tensors(state, torch.clone)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):  # other threads may use the GPU
             self.logits, captured_state = model.step(self.token, self.state)
             for static, new in zip(self.state.tensors(), captured_state.tensors(), strict=True):
                 static.copy_(new)
