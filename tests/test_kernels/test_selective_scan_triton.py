@@ -105,8 +105,9 @@ HALF_INPUTS = ("u", "delta", "B", "C", "z")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_inputs_within_two_unit_roundoffs_of_float64(dtype):
     # outputs and gradients stored in `dtype` carry its rounding, at most one unit roundoff u
-    # (2^-8 bfloat16, 2^-11 float16); the float32 computation adds ~1e-6; 2u bounds both
-    check_half_precision(dtype, bound=2 * torch.finfo(dtype).eps)
+    # (2^-8 bfloat16, 2^-11 float16); the float32 computation adds ~1e-6; 2u (finfo's eps) bounds both
+    # (measured: 3.6e-3 bfloat16, 2.5e-4 float16)
+    check_half_precision(dtype, bound=torch.finfo(dtype).eps)
 
 
 def test_without_any_optional_argument_and_only_the_output():
@@ -195,4 +196,4 @@ def test_on_a_gpu_against_the_literal_loop(chunk_size):
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_on_a_gpu_half_precision_inputs_within_two_unit_roundoffs(dtype):
-    check_half_precision(dtype, 2 * torch.finfo(dtype).eps, device="cuda", sizes=(2, 64, 16, 300), chunk_size=None)
+    check_half_precision(dtype, torch.finfo(dtype).eps, device="cuda", sizes=(2, 64, 16, 300), chunk_size=None)
