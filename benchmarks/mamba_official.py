@@ -17,7 +17,7 @@ conv1d (causal_conv1d is not built) and uses its Triton fused add + RMSNorm. The
    at `--batches` x 2048 tokens, float32 and bfloat16 autocast: ours plain (no block checkpointing, all
    logits at once) and as the config trains (checkpointed blocks, chunked loss), the official
    `MambaLMHeadModel` of the same sizes (it has no checkpointing). Tokens/s over 3 steps after 2
-   warm-up steps, and `torch.cuda.max_memory_allocated`.
+   warm-up steps, and `torch.cuda.max_memory_allocated` over those 3 steps.
 3. decode: batch 1, a 2,048-token prompt and 256 greedy tokens, float32: ours (`src.generation.generate`)
    with and without CUDA graphs, the official `decode` with and without its CUDA graphs. Seconds for
    the whole call (prompt included), the median of 3 after one warm-up call that also captures graphs.
@@ -90,10 +90,12 @@ def measure_scans() -> list[dict]:
 
 
 def throughput(step, tokens: int) -> dict:
-    """tokens/s of 3 steps after 2 warm-up steps, and the peak memory from the warm-up on; OOM recorded."""
+    """tokens/s and peak memory of 3 steps after 2 warm-up steps (compilation and autotuning, whose timing
+    buffers are not the step's memory); out of memory recorded."""
     try:
         step(), step()
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         for _ in range(3):
             step()
