@@ -42,7 +42,7 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 def _configs() -> list[triton.Config]:
     """Channels per program and warps to autotune: at the full chunk each holds 8 values of a tile per
-    thread, within the registers without spilling; from few large programs to many small ones. One
+    thread, within the registers without spilling; from many small programs to few large ones. One
     under the interpreter, where timing means nothing."""
     if INTERPRETED:
         return [triton.Config({"BLOCK_D": 2}, num_warps=1)]
