@@ -77,11 +77,15 @@ def _step_sizes(raw, mask, bias_d, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexp
     return raw, tl.where(mask, dt, 0.0)
 
 
-@triton.autotune(configs=_configs(), key=["dim", "N", "CHUNK_SIZE"], prune_configs_by={"early_config_prune": _prune})
-@triton.jit
+# Tuned per batch too (an argument only for that): the best tile differs with the number of programs.
+TUNED_FOR = ["batch", "dim", "N", "CHUNK_SIZE"]
+
+
+@triton.autotune(configs=_configs(), key=TUNED_FOR, prune_configs_by={"early_config_prune": _prune})
+@triton.jit(do_not_specialize=["batch"])
 def _scan_forward(
     u, delta, A, B, C, D, z, bias, h0, out, states, last,
-    L, dim, N, n_chunks,
+    batch, L, dim, N, n_chunks,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, CHUNK_SIZE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
@@ -126,15 +130,15 @@ def _scan_forward(
 
 @triton.autotune(
     configs=_configs(),
-    key=["dim", "N", "CHUNK_SIZE"],
+    key=TUNED_FOR,
     prune_configs_by={"early_config_prune": _prune},
     reset_to_zero=["dB", "dC"],  # atomically accumulated: each timing run starts from zero
 )
-@triton.jit
+@triton.jit(do_not_specialize=["batch"])
 def _scan_backward(
     u, delta, A, B, C, D, z, bias, states, dout, dlast,
     du, ddelta, dz, dA_part, dB, dC, dD_part, dbias_part, dh0,
-    L, dim, N, n_chunks,
+    batch, L, dim, N, n_chunks,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_DLAST: tl.constexpr, CHUNK_SIZE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
@@ -241,7 +245,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, chunk_size
     N = A.shape[1]
     out, last, states = forward_outputs(u, A, chunk_size)
     _scan_forward[_grid(batch, dim)](
-        u, delta, A, B, C, D, z, delta_bias, h0, out, states, last, L, dim, N, states.shape[1],
+        u, delta, A, B, C, D, z, delta_bias, h0, out, states, last, batch, L, dim, N, states.shape[1],
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_H0=h0 is not None, CHUNK_SIZE=chunk_size, BLOCK_N=triton.next_power_of_2(N),
     )  # fmt: skip
@@ -259,7 +263,7 @@ def _backward(
     _scan_backward[_grid(batch, dim)](
         u, delta, A, B, C, D, z, delta_bias, states, dout, dlast,
         du, ddelta, dz, dA_part, dB, dC, dD_part, dbias_part, dh0,
-        L, dim, N, states.shape[1],
+        batch, L, dim, N, states.shape[1],
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_DLAST=dlast is not None, CHUNK_SIZE=chunk_size, BLOCK_N=triton.next_power_of_2(N),
     )  # fmt: skip
