@@ -31,7 +31,7 @@ def temporary_path(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
-def write_atomically(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+def write_atomically(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:
     """Replace `path` by what `write` puts into a binary file, atomically (see the module docstring)."""
     path = Path(path)
     temporary = temporary_path(path)

@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -18,6 +19,7 @@ from src.compare import ComparisonError, compare
 from src.config import TOKENIZED_TASKS, load_comparison, load_experiment, override_model_section
 from src.distributed import launched_rank
 from src.estimate import out_of_memory_advice
+from src.model import PaperModel
 from src.tasks.tokenizer import decode_bytes, encode, load_tokenizer
 from src.validation import ConfigError, yaml_value
 
@@ -260,7 +262,8 @@ def _export(args) -> int:
             f"{args.checkpoint}: an adapted model (model.base) does not export; only PaperModels (block lists) do: "
             "an adapted model keeps its frozen base by reference, and its checkpoint holds only what trains"
         )
-    model = runs.load_trained_model(args.checkpoint, torch.device("cpu"), checkpoint=checkpoint).model
+    trained = runs.load_trained_model(args.checkpoint, torch.device("cpu"), checkpoint=checkpoint)
+    model = cast(PaperModel, trained.model)  # an adapted model was refused above
     try:
         model.save_pretrained(args.directory, overwrite=args.overwrite)
     except DirectoryError as error:

@@ -19,7 +19,7 @@ number of processes, and `evaluate`/`generate` read its model in one process.
 import os
 import shutil
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +126,7 @@ def _device(device: torch.device, local_rank: int, file: str) -> torch.device:
 
 
 @contextmanager
-def processes(train: TrainConfig, file: str, device: torch.device) -> Iterator[Processes]:
+def processes(train: TrainConfig, file: str, device: torch.device) -> Generator[Processes]:
     """Join the run's processes (the process group for `ddp`/`fsdp`); leave the group on exit.
 
     Refused before anything is communicated: several processes with `train.parallel: none` (each

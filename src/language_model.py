@@ -29,13 +29,16 @@ import io
 import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from src.optimizer import parameter_groups
 from src.tasks.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance  # any dataclass type, for dataclasses.fields
 
 _DATACLASS = "__dataclass__"
 
@@ -76,7 +79,7 @@ def to_plain(tree: Any) -> Any:
     return tree
 
 
-def from_plain(plain: Any, types: dict[str, type], device: torch.device) -> Any:
+def from_plain(plain: Any, types: dict[str, type["DataclassInstance"]], device: torch.device) -> Any:
     """The inverse of `to_plain`; a tagged dict becomes the dataclass of that name in `types` (none other)."""
     if isinstance(plain, torch.Tensor):
         return plain.to(device)
@@ -96,10 +99,11 @@ def from_plain(plain: Any, types: dict[str, type], device: torch.device) -> Any:
     return plain
 
 
-def state_types(roots: Iterable[type]) -> dict[str, type]:
-    """The dataclasses a state of these types can hold: the roots and the dataclasses their fields name."""
-    found: dict[str, type] = {}
-    pending = list(roots)
+def state_types(roots: Iterable[type]) -> dict[str, type["DataclassInstance"]]:
+    """The dataclasses a state of these types can hold: the roots (each mixer's `State` is one) and the
+    dataclasses their fields name."""
+    found: dict[str, type[DataclassInstance]] = {}
+    pending = [kind for kind in roots if dataclasses.is_dataclass(kind)]
     while pending:
         kind = pending.pop()
         if kind.__qualname__ in found:

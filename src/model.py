@@ -10,6 +10,7 @@ tokens at a time from per-block state. The model section is validated by `src.co
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -26,6 +27,7 @@ from src.language_model import (
     state_bytes,
 )
 from src.layers._checks import has_values
+from src.layers.block import Block
 from src.layers.mixer import state_tensors
 from src.layers.normalization import RMSNorm
 from src.layers.selective_ssm import GatedSSMBlock
@@ -89,6 +91,11 @@ class PaperModel(LanguageModel):
         if config["tie_embeddings"]:
             self.head.weight = self.embedding.weight
 
+    @property
+    def block_list(self) -> list[Block]:
+        """The blocks (iterating the nn.ModuleList types them as nn.Module)."""
+        return cast(list[Block], list(self.blocks))
+
     def _rescale_ssm_out_proj(self) -> None:
         """The official Mamba initialisation's residual rescaling (not in the paper).
 
@@ -97,7 +104,7 @@ class PaperModel(LanguageModel):
         per Mamba block, two when the block also has an MLP. Applied to the gated SSM blocks
         (Mamba and its LTI twin); the other mixers keep their own initialisation.
         """
-        for block in self.blocks:
+        for block in self.block_list:
             if isinstance(block.mixer, GatedSSMBlock):
                 residuals = 1 if block.mlp is None else 2
                 with torch.no_grad():
@@ -167,7 +174,7 @@ class PaperModel(LanguageModel):
             raise ValueError(f"state has {len(blocks)} entries, the model has {len(self.blocks)} blocks")
         x = self.embedding(input_ids)
         new_state = []
-        for block, block_state in zip(self.blocks, blocks):
+        for block, block_state in zip(self.block_list, blocks):
             x, block_state = block.step(x, block_state)
             new_state.append(block_state)
         return self.head(self.norm(x)), PaperModelState(tuple(new_state))
@@ -175,12 +182,12 @@ class PaperModel(LanguageModel):
     @property
     def constant_state(self) -> bool:
         """Every block's mixer keeps a state of constant size (`Mixer.constant_state`: all but attention)."""
-        return all(block.mixer.constant_state for block in self.blocks)
+        return all(block.mixer.constant_state for block in self.block_list)
 
     def state_from_bytes(self, data: bytes) -> PaperModelState:
         blocks = bytes_payload(data, "PaperModel").get("blocks")
         return PaperModelState(
-            restore_states(blocks, [block.mixer.State for block in self.blocks], self.device, "block")
+            restore_states(blocks, [block.mixer.State for block in self.block_list], self.device, "block")
         )
 
     def auxiliary_losses(self) -> dict[str, torch.Tensor]:
@@ -188,7 +195,7 @@ class PaperModel(LanguageModel):
 
         Each already carries its coefficient from the config; the training loop adds their sum.
         """
-        return sum_auxiliary_losses(block.mixer for block in self.blocks)
+        return sum_auxiliary_losses(block.mixer for block in self.block_list)
 
     def sharding_units(self) -> list[nn.Module]:
         return list(self.blocks)

@@ -84,11 +84,10 @@ def plot_needles(rows: list[dict], path: Path) -> bool:
     )
     for axis in axes.flat[len(grids) :]:
         axis.set_visible(False)
-    image = None
     for axis, (model, cells) in zip(axes.flat, grids):
         depths, lengths = _axes(cells)
         grid = [[cells.get((depth, n), math.nan) for n in lengths] for depth in depths]
-        image = axis.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="upper")
+        axis.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="upper")
         for i, line in enumerate(grid):
             for j, value in enumerate(line):
                 if not math.isnan(value):
@@ -98,7 +97,8 @@ def plot_needles(rows: list[dict], path: Path) -> bool:
         axis.set_yticks(range(len(depths)), [f"{depth:g}" for depth in depths], fontsize=7)
         axis.set_xlabel("context length", fontsize=8)
         axis.set_ylabel("key depth", fontsize=8)
-    figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="passkey digit accuracy")
+    scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, 1), "RdYlGn")  # every map's colours
+    figure.colorbar(scale, ax=axes.ravel().tolist(), shrink=0.8, label="passkey digit accuracy")
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return True

@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +65,9 @@ class OutOfMemory(RunError):
 
 
 @contextmanager
-def out_of_memory_at(experiment: ExperimentConfig, step: int, phase: str, device: torch.device, processes: int = 1):
+def out_of_memory_at(
+    experiment: ExperimentConfig, step: int, phase: str, device: torch.device, processes: int = 1
+) -> Generator[None]:
     """Turn torch's OutOfMemoryError inside the block into `OutOfMemory` naming `step` and `phase`."""
     try:
         yield

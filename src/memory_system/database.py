@@ -22,9 +22,10 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -171,7 +172,7 @@ class MemoryDatabase:
     def insert(self, rows: list[NewRow], carried: CarriedState | None = None) -> list[int]:
         """Insert `rows` in one transaction, with a session's carried state when given (its read ids
         recorded against the first row, the exchange's user turn); return the ids once committed."""
-        ids = []
+        ids: list[int] = []
         with self._transaction() as cursor:
             for row in rows:
                 cursor.execute(
@@ -180,7 +181,7 @@ class MemoryDatabase:
                     (row.session, row.level, row.role, row.text, row.importance, row.created, row.created,
                      row.embedding.astype(np.float32).tobytes()),
                 )  # fmt: skip
-                ids.append(cursor.lastrowid)
+                ids.append(cast(int, cursor.lastrowid))  # set by the INSERT just run
             if carried is not None:
                 self._carry(cursor, carried, ids[0])
         return ids
@@ -284,7 +285,7 @@ class MemoryDatabase:
             raise DatabaseUnavailable(reason)
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+    def _transaction(self) -> Generator[sqlite3.Cursor]:
         """BEGIN IMMEDIATE ... COMMIT, rolled back when the body raises; the file is checked before and after."""
         self._check_file()
         cursor = self._connection.cursor()

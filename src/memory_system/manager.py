@@ -161,7 +161,7 @@ class MemoryManager:
         return text
 
     def _check_choice(self, value: object, field: str, allowed: tuple[str, ...]) -> str:
-        if value not in allowed:
+        if not isinstance(value, str) or value not in allowed:
             raise MemoryInputError(f"{field} must be one of {list(allowed)}, got {str(value)[:40]!r}")
         return value
 

@@ -111,7 +111,7 @@ class USearchIndex:
         self._count += len(ids)
 
     def remove(self, memory_id: int) -> None:
-        self._count -= self._index.remove(memory_id)
+        self._count -= int(self._index.remove(memory_id))  # one key: a count, typed as int or array
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Approximate top-k: (ids, cosine similarities), most similar first."""

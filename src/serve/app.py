@@ -164,7 +164,13 @@ def create_app(service: ChatService) -> Guard:
     @app.post("/chat/message")
     def chat_message(request: schemas.ChatRequest) -> schemas.ChatReply:
         result = service.reply(request.session, request.text, _generation(request))
-        return schemas.ChatReply(**{**result, "memories": _memories(result["memories"])})
+        return schemas.ChatReply(
+            session=result["session"],
+            reply=result["reply"],
+            tokens=result["tokens"],
+            memories=_memories(result["memories"]),
+            stored=result["stored"],
+        )
 
     @app.post("/chat/stream")
     def chat_stream(request: schemas.ChatRequest) -> StreamingResponse:

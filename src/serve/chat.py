@@ -72,7 +72,7 @@ def load_model(checkpoint_path: str, device: str) -> LanguageModel:
 def load_served_model(config: ServeConfig) -> LanguageModel:
     """The model a serve config names: its checkpoint's (`load_model`), or its pretrained directory's, frozen
     and quantised as `pretrained` says (an adapted model without adapters; the service adds its LoRA)."""
-    if config.pretrained is None:
+    if config.checkpoint is not None:  # else `pretrained` (load_serve_config takes exactly one)
         return load_model(config.checkpoint, config.device)
     device = select_device(config.device, f"{config.file}: device")
     return build_model({"base": config.pretrained, "adapters": []}, config.file, device).eval()

@@ -13,7 +13,7 @@ raises `ConfigError` naming the key and the file.
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from src.adapted.config import resolve_base
 from src.memory_system.manager import MemoryConfig
@@ -72,18 +72,25 @@ _TOP = {
 }  # fmt: skip
 
 
+_Section = TypeVar("_Section", MemoryConfig, ChatConfig, LearningConfig)
+
+
+def _section(kind: type[_Section], raw: dict, name: str, file: str) -> _Section:
+    """The `name` section of a serve config (all defaults when absent), its keys checked against `kind`'s fields."""
+    return kind(**arguments_for(kind, raw.get(name, {}), name, file))
+
+
 def load_serve_config(path: str | Path) -> ServeConfig:
     """Read and validate a serve config (see the module docstring)."""
     file = str(path)
     raw = read_yaml(path)
     check_keys(raw, _TOP, "<top>", file)
-    sections = {
-        name: kind(**arguments_for(kind, raw.get(name, {}), name, file))
-        for name, kind in (("memory", MemoryConfig), ("chat", ChatConfig), ("learning", LearningConfig))
-    }
-    if not sections["chat"].stop:
+    memory = _section(MemoryConfig, raw, "memory", file)
+    chat = _section(ChatConfig, raw, "chat", file)
+    learning = _section(LearningConfig, raw, "learning", file)
+    if not chat.stop:
         raise ConfigError(f"{file}: key 'chat.stop' must be a non-empty text (one token of the model)")
-    if sections["memory"].chunk_bytes > sections["memory"].max_text_bytes:
+    if memory.chunk_bytes > memory.max_text_bytes:
         raise ConfigError(f"{file}: key 'memory.chunk_bytes' must be <= memory.max_text_bytes")
     if ("checkpoint" in raw) == ("pretrained" in raw):
         raise ConfigError(f"{file}: give one of the keys 'checkpoint' (a trained run) or 'pretrained' (a directory)")
@@ -95,7 +102,9 @@ def load_serve_config(path: str | Path) -> ServeConfig:
         device=check_value(raw.get("device", "cpu"), Device, "device", file),
         auth_token_env=check_value(raw.get("auth_token_env", "MEMORY_MODELS_TOKEN"), str, "auth_token_env", file),
         max_request_bytes=check_value(raw.get("max_request_bytes", 65536), PositiveInt, "max_request_bytes", file),
-        **sections,
+        memory=memory,
+        chat=chat,
+        learning=learning,
     )
 
 
