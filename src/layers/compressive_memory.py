@@ -678,7 +678,7 @@ class TensorMemory(_SegmentMemoryLayer):
 
         return self._per_head_group(write, M, z, segment_k, segment_v)
 
-    def _step(self, x: torch.Tensor, state: TensorMemoryState | None):
+    def _step(self, x: torch.Tensor, state: CompressiveMemoryState | None):  # a TensorMemoryState (Mixer.step)
         if self.segment_size != 1 or any(spec.clipped for spec, _ in self._groups):
             return super()._step(x, state)
         q, k, v, tail = self._project(x, x[:, :0] if state is None else state.tail)

@@ -18,7 +18,7 @@ import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -579,6 +579,11 @@ class NeuralMemory(Mixer):
                 start = params
         return torch.cat(outputs, dim=1), NeuralMemoryState(start, params, momentum, position, state.tail)
 
+    def step(self, x: torch.Tensor, state: NeuralMemoryState | None = None) -> tuple[torch.Tensor, NeuralMemoryState]:
+        """`Mixer.step`, typed with this mixer's state (the Titans variants keep it in theirs)."""
+        y, new_state = super().step(x, state)
+        return y, cast(NeuralMemoryState, new_state)
+
     def _step(self, x: torch.Tensor, state: NeuralMemoryState | None) -> tuple[torch.Tensor, NeuralMemoryState]:
         """The tokens up to the next chunk boundary run token by token, the whole chunks after it in
         the chunked form, the rest token by token: the same gradient points however x is split."""
@@ -606,6 +611,6 @@ class NeuralMemory(Mixer):
                 y, state = self._tokens(part_inputs, state)
             outputs.append(y)
         y = torch.cat(outputs, dim=1)[:, -n_new:]
-        if self.W_G is not None:  # Sec. 4.4: normalisation and linear gating before the output projection
+        if self.W_G is not None and self.output_norm is not None:  # Sec. 4.4: norm and gate before W_O
             y = self.output_norm(y) * torch.sigmoid(self.W_G(x[:, -n_new:]))
         return self.W_O(y), dataclasses.replace(state, tail=tail)

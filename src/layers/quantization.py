@@ -293,7 +293,8 @@ class _DequantizedProduct(torch.autograd.Function):
         return F.linear(x, layer.weight.to(x.dtype))
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    # torch declares backward(ctx, *grad_outputs); a Function's backward takes one per output, as documented
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # ty: ignore[incompatible-method-override]
         return grad @ ctx.layer.weight.to(grad.dtype), None
 
 
