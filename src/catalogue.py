@@ -15,6 +15,7 @@ import importlib
 import inspect
 import pkgutil
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def equation_functions() -> list:
     return functions
 
 
-def parse_reference(function) -> dict | None:
+def parse_reference(function: Callable[..., object]) -> dict | None:
     """Parse the `Paper:` line of a docstring into paper, arxiv, section and equation."""
     docstring = inspect.getdoc(function) or ""
     for line in docstring.splitlines():

@@ -8,20 +8,23 @@ flag, a diverging run) ends in one line on stderr and exit status 2, never a tra
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import NoReturn, TypeVar, cast
 
 import torch
 
 from src import runs, training
 from src.checkpoints import CheckpointError
 from src.compare import ComparisonError, compare
-from src.config import TOKENIZED_TASKS, load_comparison, load_experiment, override_model_section
+from src.config import TOKENIZED_TASKS, ExperimentConfig, load_comparison, load_experiment, override_model_section
 from src.distributed import launched_rank
 from src.estimate import out_of_memory_advice
 from src.model import PaperModel
 from src.tasks.tokenizer import decode_bytes, encode, load_tokenizer
 from src.validation import ConfigError, yaml_value
+
+T = TypeVar("T")
 
 
 class UsageError(ValueError):
@@ -31,16 +34,16 @@ class UsageError(ValueError):
 class _Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one line on stderr (no usage block)."""
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _device(args, configured: str, where: str) -> torch.device:
+def _device(args: argparse.Namespace, configured: str, where: str) -> torch.device:
     """The --device flag if given, else the config's train.device (`where` names it)."""
     return runs.select_device(args.device or configured, "--device" if args.device else where)
 
 
-def _example(experiment, checkpoint_path: str, shown: int = 8) -> str:
+def _example(experiment: ExperimentConfig, checkpoint_path: str, shown: int = 8) -> str:
     """One held-out example and the trained model's answers at its first `shown` scored positions."""
     from src.tasks import IGNORE, build_task, held_out
 
@@ -62,7 +65,7 @@ def _example(experiment, checkpoint_path: str, shown: int = 8) -> str:
     return f"example (held-out): context {context}\n  query -> model's answer: " + ", ".join(answers)
 
 
-def _train(args) -> int:
+def _train(args: argparse.Namespace) -> int:
     experiment = load_experiment(args.config)
     main_process = launched_rank() == 0  # under torchrun, rank 0 alone prints
     if main_process:
@@ -76,14 +79,14 @@ def _train(args) -> int:
     return 0
 
 
-def _compare(args) -> int:
+def _compare(args: argparse.Namespace) -> int:
     experiments = load_comparison(args.config)
     out_dir = Path(next(iter(experiments.values())).train.out_dir).parent  # each model's is train.out_dir/<name>
     compare(experiments, out_dir, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
-def _overrides(args) -> dict:
+def _overrides(args: argparse.Namespace) -> dict:
     """The --set KEY=VALUE flags as {key: value}, each value read as YAML (`--set model.blocks[1].mixer.top_k=4`)."""
     overrides = {}
     for text in args.set or []:
@@ -97,13 +100,13 @@ def _overrides(args) -> dict:
     return overrides
 
 
-def _model_section(args, section: dict, file: str) -> dict:
+def _model_section(args: argparse.Namespace, section: dict, file: str) -> dict:
     """The model section to read a checkpoint with: `section`, with the --set overrides applied."""
     overrides = _overrides(args)
     return override_model_section(section, overrides, file, "--set") if overrides else section
 
 
-def _evaluate(args) -> int:
+def _evaluate(args: argparse.Namespace) -> int:
     experiment = load_experiment(args.config)
     device = _device(args, experiment.train.device, f"{experiment.file}: train.device")
     section = _model_section(args, experiment.model, experiment.file)
@@ -118,7 +121,7 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _prompt(args, task: dict, vocab_size: int) -> list[int]:
+def _prompt(args: argparse.Namespace, task: dict, vocab_size: int) -> list[int]:
     """The prompt's token ids: --prompt-ids, or --prompt encoded as the model's text task encodes it."""
     if args.prompt_ids is not None:
         try:
@@ -147,7 +150,7 @@ def _utf8(text: str, flag: str) -> bytes:
         raise UsageError(f"{flag} is not valid UTF-8: byte {position} is {raw[position]:#04x}; give text") from error
 
 
-def _tokenizer_call(function, tokenizer: str, *args):
+def _tokenizer_call(function: Callable[..., T], tokenizer: str, *args: object) -> T:
     """`function(tokenizer, *args)`, a missing or unreadable tokenizer becoming a UsageError."""
     try:
         return function(tokenizer, *args)
@@ -164,7 +167,7 @@ def _decode(task: dict, ids: list[int]) -> str:
     return _tokenizer_call(lambda name, ids: load_tokenizer(name).decode(ids), task["tokenizer"], ids)
 
 
-def _generate(args) -> int:
+def _generate(args: argparse.Namespace) -> int:
     from src.config import model_vocab_size, resolve_model_section
     from src.generation import PromptTooLong, check_sampling, fit_prompt, generate, prompt_limit
 
@@ -199,7 +202,7 @@ def _generate(args) -> int:
     return 0
 
 
-def _check_estimate_flags(args) -> None:
+def _check_estimate_flags(args: argparse.Namespace) -> None:
     for flag, value in (("--batch", args.batch), ("--length", args.length)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
@@ -207,7 +210,7 @@ def _check_estimate_flags(args) -> None:
         raise UsageError("--device cuda: no CUDA device here (the CUDA code paths need one present)")
 
 
-def _estimate(args) -> int:
+def _estimate(args: argparse.Namespace) -> int:
     from src.estimate import EstimateError, estimate_training_memory
 
     experiment = load_experiment(args.config)
@@ -219,7 +222,7 @@ def _estimate(args) -> int:
     return 0
 
 
-def _info(args) -> int:
+def _info(args: argparse.Namespace) -> int:
     from src.estimate import estimate_training_memory
     from src.info import model_info
     from src.tasks import build_task
@@ -233,7 +236,7 @@ def _info(args) -> int:
     return 0
 
 
-def _serve(args) -> int:
+def _serve(args: argparse.Namespace) -> int:
     import importlib.util
 
     if missing := [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]:
@@ -246,7 +249,7 @@ def _serve(args) -> int:
     return 0
 
 
-def _export(args) -> int:
+def _export(args: argparse.Namespace) -> int:
     from src.adapted.config import is_adapted_section
     from src.hf_directory import DirectoryError, check_target
     from src.pretrained import hf_mamba_config, safetensors_torch
@@ -273,7 +276,7 @@ def _export(args) -> int:
     return 0
 
 
-def _equations(args) -> int:
+def _equations(args: argparse.Namespace) -> int:
     from src.catalogue import catalogue, format_table
 
     print(format_table(catalogue()))

@@ -14,7 +14,9 @@ for text, against training tokens) beside the accuracy per evaluation setting. F
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from src.config import ExperimentConfig, parameter_counts
 from src.estimate import out_of_memory_advice
@@ -22,6 +24,9 @@ from src.needle import write_needles
 from src.recall_splits import recall_splits, write_recall_tables
 from src.runs import CHECKPOINT, METRICS
 from src.training import OutOfMemory, setting_label, train
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure  # the optional 'plots' extra
 
 
 class ComparisonError(RuntimeError):
@@ -66,7 +71,7 @@ def learning_curves(run_dir: Path) -> dict[str, list[float]]:
     return {key: [record[key] for record in records] for key in (records[0] if records else {})}
 
 
-def plot(rows: list[dict], columns: list[tuple[str, str]], curves: dict[str, dict], path: Path):
+def plot(rows: list[dict], columns: list[tuple[str, str]], curves: dict[str, dict], path: Path) -> "Figure | None":
     """Learning curves and accuracy per evaluation setting, one line per model.
 
     Returns the matplotlib figure (already saved to `path`), or None when matplotlib is missing.
@@ -121,8 +126,8 @@ def _error_line(error: BaseException) -> str:
 
 
 def compare(
-    experiments: dict[str, ExperimentConfig], out_dir: str | Path, log=print, resume: bool = False,
-    overwrite: bool = False,
+    experiments: dict[str, ExperimentConfig], out_dir: str | Path, log: Callable[[str], object] = print,
+    resume: bool = False, overwrite: bool = False,
 ) -> list[dict]:  # fmt: skip
     """Train each experiment, writing the table and JSON after each; return the rows.
 

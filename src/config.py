@@ -104,7 +104,7 @@ class ExperimentConfig:
         return yaml.safe_dump(sections, sort_keys=False)
 
 
-def _resolve_component(raw, registry: Mapping[str, type], where: str, file: str) -> dict:
+def _resolve_component(raw: object, registry: Mapping[str, type], where: str, file: str) -> dict:
     if not isinstance(raw, dict) or "type" not in raw:
         raise ConfigError(f"{file}: key '{where}' must be a mapping with a 'type' key, one of {sorted(registry)}")
     kind = raw["type"]
@@ -155,7 +155,7 @@ def parameter_counts(model: dict, file: str = "<config>") -> tuple[int, int]:
     return total, total
 
 
-def resolve_model_section(raw, file: str, section: str = "model") -> dict:
+def resolve_model_section(raw: Any, file: str, section: str = "model") -> dict:
     """Validate a model section (key `section` of the file) and return it with every default filled in.
 
     The model's size is bounded before anything is built: at most `MAX_BLOCKS` blocks and
@@ -270,7 +270,7 @@ def model_overrides(setting: dict) -> tuple[dict, dict]:
     return model, {key: value for key, value in setting.items() if key not in model}
 
 
-def resolve_task_section(raw, file: str) -> dict:
+def resolve_task_section(raw: object, file: str) -> dict:
     """Validate the `task` section against its task class; return it with defaults filled in."""
     if not isinstance(raw, dict) or not isinstance(raw.get("type"), str) or raw["type"] not in TASKS:
         raise ConfigError(f"{file}: key 'task.type' must be one of {sorted(TASKS)}, got {raw!r}")

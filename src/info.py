@@ -7,12 +7,15 @@ model is built and stepped under torch's FakeTensorMode, as `src.estimate` does:
 its shape and dtype and no memory, so a model of any size is described in seconds.
 """
 
+from collections.abc import Iterable
+
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from src.adapted.config import is_adapted_section
 from src.config import ExperimentConfig
+from src.language_model import LanguageModel, ModelState
 from src.layers.mixer import state_tensors
+from src.model import PaperModel, PaperModelState
 from src.runs import build_model
 
 
@@ -24,7 +27,7 @@ def _size(count: int) -> str:
     return f"{count:,} B"
 
 
-def _nbytes(tensors) -> int:
+def _nbytes(tensors: Iterable[torch.Tensor]) -> int:
     return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
 
@@ -38,15 +41,16 @@ def model_info(experiment: ExperimentConfig, length: int) -> str:
         model = build_model(experiment.model, experiment.file, None, base_weights=False)
         ids = torch.zeros(1, length, dtype=torch.long)
         _, state = model.step(ids, None)
-        parts = [_nbytes(tensors) for tensors in _state_parts(model, state)]
+        parts = [_nbytes(tensors) for tensors in _state_parts(state)]
         _, longer = model.step(ids[:, :1], state)  # one token more (an adapted base's cache grows in place)
         grown = [
             _nbytes(tensors) - before if growing else 0
-            for tensors, before, growing in zip(_state_parts(model, longer), parts, _growing(model))
+            for tensors, before, growing in zip(_state_parts(longer), parts, _growing(model))
         ]
-        lines = (_adapted_lines if is_adapted_section(experiment.model) else _paper_lines)(
-            experiment, model, parts, grown, length
-        )
+        if isinstance(model, PaperModel):
+            lines = _paper_lines(experiment, model, parts, grown, length)
+        else:
+            lines = _adapted_lines(experiment)
     total, trained = model.num_parameters(), model.trainable_parameters()
     frozen = f", {total - trained:,} frozen" if trained < total else ""
     lines.append(f"parameters: {total:,} ({trained:,} trained{frozen})")
@@ -58,21 +62,23 @@ def model_info(experiment: ExperimentConfig, length: int) -> str:
     return "\n".join(lines)
 
 
-def _state_parts(model, state) -> list[list[torch.Tensor]]:
+def _state_parts(state: ModelState) -> list[list[torch.Tensor]]:
     """The state's tensors, one list per block of a PaperModel, one list for an adapted model."""
-    if is_adapted_section(model.config):
-        return [state.tensors()]
-    return [[tensor for _, tensor in state_tensors(block_state)] for block_state in state.blocks]
+    if isinstance(state, PaperModelState):
+        return [[tensor for _, tensor in state_tensors(block_state)] for block_state in state.blocks]
+    return [state.tensors()]
 
 
-def _growing(model) -> list[bool]:
+def _growing(model: LanguageModel) -> list[bool]:
     """Per part of `_state_parts`: whether it grows with every token (a KV cache), not only up to a segment."""
-    if is_adapted_section(model.config):
-        return [not model.constant_state]
-    return [not block.mixer.constant_state for block in model.blocks]
+    if isinstance(model, PaperModel):
+        return [not block.mixer.constant_state for block in model.block_list]
+    return [not model.constant_state]
 
 
-def _paper_lines(experiment, model, parts: list[int], grown: list[int], length: int) -> list[str]:
+def _paper_lines(
+    experiment: ExperimentConfig, model: PaperModel, parts: list[int], grown: list[int], length: int
+) -> list[str]:
     section = experiment.model
     lines = [
         f"{experiment.file}: PaperModel of {len(model.blocks)} blocks, d_model {section['d_model']}, "
@@ -82,7 +88,7 @@ def _paper_lines(experiment, model, parts: list[int], grown: list[int], length: 
               "per further token"]  # fmt: skip
     rows, first = [], 0
     for i, spec in enumerate(section["blocks"]):
-        block = model.blocks[first]
+        block = model.block_list[first]
         each = sum(p.numel() for p in block.parameters())
         repeat = spec["repeat"]
         state = sum(parts[first : first + repeat])
@@ -95,12 +101,12 @@ def _paper_lines(experiment, model, parts: list[int], grown: list[int], length: 
     tied = section["tie_embeddings"]
     rows.append([f"embedding{' (the head tied to it)' if tied else ''}", "", "", "", "", f"{embedding:,}", "", ""])
     if not tied:
-        rows.append(["head", "", "", "", "", f"{model.head.weight.numel():,}", "", ""])
+        rows.append(["head", "", "", "", "", f"{sum(p.numel() for p in model.head.parameters()):,}", "", ""])
     rows.append(["final norm", "", "", "", "", f"{sum(p.numel() for p in model.norm.parameters()):,}", "", ""])
     return lines + _table(header, rows)
 
 
-def _adapted_lines(experiment, model, parts: list[int], grown: list[int], length: int) -> list[str]:
+def _adapted_lines(experiment: ExperimentConfig) -> list[str]:
     base = experiment.model["base"]
     adapters = ", ".join(adapter["type"] for adapter in experiment.model["adapters"])
     return [

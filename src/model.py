@@ -8,6 +8,7 @@ tokens at a time from per-block state. The model section is validated by `src.co
 """
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -28,7 +29,7 @@ from src.language_model import (
 )
 from src.layers._checks import has_values
 from src.layers.block import Block
-from src.layers.mixer import state_tensors
+from src.layers.mixer import Mixer, state_tensors
 from src.layers.normalization import RMSNorm
 from src.layers.selective_ssm import GatedSSMBlock
 from src.tasks.tokenizer import ByteTokenizer, Tokenizer
@@ -45,7 +46,7 @@ def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
         raise ValueError(f"input_ids must lie in [0, {vocab_size}), got range [{input_ids.min()}, {input_ids.max()}]")
 
 
-def sum_auxiliary_losses(mixers) -> dict[str, torch.Tensor]:
+def sum_auxiliary_losses(mixers: Iterable[Mixer]) -> dict[str, torch.Tensor]:
     """The auxiliary losses the mixers' last calls recorded (`Mixer.aux_losses`), summed by name."""
     totals: dict[str, torch.Tensor] = {}
     for mixer in mixers:

@@ -16,6 +16,7 @@ length) and, with the `plots` extra, `needle.png` (one heat map per model):
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ACCURACY = "eval_accuracy@"
@@ -104,7 +105,7 @@ def plot_needles(rows: list[dict], path: Path) -> bool:
     return True
 
 
-def write_needles(rows: list[dict], out_dir: str | Path, log=print) -> bool:
+def write_needles(rows: list[dict], out_dir: str | Path, log: Callable[[str], object] = print) -> bool:
     """Write needle.md (and needle.png with the `plots` extra) when the rows hold needle cells."""
     table = needle_table(rows)
     if not table:

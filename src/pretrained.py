@@ -13,6 +13,7 @@ import importlib
 import json
 import re
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -136,7 +137,7 @@ def hf_mamba_config(model: dict) -> dict | None:
     }
 
 
-def safetensors_torch(purpose: str):
+def safetensors_torch(purpose: str) -> ModuleType:
     """The `safetensors.torch` module; without it an ImportError naming the extra (`purpose` says what needs it)."""
     try:
         return importlib.import_module("safetensors.torch")

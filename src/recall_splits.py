@@ -10,6 +10,7 @@ each model's row of `compare.json` and `write_recall_tables` writes `recall.md` 
 `compare.md`: per setting, one table by query position and one by distance.
 """
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -69,7 +70,7 @@ def recall_tables(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_recall_tables(rows: list[dict], out_dir: Path, log=print) -> None:
+def write_recall_tables(rows: list[dict], out_dir: Path, log: Callable[[str], object] = print) -> None:
     """Write `recall.md` when any row has splits."""
     if text := recall_tables(rows):
         (out_dir / "recall.md").write_text(text)

@@ -121,7 +121,7 @@ def read_checkpoint(path: str | Path) -> dict:
     return {**checkpoint, "config": config}
 
 
-def load_training_state(path: Path, checkpoint: dict, model: LanguageModel, optimizer) -> None:
+def load_training_state(path: Path, checkpoint: dict, model: LanguageModel, optimizer: torch.optim.Optimizer) -> None:
     """Put a checkpoint's model and optimizer state (its file's, or its fsdp shards') into model and optimizer."""
     if "shards" in checkpoint:
         distributed.load_shards(model, optimizer, checkpoint, path)
@@ -141,7 +141,7 @@ def load_model(path: str | Path, checkpoint: dict, model: LanguageModel) -> None
 def save_checkpoint(
     path: Path,
     model: LanguageModel,
-    optimizer,
+    optimizer: torch.optim.Optimizer,
     metrics: dict,
     experiment: ExperimentConfig,
     processes: Processes,

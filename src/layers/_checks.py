@@ -59,7 +59,17 @@ def check_shapes(**arguments: tuple[torch.Tensor | None, str]) -> dict[str, int]
     return sizes
 
 
-def check_selective_scan_arguments(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
+def check_selective_scan_arguments(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
+) -> None:
     """The argument checks every form of the selective scan shares: the PyTorch scans of
     `src.layers.selective_ssm` and the Triton kernel of `src.kernels.selective_scan` (Mamba,
     Algorithm 2's shapes in the official `selective_scan_ref` layout; None skips an optional one)."""

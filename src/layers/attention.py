@@ -60,7 +60,9 @@ def scaled_dot_product_attention(
     return torch.softmax(scores, dim=-1) @ v
 
 
-def _check_attention_arguments(q, k, v, causal: bool, allowed) -> tuple[int, int]:
+def _check_attention_arguments(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, allowed: torch.Tensor | None
+) -> tuple[int, int]:
     """The checks both forms of Eq. (1) share; returns (L_q, L_k)."""
     sizes = check_shapes(q=(q, "... L_q d_k"), k=(k, "... L_k d_k"), v=(v, "... L_k d_v"))
     L_q, L_k = sizes["L_q"], sizes["L_k"]

@@ -36,8 +36,8 @@ causality, step == forward, batch independence, float64, state size and input er
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -45,10 +45,13 @@ from torch import nn
 MIXERS: dict[str, type["Mixer"]] = {}
 
 
-def register_mixer(name: str):
+_MixerClass = TypeVar("_MixerClass", bound="type[Mixer]")
+
+
+def register_mixer(name: str) -> Callable[[_MixerClass], _MixerClass]:
     """Class decorator: make a Mixer subclass available to configs as `type: name`."""
 
-    def register(cls: type["Mixer"]) -> type["Mixer"]:
+    def register(cls: _MixerClass) -> _MixerClass:
         if not (isinstance(cls, type) and issubclass(cls, Mixer)):
             raise TypeError(f"register_mixer({name!r}) needs a Mixer subclass, got {cls!r}")
         if name in MIXERS:

@@ -177,7 +177,9 @@ class SlidingWindowBesideMemory(AttentionBesideMemory):
         super().__init__(d_model, n_heads, memory, memory_prefix=n_persistent)
         self.window = window
 
-    def _windowed_attention_step(self, x: torch.Tensor, state, n_persistent: int, n_out: int):
+    def _windowed_attention_step(
+        self, x: torch.Tensor, state: "MAGState | MALState | None", n_persistent: int, n_out: int
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, int]]:
         """SW-Attn* of the last `n_out` positions of x, continuing `state` (None, or one with k, v, position).
 
         Heads of x with RoPE at their positions, the cached keys prepended; returns the attention

@@ -25,7 +25,7 @@ import sqlite3
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TextIO, cast
 
 import numpy as np
 
@@ -77,7 +77,7 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return status.st_dev, status.st_ino
 
 
-def _lock(path: Path):
+def _lock(path: Path) -> TextIO:
     """The open `<path>.lock`, exclusively locked for this process (DatabaseError when another holds it)."""
     lock_path = path.with_name(path.name + ".lock")
     handle = lock_path.open("a+")

@@ -23,7 +23,7 @@ import torch
 from src.memory_system.database import LEVELS, CarriedState, MemoryDatabase, NewRow, Row
 from src.memory_system.episodic_retrieval import retrieval_score
 from src.memory_system.short_term import ShortTermBuffer, Turn
-from src.memory_system.vector_index import INDEXES, VectorRows
+from src.memory_system.vector_index import INDEXES, USearchIndex, VectorRows
 from src.schema import NonNegativeFloat, PositiveInt, Range
 
 SESSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
@@ -106,12 +106,12 @@ class MemoryManager:
         self.config, self.dim, self._embed, self._clock = config, dim, embed, clock
         self._lock = threading.Lock()
         self.database = MemoryDatabase(path, dim)
-        self._long_term: dict[str, VectorRows] = {}
+        self._long_term: dict[str, VectorRows | USearchIndex] = {}
         self._episodic: dict[str, VectorRows] = {}
         self._short_term = ShortTermBuffer(config.short_term_tokens)
         self._load()
 
-    def _new_long_term_index(self):
+    def _new_long_term_index(self) -> VectorRows | USearchIndex:
         return INDEXES[self.config.index](self.dim)
 
     def _load(self) -> None:

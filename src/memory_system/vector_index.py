@@ -51,7 +51,13 @@ class VectorRows:
     def last_access(self) -> np.ndarray:
         return self._last_access[: len(self)]
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray, importance=0.0, last_access=0.0) -> None:
+    def add(
+        self,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        importance: float | np.ndarray = 0.0,
+        last_access: float | np.ndarray = 0.0,
+    ) -> None:
         """Append rows; `importance` and `last_access` are scalars or one value per row."""
         n, new = len(self), len(ids)
         if n + new > len(self._ids):  # grow geometrically: appends cost O(1) amortised

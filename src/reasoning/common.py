@@ -1,6 +1,7 @@
 """What every reasoning program shares: the model it talks to, its limits, its steps and their parsing."""
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -62,7 +63,9 @@ def numbered_items(lines: list[str]) -> list[str]:
     return [item for item in items if item]
 
 
-def generate_lines(model: Reasoner, prompt: str, limits: Limits, last=lambda line: False) -> list[str]:
+def generate_lines(
+    model: Reasoner, prompt: str, limits: Limits, last: Callable[[str], bool] = lambda line: False
+) -> list[str]:
     """Lines the model writes after `prompt`, one completion after another (a model that stops at a newline
     writes one line per completion), until an empty completion, a line for which `last` holds, or
     `limits.max_steps` lines."""

@@ -108,7 +108,7 @@ def load_serve_config(path: str | Path) -> ServeConfig:
     )
 
 
-def _pretrained(raw, file: str) -> dict:
+def _pretrained(raw: object, file: str) -> dict:
     """The `pretrained` section resolved as an adapted model's base; it is served frozen (LoRA learns)."""
     base = resolve_base(raw, "pretrained", file)
     if not base["freeze"]:

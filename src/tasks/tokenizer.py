@@ -11,11 +11,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import tokenizers  # the optional 'hf' extra
 
 HF_EXTRA = "uv sync --extra hf"
 
 
-def tokenizers_library():
+def tokenizers_library() -> ModuleType:
     try:
         import tokenizers
     except ImportError as error:
@@ -24,7 +29,7 @@ def tokenizers_library():
 
 
 @cache
-def load_tokenizer(directory: str):
+def load_tokenizer(directory: str) -> "tokenizers.Tokenizer":
     """The `tokenizers.Tokenizer` of `directory/tokenizer.json`; a ValueError names a missing or unreadable file."""
     file = Path(directory) / "tokenizer.json"
     if not file.is_file():
