@@ -20,9 +20,11 @@ reported: AdamW allocates its moments during the first.
 import os
 import re
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
+from torch._ops import OpOverload
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -69,7 +71,7 @@ def distinct_loss_chunks(tokens: int, chunk_tokens: int) -> list[int]:
 class _LiveStorage(TorchDispatchMode):
     """Bytes of the storages created inside the mode that are still alive, and their maximum."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.live = self.peak = 0
         self._seen = WeakIdKeyDictionary()
@@ -87,7 +89,9 @@ class _LiveStorage(TorchDispatchMode):
     def _free(self, size: int) -> None:
         self.live -= size
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_dispatch__(
+        self, func: OpOverload, types: Sequence[type], args: tuple = (), kwargs: dict | None = None
+    ) -> object:
         out = func(*args, **(kwargs or {}))
         for value in tree_flatten(out)[0]:
             if isinstance(value, torch.Tensor):

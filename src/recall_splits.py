@@ -17,6 +17,7 @@ import torch
 
 from src.config import ExperimentConfig
 from src.runs import CHECKPOINT, load_trained_model, select_device
+from src.tasks.associative_recall import AssociativeRecall
 from src.training import evaluation_batches, evaluation_tasks, precision, setting_model
 
 SPLITS = "accuracy_splits"  # row key; a setting's splits under f"{SPLITS}@{label}"
@@ -26,18 +27,19 @@ SPLITS = "accuracy_splits"  # row key; a setting's splits under f"{SPLITS}@{labe
 def recall_splits(experiment: ExperimentConfig) -> dict:
     """`{SPLITS: splits, SPLITS@<setting>: ...}` of the model in the experiment's run; {} when the task has none."""
     tasks = evaluation_tasks(experiment)
-    if not all(hasattr(setting.task, "accuracy_splits") for setting in tasks):
+    recall_tasks = [setting.task for setting in tasks if isinstance(setting.task, AssociativeRecall)]
+    if len(recall_tasks) < len(tasks):
         return {}
     device = select_device(experiment.train.device, f"{experiment.file}: train.device")
     model = load_trained_model(Path(experiment.train.out_dir) / CHECKPOINT, device, experiment.model).model
     result = {}
-    for setting in tasks:
+    for setting, task in zip(tasks, recall_tasks):
         reader, batches = setting_model(model, setting), []
-        for inputs, targets in evaluation_batches(setting.task, experiment):
+        for inputs, targets in evaluation_batches(task, experiment):
             with precision(experiment.train, device):
                 predictions = reader(inputs.to(device)).argmax(-1).cpu()
             batches.append((inputs, predictions, targets))
-        result[f"{SPLITS}{setting.suffix}"] = setting.task.accuracy_splits(*(torch.cat(part) for part in zip(*batches)))
+        result[f"{SPLITS}{setting.suffix}"] = task.accuracy_splits(*(torch.cat(part) for part in zip(*batches)))
     return result
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,7 @@ from src.runs import (
     save_checkpoint,
     select_device,
 )
-from src.tasks import IGNORE, build_task, held_out
+from src.tasks import IGNORE, Task, build_task, held_out
 from src.tasks.text_corpus import TextCorpus
 
 
@@ -150,7 +150,7 @@ def loss_and_accuracy(
     return chunked_loss_and_accuracy(hidden, model.head, targets, train.loss_chunk_tokens, loss_chunks)
 
 
-def precision(train: TrainConfig, device: torch.device):
+def precision(train: TrainConfig, device: torch.device) -> torch.autocast:
     """The autocast context of `train.precision`: bfloat16 mixed precision, or plain float32.
 
     Parameters, gradients and optimizer state stay float32; under bfloat16 the matrix products of
@@ -175,7 +175,9 @@ class TrainingObjective(nn.Module):
         self.train_config = train
         self.loss_chunks = loss_chunks
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor | None = None):
+    def forward(
+        self, inputs: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         if targets is None:
             return self.model(inputs)
         loss, accuracy = loss_and_accuracy(self.model, inputs, targets, self.train_config, self.loss_chunks)
@@ -184,17 +186,17 @@ class TrainingObjective(nn.Module):
 
 def training_step(
     objective: nn.Module,
-    optimizer,
+    optimizer: torch.optim.Optimizer,
     inputs: torch.Tensor,
     targets: torch.Tensor,
     train: TrainConfig,
     weight: float = 1.0,
-):
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """One optimisation step of `objective` (a `TrainingObjective`, possibly wrapped by DDP or FSDP).
 
     The loss is scaled by `weight` (this process's share of the batch's scored positions) and the
     mixers' auxiliary losses are added; then clipped AdamW. Returns the loss, the accuracy, the
-    auxiliary losses and the objective, none synchronised.
+    auxiliary losses and the total that was minimised, none synchronised.
     """
     with precision(train, inputs.device):
         loss, accuracy, aux_losses = objective(inputs, targets)
@@ -212,7 +214,7 @@ def setting_label(override: dict) -> str:
 
 
 @torch.no_grad()
-def evaluation_batches(task, experiment: ExperimentConfig) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def evaluation_batches(task: Task, experiment: ExperimentConfig) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The held-out (inputs, targets) batches the evaluation scores: `eval.num_examples` examples of `task`,
     `eval.batch_size` at a time, each batch seeded by `eval.seed` and its first example's index."""
     for done in range(0, experiment.eval.num_examples, experiment.eval.batch_size):
@@ -220,7 +222,7 @@ def evaluation_batches(task, experiment: ExperimentConfig) -> Iterator[tuple[tor
         yield task.sample(size, seed=experiment.eval.seed * 1_000_003 + done)
 
 
-def _evaluate_task(model: nn.Module, task, experiment: ExperimentConfig) -> dict:
+def _evaluate_task(model: nn.Module, task: Task, experiment: ExperimentConfig) -> dict:
     device = next(model.parameters()).device
     total_loss = total_correct = total_scored = 0.0
     for inputs, targets in evaluation_batches(task, experiment):
@@ -244,7 +246,7 @@ class EvaluationSetting:
     the trained model as it is; else a section of `eval.settings` model overrides, the same weights)."""
 
     suffix: str
-    task: Any  # a task of src.tasks
+    task: Task
     model_section: dict | None = None
 
 
@@ -421,7 +423,9 @@ def _progress_line(result: dict, steps: int) -> str:
     )
 
 
-def train(experiment: ExperimentConfig, log=print, resume: bool = False, overwrite: bool = False) -> dict:
+def train(
+    experiment: ExperimentConfig, log: Callable[[str], object] = print, resume: bool = False, overwrite: bool = False
+) -> dict:
     """Train the configured model on the configured task; return the final evaluation.
 
     Nothing is written before the run is known to start: a `train.out_dir` that already holds a
@@ -498,7 +502,7 @@ class StepResult:
     tokens: int  # of the global batch
 
 
-def train_step(training: Training, task, step: int, train: TrainConfig, processes: Processes) -> StepResult:
+def train_step(training: Training, task: Task, step: int, train: TrainConfig, processes: Processes) -> StepResult:
     """Step `step`: its learning rate, the (seed, step) batch, this process's rows, a clipped AdamW update."""
     set_learning_rates(training.optimizer, learning_rate(step, train))
     inputs, targets = task.sample(train.batch_size, seed=train.seed * 1_000_003 + step)
@@ -511,7 +515,7 @@ def train_step(training: Training, task, step: int, train: TrainConfig, processe
     return StepResult(loss, accuracy, aux_losses, objective.detach(), weight, tokens)
 
 
-def _train(experiment: ExperimentConfig, processes: Processes, log, resume: bool) -> dict:
+def _train(experiment: ExperimentConfig, processes: Processes, log: Callable[[str], object], resume: bool) -> dict:
     cfg = experiment.train
     out_dir = Path(cfg.out_dir)
     checkpoint_path = out_dir / CHECKPOINT

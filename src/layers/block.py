@@ -4,6 +4,8 @@ Pre-norm residual pairs (Vaswani et al. 2017, arXiv:1706.03762, Sec. 3.1, with t
 of GPT-2 and Mamba): x <- x + mixer(norm(x)), then x <- x + mlp(norm(x)) when the block has an MLP.
 """
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -27,7 +29,7 @@ class Block(nn.Module):
             x = x + self.mlp(self.mlp_norm(x))
         return x
 
-    def step(self, x: torch.Tensor, state):
+    def step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, object]:
         """x: (batch, T, d_model) next tokens; state: the mixer's state or None -> (x, new state)."""
         y, state = self.mixer.step(self.mixer_norm(x), state)
         x = x + y

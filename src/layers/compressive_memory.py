@@ -26,6 +26,7 @@ the first segment retrieves exactly zero, because eps only guards the 0 / 0.
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -144,7 +145,9 @@ def memory_update_delta(
     return M + sigma_k.transpose(-2, -1) @ (v - retrieved), z + sigma_k.sum(dim=-2)
 
 
-def _update(update: str, M, z, sigma_k, v, eps):
+def _update(
+    update: str, M: torch.Tensor, z: torch.Tensor, sigma_k: torch.Tensor, v: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     if update == "linear":
         return memory_update_linear(M, z, sigma_k, v)
     if update == "delta":
@@ -152,7 +155,9 @@ def _update(update: str, M, z, sigma_k, v, eps):
     raise ValueError(f"update must be 'linear' or 'delta', got {update!r}")
 
 
-def _initial_memory(M0, z0, like_k: torch.Tensor, like_v: torch.Tensor):
+def _initial_memory(
+    M0: torch.Tensor | None, z0: torch.Tensor | None, like_k: torch.Tensor, like_v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """M_0, z_0 when given, else zeros shaped (..., d_k, d_v) and (..., d_k)."""
     if M0 is None:
         M0 = like_k.new_zeros(*like_k.shape[:-2], like_k.shape[-1], like_v.shape[-1])
@@ -161,7 +166,9 @@ def _initial_memory(M0, z0, like_k: torch.Tensor, like_v: torch.Tensor):
     return M0, z0
 
 
-def _sequence_and_initial_memory(sigma_q, sigma_k, v, M0, z0):
+def _sequence_and_initial_memory(
+    sigma_q: torch.Tensor, sigma_k: torch.Tensor, v: torch.Tensor, M0: torch.Tensor | None, z0: torch.Tensor | None
+) -> tuple[int, torch.Tensor, torch.Tensor]:
     """Check a sequence's σ(Q), σ(K), V and (M_0, z_0); return its length n and the starting memory."""
     sizes = check_shapes(
         sigma_q=(sigma_q, "... n d_k"), sigma_k=(sigma_k, "... n d_k"), v=(v, "... n d_v"),
@@ -504,19 +511,23 @@ class _SegmentMemoryLayer(HeadProjections, ABC):
         super().__init__(d_model, n_heads, bias)  # Q, K, V of Eq. (1), split into heads
         self.segment_size, self.update, self.eps = segment_size, update, eps
 
-    def _write(self, M, z, segment_k, segment_v):
+    def _write(
+        self, M: torch.Tensor, z: torch.Tensor, segment_k: torch.Tensor, segment_v: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         """Write a complete segment (raw keys, values) into (M, z): Eq. (4) or (5)."""
         return _update(self.update, M, z, elu_plus_one(segment_k), segment_v, self.eps)
 
     @abstractmethod
-    def _read(self, q, segment_k, segment_v, M, z) -> torch.Tensor:
+    def _read(
+        self, q: torch.Tensor, segment_k: torch.Tensor, segment_v: torch.Tensor, M: torch.Tensor, z: torch.Tensor
+    ) -> torch.Tensor:
         """The output of the queries q (b, H, n, d) given the segment so far and the memory (M, z)."""
 
     def _project(self, x: torch.Tensor, tail: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Q, K, V heads of the tokens x and the tail to carry (`tail`: earlier inputs, for a convolution)."""
         return *self._heads(x), tail
 
-    def _step(self, x: torch.Tensor, state: CompressiveMemoryState | None):
+    def _step(self, x: torch.Tensor, state: CompressiveMemoryState | None) -> tuple[torch.Tensor, object]:
         q, k, v, tail = self._project(x, x[:, :0] if state is None else state.tail)
         if state is None:
             M, z = _initial_memory(None, None, k, v)
@@ -661,24 +672,34 @@ class TensorMemory(_SegmentMemoryLayer):
         """σ(x) = ELU(x) + 1, then L2-normalised under normalize_qkv (after the feature map, as in DeltaNet)."""
         return l2_normalize(elu_plus_one(x)) if self.normalize_qkv else elu_plus_one(x)
 
-    def _per_head_group(self, compute, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _per_head_group(
+        self, compute: Callable[..., tuple[torch.Tensor, ...]], *tensors: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         """compute(spec, *tensors of its heads) for each group of heads, reassembled in head order (dim 1)."""
         if len(self._groups) == 1:
             return compute(self._groups[0][0], *tensors)
         results = [compute(spec, *(t[:, indices] for t in tensors)) for spec, indices in self._groups]
         return tuple(torch.cat(parts, dim=1)[:, self._inverse] for parts in zip(*results))
 
-    def _read(self, q, segment_k, segment_v, M, z) -> torch.Tensor:
+    def _read(
+        self, q: torch.Tensor, segment_k: torch.Tensor, segment_v: torch.Tensor, M: torch.Tensor, z: torch.Tensor
+    ) -> torch.Tensor:
         return memory_retrieve(self._feature(q), M, z, self.eps)
 
-    def _write(self, M, z, segment_k, segment_v):
-        def write(spec: HeadMemory, M, z, k, v):
+    def _write(
+        self, M: torch.Tensor, z: torch.Tensor, segment_k: torch.Tensor, segment_v: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        def write(
+            spec: HeadMemory, M: torch.Tensor, z: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
             M_next, z_next = _update(spec.update, M, z, self._feature(k), v, self.eps)
             return spec.clip(M, M_next), z_next
 
         return self._per_head_group(write, M, z, segment_k, segment_v)
 
-    def _step(self, x: torch.Tensor, state: CompressiveMemoryState | None):  # a TensorMemoryState (Mixer.step)
+    def _step(  # state: a TensorMemoryState (Mixer.step)
+        self, x: torch.Tensor, state: CompressiveMemoryState | None
+    ) -> tuple[torch.Tensor, object]:
         if self.segment_size != 1 or any(spec.clipped for spec, _ in self._groups):
             return super()._step(x, state)
         q, k, v, tail = self._project(x, x[:, :0] if state is None else state.tail)
@@ -688,7 +709,9 @@ class TensorMemory(_SegmentMemoryLayer):
         if use_fla and not x.is_cuda:
             raise ValueError("TensorMemory backend 'fla' needs CUDA tensors (fla's kernels run on the GPU)")
 
-        def chunked(spec: HeadMemory, q, k, v, M0, z0):
+        def chunked(
+            spec: HeadMemory, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, M0: torch.Tensor, z0: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             if use_fla:
                 shifted, kernel = SHIFTED[spec.update]
                 return shifted(self._feature(q), self._feature(k), v, M0, z0, self.eps, kernel)
@@ -723,7 +746,9 @@ class InfiniAttention(_SegmentMemoryLayer):
         super().__init__(d_model, n_heads, segment_size, update, eps)
         self.beta = nn.Parameter(torch.zeros(n_heads))
 
-    def _read(self, q, segment_k, segment_v, M, z) -> torch.Tensor:
+    def _read(
+        self, q: torch.Tensor, segment_k: torch.Tensor, segment_v: torch.Tensor, M: torch.Tensor, z: torch.Tensor
+    ) -> torch.Tensor:
         position = segment_k.shape[-2] - q.shape[-2]  # the queries' first position within the segment
         A_dot = fused_attention(rotary_embedding(q, position), rotary_embedding(segment_k), segment_v, causal=True)
         A_mem = memory_retrieve(elu_plus_one(q), M, z, self.eps)

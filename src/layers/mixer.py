@@ -77,10 +77,10 @@ class Mixer(nn.Module, ABC):
         self.lr_scale: dict[str, float] = {}
 
     @abstractmethod
-    def _step(self, x: torch.Tensor, state) -> tuple[torch.Tensor, object]:
+    def _step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, object]:  # state: the mixer's `State`
         """The next T tokens x (batch, T, d_model) after `state` (None at the start) -> (y, new state)."""
 
-    def step(self, x: torch.Tensor, state=None) -> tuple[torch.Tensor, object]:
+    def step(self, x: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, object]:
         """Continue the sequence: x (batch, T >= 1, d_model), state of type `State` or None -> (y, state)."""
         self._check_input(x)
         if state is not None and type(state) is not self.State:

@@ -216,7 +216,9 @@ def data_dependent_gates(
     return torch.sigmoid(a), eta, theta_max * (1 - eta) * torch.sigmoid(h)
 
 
-def _check_sequence(q, k, v, alpha, eta, theta) -> dict:
+def _check_sequence(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: torch.Tensor, eta: torch.Tensor, theta: torch.Tensor
+) -> dict[str, int]:
     return check_shapes(
         q=(q, "b L d_k"),
         k=(k, "b L d_k"),
@@ -304,7 +306,7 @@ class MLPMemory:
 
     @staticmethod
     def gradients(params: dict, k: torch.Tensor, v: torch.Tensor) -> dict:
-        def loss(p, k_t, v_t):
+        def loss(p: dict, k_t: torch.Tensor, v_t: torch.Tensor) -> torch.Tensor:
             return associative_loss(MLPMemory.apply(p, k_t), v_t)
 
         per_token = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))
@@ -337,7 +339,16 @@ def _within_chunk(a: torch.Tensor, x0: torch.Tensor, inputs: torch.Tensor) -> to
     return torch.einsum("bij,bj...->bi...", _decay_weights(a), sources)
 
 
-def _linear_chunk(q, k, v, alpha, eta, theta, M0, S0):
+def _linear_chunk(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    alpha: torch.Tensor,
+    eta: torch.Tensor,
+    theta: torch.Tensor,
+    M0: torch.Tensor,
+    S0: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One chunk of the linear memory without per-token weights (matrix products, Sec. 3.2).
 
     With errors E_r = k_r M_0 - v_r at the chunk's start, every update is rank one,
@@ -466,7 +477,7 @@ class NeuralMemoryOptions:
         """
         return self.theta_max / self.chunk_size
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.kind not in MEMORIES:
             raise ValueError(f"kind must be one of {sorted(MEMORIES)}, got {self.kind!r}")
         if self.kind == "linear" and self.depth not in (None, 1):
@@ -536,7 +547,7 @@ class NeuralMemory(Mixer):
                 }
             )
 
-    def _inputs(self, x: torch.Tensor, tail: torch.Tensor):
+    def _inputs(self, x: torch.Tensor, tail: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """q, k, v and the gates of the tokens x, the convolution reading the `tail` of earlier inputs."""
         window = torch.cat((tail, x), dim=1)
         k, v, q = memory_projections(window, self.W_K.weight, self.W_V.weight, self.W_Q.weight, self.conv)

@@ -7,6 +7,8 @@ Zettlemoyer 2023, arXiv:2305.14314). `quantize_blockwise_4bit` is the symmetric 
 (integers -7..7 times the block's absmax / 7); `quantize_nf4` is QLoRA's NormalFloat code.
 """
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -288,13 +290,13 @@ class _DequantizedProduct(torch.autograd.Function):
     between them (the frozen W gets no gradient; bitsandbytes' 4-bit layers do the same)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, layer: "QuantizedLinear") -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, layer: "QuantizedLinear") -> torch.Tensor:
         ctx.layer = layer
         return F.linear(x, layer.weight.to(x.dtype))
 
     @staticmethod
     # torch declares backward(ctx, *grad_outputs); a Function's backward takes one per output, as documented
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # ty: ignore[incompatible-method-override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # ty: ignore[incompatible-method-override]
         return grad @ ctx.layer.weight.to(grad.dtype), None
 
 

@@ -28,16 +28,18 @@ anything is written.
 import hmac
 import json
 import os
+from collections.abc import AsyncGenerator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from src.checkpoints import CheckpointError
 from src.memory_system.database import DatabaseUnavailable
-from src.memory_system.manager import MemoryInputError, UnknownMemory, UnknownSession
+from src.memory_system.manager import MemoryInputError, Recalled, UnknownMemory, UnknownSession
 from src.serve import schemas
 from src.serve.bodies import body_problem
 from src.serve.chat import ChatService, GenerationRequest, ServiceUnavailable
@@ -49,7 +51,7 @@ OPEN_PATHS = ("/", "/health")  # the chat page and liveness: no bearer token (th
 PAGE = Path(__file__).with_name("page") / "index.html"
 
 
-def _memories(recalled) -> list[schemas.Memory]:
+def _memories(recalled: Iterable[Recalled]) -> list[schemas.Memory]:
     return [schemas.Memory(**vars(memory)) for memory in recalled]
 
 
@@ -58,7 +60,7 @@ def _generation(request: schemas.ChatRequest) -> GenerationRequest:
     return GenerationRequest(**fields)
 
 
-async def _send_json(send, status: int, detail: str, headers: tuple = ()) -> None:
+async def _send_json(send: Send, status: int, detail: str, headers: tuple = ()) -> None:
     body = json.dumps({"detail": detail}).encode()
     start_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": start_headers})
@@ -73,11 +75,11 @@ class Guard:
     can write anything.
     """
 
-    def __init__(self, app, max_bytes: int, token: str | None):
+    def __init__(self, app: ASGIApp, max_bytes: int, token: str | None):
         self.app, self.max_bytes = app, max_bytes
         self.expected = f"Bearer {token}".encode() if token else None
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         if self.expected is not None and scope["path"] not in OPEN_PATHS:
@@ -101,7 +103,7 @@ class Guard:
             return await _send_json(send, 422, problem)
         delivered = False
 
-        async def replay():
+        async def replay() -> Message:
             nonlocal delivered
             if delivered:
                 return await receive()
@@ -121,42 +123,42 @@ def create_app(service: ChatService) -> Guard:
     """The ASGI application of the service (FastAPI behind the `Guard` middleware)."""
 
     @asynccontextmanager
-    async def lifespan(_):
+    async def lifespan(_: FastAPI) -> AsyncGenerator[None]:
         yield
         service.close()  # at shutdown (SIGINT, SIGTERM): the database is closed cleanly
 
     app = FastAPI(title="memory-models chat", description=__doc__.splitlines()[0], lifespan=lifespan)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, error: RequestValidationError):
+    async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:
         # The reasons without the offending input (which may be a megabyte of it).
         reasons = [_reason(e) for e in error.errors()]
         return JSONResponse({"detail": reasons}, status_code=422)
 
     @app.exception_handler(MemoryInputError)
-    async def bad_input(_: Request, error: MemoryInputError):
+    async def bad_input(_: Request, error: MemoryInputError) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=422)
 
     @app.exception_handler(UnknownSession)
     @app.exception_handler(UnknownMemory)
-    async def unknown(_: Request, error: LookupError):
+    async def unknown(_: Request, error: LookupError) -> JSONResponse:
         return JSONResponse({"detail": str(error.args[0])}, status_code=404)
 
     @app.exception_handler(CheckpointError)
-    async def no_adapter(_: Request, error: CheckpointError):
+    async def no_adapter(_: Request, error: CheckpointError) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=409)
 
     @app.exception_handler(ServiceUnavailable)
     @app.exception_handler(DatabaseUnavailable)
-    async def unavailable(_: Request, error: Exception):
+    async def unavailable(_: Request, error: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=503)
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
         return PAGE.read_text()
 
-    @app.get("/health")
-    def health():
+    @app.get("/health", response_model=None)  # a dict, or the 503 response
+    def health() -> dict | JSONResponse:
         if reason := service.unavailable():
             return JSONResponse({"status": "unavailable", "detail": reason}, status_code=503)
         return service.health()
@@ -176,7 +178,7 @@ def create_app(service: ChatService) -> Guard:
     def chat_stream(request: schemas.ChatRequest) -> StreamingResponse:
         events = service.stream(request.session, request.text, _generation(request))
 
-        def server_sent_events():
+        def server_sent_events() -> Iterator[str]:
             try:
                 for event in events:
                     kind = event.pop("event")

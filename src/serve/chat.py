@@ -26,10 +26,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from src.generation import PromptTooLong, beam_search, check_sampling, fit_prompt, generate_stream, prompt_limit
 from src.language_model import LanguageModel
+from src.memory_system.database import CarriedState
 from src.memory_system.embedding import embed_texts
 from src.memory_system.manager import MemoryInputError, MemoryManager, Recalled
 from src.runs import build_model, load_trained_model, select_device
@@ -107,7 +109,7 @@ class ChatService:
         self.sessions = SessionStates(model, self.memory, config.chat.session_state, config.file)
         self._started = time.monotonic()
 
-    def _embed(self, texts: list[str]):
+    def _embed(self, texts: list[str]) -> np.ndarray:
         with self._embed_lock:
             return embed_texts(self._embedder, texts)
 
@@ -189,7 +191,16 @@ class ChatService:
         ids, recalled = self.prompt(session, text, max_new_tokens, request.truncate, replay=start.state is None)
         return self._events(session, text, ids, recalled, start, max_new_tokens, request)
 
-    def _events(self, session, text, ids, recalled, start, max_new_tokens, request) -> Iterator[dict]:
+    def _events(
+        self,
+        session: str,
+        text: str,
+        ids: list[int],
+        recalled: list[Recalled],
+        start: SessionStart,
+        max_new_tokens: int,
+        request: GenerationRequest,
+    ) -> Iterator[dict]:
         decode = self.tokenizer.stream_decoder()
         tokens = []
         prompt = torch.tensor([ids], device=self._device)
@@ -243,7 +254,7 @@ class ChatService:
         tokens = self._stream_tokens(prompt, max_new_tokens, GenerationRequest(), SessionStart(None, 0))
         return self._reply_text(list(self._locked(tokens)))
 
-    def _carried(self, session: str, start: SessionStart, prompt: list[int], tokens: list[int]):
+    def _carried(self, session: str, start: SessionStart, prompt: list[int], tokens: list[int]) -> CarriedState | None:
         """The session's state to store with the exchange (None under replay), read under the model's lock."""
         if not self.sessions.carry:
             return None

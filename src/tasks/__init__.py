@@ -10,7 +10,7 @@ validated by `src.config.resolve_task_section`.
 import typing
 
 from src.tasks.associative_recall import AssociativeRecall
-from src.tasks.common import IGNORE
+from src.tasks.common import IGNORE, Task
 from src.tasks.fact_recall import FactRecall
 from src.tasks.induction_heads import InductionHeads
 from src.tasks.passkey import Passkey
@@ -18,7 +18,7 @@ from src.tasks.selective_copying import SelectiveCopying
 from src.tasks.text_corpus import TextCorpus
 from src.validation import instantiate
 
-TASKS: dict[str, type] = {
+TASKS: dict[str, type[Task]] = {
     "associative_recall": AssociativeRecall,
     "selective_copying": SelectiveCopying,
     "induction_heads": InductionHeads,
@@ -27,10 +27,10 @@ TASKS: dict[str, type] = {
     "fact_recall": FactRecall,
 }
 
-__all__ = ["IGNORE", "TASKS", "build_task", "held_out"]
+__all__ = ["IGNORE", "TASKS", "Task", "build_task", "held_out"]
 
 
-def build_task(spec: dict):
+def build_task(spec: dict) -> Task:
     """Instantiate the task a resolved `task` section (from `src.config`) describes (nested mappings
     typed as dataclasses, e.g. the text task's `dataset`, become those dataclasses)."""
     task = TASKS[spec["type"]]
@@ -38,6 +38,6 @@ def build_task(spec: dict):
     return task(**{key: instantiate(value, hints[key]) for key, value in spec.items() if key != "type"})
 
 
-def held_out(task):
-    """The task to evaluate on: its held-out split when it has one, else the task itself."""
-    return task.held_out() if hasattr(task, "held_out") else task
+def held_out(task: Task) -> Task:
+    """The task to evaluate on: its held-out split when it has one (the text task), else the task itself."""
+    return task.held_out() if isinstance(task, TextCorpus) else task
