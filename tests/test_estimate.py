@@ -99,22 +99,22 @@ def test_a_mamba_step_of_65536_tokens_is_estimated_affine_in_the_length():
     assert peaks[2] - peaks[1] == 2 * (peaks[1] - peaks[0]) > 0
 
 
-@pytest.mark.parametrize(("chunk", "precision"), [(24, "bfloat16"), (100, "bfloat16"), (256, "float32")])
+@pytest.mark.parametrize(("chunk", "precision"), [(40, "bfloat16"), (128, "float32")])
 def test_three_loss_chunks_give_the_peak_of_every_chunk(chunk, precision):
     """A chunked loss priced by three chunks (`distinct_loss_chunks`) has the step's peak of all of them, to the
-    byte. 4 x 256 tokens of a transformer with an 8,192-token vocabulary: 42 chunks and a tail of 16 tokens,
-    10 and a tail of 24, 4 and no tail. The peak lies inside the loss (measured: a chunk's forward in the
-    first case, a chunk's backward in the others), so a chunk more of logits would move it."""
+    byte. 4 x 128 tokens of a transformer with an 8,192-token vocabulary: 12 chunks and a tail of 32 tokens,
+    4 chunks and no tail. The peak lies inside the loss (measured: a chunk's forward in the first case, a
+    chunk's backward in the second), so a chunk more of logits would move it."""
     experiment = load_experiment(ROOT / "configs" / "transformer_mqar.yaml")
     experiment = replace(
         experiment,
         model={**experiment.model, "vocab_size": 8192},
         train=replace(experiment.train, loss_chunk_tokens=chunk, precision=precision, checkpoint_blocks=True),
     )
-    estimate = estimate_training_memory(experiment, 4, 256)
-    assert estimate == estimate_training_memory(experiment, 4, 256, loss_chunks=every_loss_chunk)
+    estimate = estimate_training_memory(experiment, 4, 128)
+    assert estimate == estimate_training_memory(experiment, 4, 128, loss_chunks=every_loss_chunk)
     wider = replace(experiment, train=replace(experiment.train, loss_chunk_tokens=chunk + 8))
-    assert estimate_training_memory(wider, 4, 256).peak_bytes > estimate.peak_bytes
+    assert estimate_training_memory(wider, 4, 128).peak_bytes > estimate.peak_bytes
 
 
 def test_persistent_parts_are_exact_for_float32_adamw():
