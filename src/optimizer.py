@@ -26,6 +26,8 @@ Parameters are grouped by name (`named_parameters`, which lists a tied embedding
 `LanguageModel.parameter_groups` (what the training loop calls) returns these groups.
 """
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -71,7 +73,8 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
             decayed = parameter.dim() >= 2 and name not in exempt
-            groups.setdefault((decayed, scales.get(name, 1.0)), []).append(parameter)
+            scale = cast(float, scales.get(name, 1.0))  # Mixer.lr_scale's values are floats
+            groups.setdefault((decayed, scale), []).append(parameter)
     return [
         {"params": params, "weight_decay": weight_decay if decayed else 0.0, "lr_scale": scale}
         for (decayed, scale), params in groups.items()
