@@ -62,6 +62,7 @@ MEANINGS: dict[str, str] = {
     "product_key_memory.key_dim": "d_q, the query's width (even: two halves of d_q / 2)",
     "product_key_memory.value_dim": "the values' width, widened to d_model by a linear map (null: d_model, no map)",
     "product_key_memory.value_lr_scale": "the value table's learning rate as a multiple of train.lr (Berges et al.)",
+    "product_key_memory.query_batchnorm": "batch-normalise the query (Sec. 3.2); in training, batch statistics",
     "memory_bank.quantize": "read the bank through int8 (8) or 4-bit (4) codes at evaluation and inference",
     **{f"{mixer}.{key}": meaning for mixer in ("selective_ssm", "lti_ssm") for key, meaning in _SSM.items()},
     "selective_ssm.dt_rank": "the rank of Δ's projection (null: ceil(d_model / 16), the official `auto`)",

@@ -1,5 +1,6 @@
 """A product-key memory adapter on a tiny random Llama: the base's logits at initialisation, its parameters
-counted as built, its values in an AdamW group of their own learning rate, and its config errors named."""
+counted as built, its values in an AdamW group of their own learning rate, and its config errors named; the
+optional query batch normalisation reads each token alone in eval mode."""
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ import torch
 from src.adapted.config import count_adapted_parameters
 from src.adapted.model import AdaptedModel
 from src.config import resolve_model_section
+from src.layers.product_keys import ProductKeyMemory
 from src.optimizer import set_learning_rates
 from src.validation import ConfigError
 
@@ -66,3 +68,14 @@ def test_a_bank_and_product_keys_at_one_place_are_refused(tiny_bases):
     bank = {"type": "memory", "layers": [1], "variant": "B", "n_heads": 2, "n_memory": 8}
     with pytest.raises(ConfigError, match="two memory adapters at layer 1, variant B"):
         section(tiny_bases["llama"], [bank, PRODUCT_KEYS])
+
+
+def test_query_batchnorm_reads_each_token_alone_in_eval_mode():
+    memory = ProductKeyMemory(16, n_keys=8, top_k=3, heads=2, key_dim=8, value_dim=4, query_batchnorm=True).double()
+    x = torch.randn(3, 6, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    memory.train()
+    memory(x)  # one training batch moves the running statistics the eval reads use
+    assert not torch.equal(memory.query_norm.running_mean, torch.zeros(16, dtype=torch.float64))
+    memory.eval()
+    whole = memory(x)
+    torch.testing.assert_close(memory(x[1:2, :4]), whole[1:2, :4], rtol=0, atol=1e-12)  # no other row, no later token

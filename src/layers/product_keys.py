@@ -197,8 +197,12 @@ class ProductKeyMemory(Mixer):
     widens the read to d_model (so a table of thousands of slots stays small); without it the
     values are d_model wide. `value_lr_scale` multiplies the learning rate of the value table
     (`lr_scale`, read by `src.optimizer.parameter_groups`): Berges et al. train the values faster.
-    The paper's query network adds batch normalisation; here the query is linear, so a token's read
-    depends on that token alone (causal and batch-independent, as every mixer).
+    `query_batchnorm` adds the batch normalisation of the paper's query network (Sec. 3.2, "Query
+    network", which it finds to spread the queries over the keys and raise the share of keys used);
+    in training mode a token's query then depends on the statistics of the batch's tokens (all
+    positions, as the paper's layer), in eval mode on the running statistics only, so evaluation
+    and stepping stay causal and batch-independent. Without it the query is linear and a token's
+    read depends on that token alone in both modes.
     """
 
     State = ProductKeyMemoryState
@@ -212,6 +216,7 @@ class ProductKeyMemory(Mixer):
         key_dim: PositiveInt = 32,
         value_dim: PositiveInt | None = None,
         value_lr_scale: PositiveFloat = 1.0,
+        query_batchnorm: bool = False,
     ):
         super().__init__(d_model)
         if key_dim % 2:
@@ -221,6 +226,7 @@ class ProductKeyMemory(Mixer):
         self.n_keys, self.top_k, self.heads, self.key_dim = n_keys, top_k, heads, key_dim
         value_dim = d_model if value_dim is None else value_dim
         self.W_q = nn.Linear(d_model, heads * key_dim, bias=False)
+        self.query_norm = nn.BatchNorm1d(heads * key_dim) if query_batchnorm else None
         # sub-keys C and C' of each head, unit-norm in expectation (the paper's uniform keys have a fixed scale)
         self.sub_keys = nn.Parameter(torch.randn(heads, 2, n_keys, key_dim // 2) / (key_dim // 2) ** 0.5)
         self.values = nn.Parameter(torch.randn(n_keys * n_keys, value_dim) / value_dim**0.5)  # the paper's code's init
@@ -230,7 +236,10 @@ class ProductKeyMemory(Mixer):
 
     def _step(self, x: torch.Tensor, state: ProductKeyMemoryState | None) -> tuple[torch.Tensor, ProductKeyMemoryState]:
         position = (0 if state is None else state.position) + x.shape[1]
-        q = self.W_q(x).unflatten(-1, (self.heads, self.key_dim))  # (b, T, h, d_q)
+        q = self.W_q(x)
+        if self.query_norm is not None:
+            q = self.query_norm(q.flatten(0, 1)).view_as(q)
+        q = q.unflatten(-1, (self.heads, self.key_dim))  # (b, T, h, d_q)
         halves = sub_key_top_k(q, self.sub_keys[:, 0], self.sub_keys[:, 1], self.top_k)
         scores, indices = top_k_keys(*product_key_candidates(*halves, self.n_keys), self.top_k)
         read = weighted_value_sum(key_weights(scores).flatten(-2), indices.flatten(-2), self.values)
