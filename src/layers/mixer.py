@@ -114,13 +114,14 @@ class Mixer(nn.Module, ABC):
     def _check_state_shapes(self, state: Any, x: torch.Tensor) -> None:
         """Refuse a state whose tensors do not fit x's batch or this mixer's sizes (see the module docstring).
 
-        The sizes are those of the states this mixer returns for an empty batch after one and after
-        two tokens (computed once): a size that differs between the two grows with the sequence (a KV
-        cache, a segment in progress) and may be anything; every other size must match.
+        The sizes are those of the states this mixer returns for one sequence after one and after two
+        tokens (computed once; one sequence, not an empty batch, whose FFT cuFFT refuses in S4D's Eq. 3b):
+        a size that differs between the two grows with the sequence (a KV cache, a segment in progress)
+        and may be anything; every other size must match.
         """
         if not hasattr(self, "_state_sizes"):
             with torch.no_grad():
-                after = [dict(state_tensors(self._step(x.new_zeros(0, n, self.d_model), None)[1])) for n in (1, 2)]
+                after = [dict(state_tensors(self._step(x.new_zeros(1, n, self.d_model), None)[1])) for n in (1, 2)]
             self._state_sizes = {
                 path: tuple(a if a == b else None for a, b in zip(one.shape, after[1][path].shape))
                 for path, one in after[0].items()

@@ -57,5 +57,7 @@ def test_a_history_without_the_earlier_inputs_is_refused():
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_on_a_gpu_at_the_size_of_mambagpt_130m(dtype):
-    tolerance = {torch.float32: 1e-5, torch.bfloat16: 2**-7}[dtype]
+    # dweight and dbias sum batch x length = 4,096 float32 products (sums of magnitude ~60): on an H200 they
+    # differed from float64 by up to 2.7e-5, within float32's rounding of such a sum, above a flat 1e-5.
+    tolerance = {torch.float32: 1e-4, torch.bfloat16: 2**-7}[dtype]
     check(2, 1536, 4, 2048, dtype, device="cuda", rtol=tolerance, atol=tolerance)
