@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 
 from src.layers._checks import check_positive, check_shapes
 from src.layers._heads import HeadProjections
@@ -111,6 +110,8 @@ def fused_attention(
         return F.scaled_dot_product_attention(q, k, v)
     if L_q == L_k:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    from torch.nn.attention.bias import causal_lower_right  # imports torch._dynamo: seconds, paid only here
+
     return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(L_q, L_k))
 
 

@@ -50,13 +50,16 @@ class IncrementalLearner:
         self.adapters = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
         self.training = interaction_training(config)
         self.objective = TrainingObjective(model, self.training)
-        self.optimizer = self._optimizer()
+        self.optimizer: torch.optim.Optimizer | None = None  # made at the first step (see `_optimizer`)
         self.steps, self.recent_losses, self.last_save = 0, deque(maxlen=RECENT_LOSSES), None
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        optimizer = torch.optim.AdamW(self.model.parameter_groups(0.0), lr=self.config.lr)
-        set_learning_rates(optimizer, self.config.lr)
-        return optimizer
+        """The adapters' AdamW, made at the first step: building an optimizer imports torch._dynamo, seconds
+        a server's start need not pay."""
+        if self.optimizer is None:
+            self.optimizer = torch.optim.AdamW(self.model.parameter_groups(0.0), lr=self.config.lr)
+            set_learning_rates(self.optimizer, self.config.lr)
+        return self.optimizer
 
     def learn(self, prompt: list[int], reply: list[int], steps: int) -> dict:
         """`steps` AdamW steps on log p(reply | prompt); returns the loss before and after, per reply token."""
@@ -66,7 +69,7 @@ class IncrementalLearner:
         self.model.train()
         losses = []
         for _ in range(steps):
-            loss, *_ = training_step(self.objective, self.optimizer, inputs, targets, self.training)
+            loss, *_ = training_step(self.objective, self._optimizer(), inputs, targets, self.training)
             losses.append(loss.item())
         self.steps += steps
         self.recent_losses.extend(losses)
@@ -97,7 +100,7 @@ class IncrementalLearner:
                 if saved["adapter"][name].shape != parameter.shape:
                     raise checkpoints.CheckpointError(f"{path}: adapter tensor {name} has another shape")
                 parameter.copy_(saved["adapter"][name])
-        self.optimizer = self._optimizer()
+        self.optimizer = None  # a fresh one at the next step
         self.steps = saved["steps"]
         return {"path": str(path), "tensors": len(self.adapters)}
 
