@@ -131,8 +131,9 @@ KILL_AFTER = 40  # acknowledged exchanges before the SIGKILL
 
 
 @pytest.mark.slow
-def test_a_sigkill_during_chats_leaves_states_that_match_the_stored_exchanges(mamba_checkpoint, mamba, tmp_path):
-    server = carry_server(tmp_path, mamba_checkpoint).start()
+def test_a_sigkill_during_chats_leaves_states_that_match_the_stored_exchanges(carrying, mamba):
+    """The module's last test: its server is killed, restarted on the same database and stopped."""
+    server = carrying
     acknowledged, lock, enough = [], threading.Lock(), threading.Event()
 
     def writer(index: int) -> None:
@@ -156,7 +157,7 @@ def test_a_sigkill_during_chats_leaves_states_that_match_the_stored_exchanges(ma
             server.kill()
             for future in futures:
                 future.result()
-        database = tmp_path / "memory.sqlite"
+        database = server.config.with_name("memory.sqlite")
         with sqlite3.connect(database) as connection:
             assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             user_turns = connection.execute("SELECT session, id FROM memories WHERE role = 'user'").fetchall()

@@ -19,13 +19,12 @@ KILL_AFTER = 150  # acknowledged writes before the SIGKILL
 @pytest.mark.slow
 def test_acknowledged_writes_survive_sigkill(checkpoint, tmp_path):
     # no token variable: open routes
-    assert_acknowledged_writes_survive_sigkill(Server(write_config(tmp_path, checkpoint)))
+    assert_acknowledged_writes_survive_sigkill(Server(write_config(tmp_path, checkpoint)).start())
 
 
 def assert_acknowledged_writes_survive_sigkill(server: Server) -> None:
-    """Writers store and chat until KILL_AFTER writes are acknowledged, the server is SIGKILLed, and every
-    acknowledged write is in its database and recalled after a restart (`server` not started yet)."""
-    server.start()
+    """Writers store and chat until KILL_AFTER writes are acknowledged, the running `server` is SIGKILLed, and
+    every acknowledged write is in its database and recalled after a restart (the server is stopped at the end)."""
     acknowledged: dict[str, list[int]] = {}
     lock = threading.Lock()
     enough = threading.Event()

@@ -2,7 +2,9 @@
 Qwen2 (NF4) directories written here with a BPE tokenizer trained on the committed corpus and their family's
 chat template. A real server (uvicorn subprocess, httpx) formats the message with the template, replies
 greedily as the model built here does, stores and recalls memories, learns an interaction with LoRA, and
-(NF4) passes the load test of `test_load.py` and the SIGKILL test of `test_crash.py`."""
+(NF4) passes the load test of `test_load.py` (its 32 concurrent clients, 10 stores each rather than 50: the
+stores' durability is `test_load`'s, here the NF4 model embeds under concurrency) and the SIGKILL test of
+`test_crash.py`."""
 
 import pytest
 import torch
@@ -17,7 +19,7 @@ from src.validation import ConfigError
 from tests.conftest import CORPUS
 from tests.test_serve.conftest import Server, write_config
 from tests.test_serve.test_crash import assert_acknowledged_writes_survive_sigkill
-from tests.test_serve.test_load import test_concurrent_stores_are_all_kept_once as assert_stores_are_all_kept_once
+from tests.test_serve.test_load import CLIENTS, assert_stores_are_all_kept_once
 
 transformers = pytest.importorskip("transformers")
 
@@ -111,14 +113,18 @@ def test_a_bad_pretrained_section_is_named(chat_bases, tmp_path, change, message
 
 @pytest.mark.slow
 def test_the_load_test_on_the_nf4_model(served):
-    """`test_load`'s 32 concurrent clients x 50 stores, every acknowledged store recalled once, on the NF4 Qwen2."""
+    """`test_load`'s 32 concurrent clients (10 stores each), each acknowledged store recalled once, on the NF4 Qwen2."""
     _, quantization, server = served
     if quantization != "nf4":
         pytest.skip("the load test runs on the NF4 model")
-    assert_stores_are_all_kept_once(server)
+    assert_stores_are_all_kept_once(server, CLIENTS, stores=10)
 
 
 @pytest.mark.slow
-def test_acknowledged_writes_survive_sigkill_on_the_nf4_model(chat_bases, tmp_path):
-    """`test_crash`'s SIGKILL during concurrent stores and chats, on a server of the NF4 Qwen2."""
-    assert_acknowledged_writes_survive_sigkill(Server(serve_config(tmp_path, chat_bases["qwen2"], "qwen2", "nf4")))
+def test_acknowledged_writes_survive_sigkill_on_the_nf4_model(served):
+    """`test_crash`'s SIGKILL during concurrent stores and chats, on the module's NF4 server: the last test of
+    that server (killed, restarted on its database, stopped)."""
+    _, quantization, server = served
+    if quantization != "nf4":
+        pytest.skip("the SIGKILL test runs on the NF4 model")
+    assert_acknowledged_writes_survive_sigkill(server)

@@ -66,9 +66,9 @@ def test_two_streams_interleave(server):
         assert [event["index"] for event in read_events(lines, 3)] == [3, 4, 5]
 
 
-@pytest.mark.slow  # a server of its own
-def test_sigterm_during_a_stream_exits_within_the_bound(checkpoint, tmp_path):
-    server = long_server(tmp_path, checkpoint)
+def test_sigterm_during_a_stream_exits_within_the_bound(server):
+    """The module's last test: it ends the module's server."""
+    logged = len(server.log.read_text())  # what the earlier tests left in the log
     try:
         with (
             server.client(timeout=30) as client,
@@ -82,8 +82,8 @@ def test_sigterm_during_a_stream_exits_within_the_bound(checkpoint, tmp_path):
                 pytest.fail(f"the server was still running {SHUTDOWN_SECONDS + EXIT_SLACK} s after SIGTERM")
         # uvicorn raises the signal again once it has shut down, so the status is the signal's
         assert server.process.returncode == -signal.SIGTERM, server.log.read_text()
-        assert "Traceback" not in server.log.read_text()
-        with sqlite3.connect(tmp_path / "memory.sqlite") as connection:
+        assert "Traceback" not in server.log.read_text()[logged:]
+        with sqlite3.connect(server.config.with_name("memory.sqlite")) as connection:
             assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         server.stop()
