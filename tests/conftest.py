@@ -8,10 +8,6 @@ from pathlib import Path
 # switch is read when triton is imported, so it is set before any test module imports it.
 if shutil.which("nvidia-smi") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")
-# One intra-op thread per process (inherited by the servers, CLIs and workers the tests start): the
-# suite's models are tiny, and on 2 cores the OpenMP pools of the test process and of a server spin
-# against each other (a 32-wide linear layer took 14 ms instead of 0.1 ms under load).
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 from hypothesis import settings

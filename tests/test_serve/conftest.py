@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 import yaml
 
 from src.config import load_experiment
@@ -35,6 +36,17 @@ TINY_TEXT_MODEL = {
     "eval": {"num_examples": 16, "batch_size": 16, "seed": 1},
 }  # fmt: skip
 STARTUP_SECONDS = 90
+
+
+@pytest.fixture(scope="package", autouse=True)
+def one_thread_per_process():
+    """One intra-op thread in the test process and in every server it starts (`Server`): on 2 cores the OpenMP
+    pools of a server and of its client spin against each other (a 32-wide linear layer took 14 ms instead
+    of 0.1 ms); elsewhere the suite keeps torch's default, which the long-sequence tests use."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def train_text_model(run: Path, blocks: list[dict] | None = None, steps: int = 40) -> Path:
@@ -117,6 +129,7 @@ class Server:
     def start(self) -> "Server":
         self.port = free_port()
         env = {key: value for key, value in os.environ.items() if key != "MEMORY_MODELS_TEST_TOKEN"}
+        env["OMP_NUM_THREADS"] = "1"  # see one_thread_per_process
         if self.token is not None:
             env["MEMORY_MODELS_TEST_TOKEN"] = self.token
         command = serve_command(self.config, self.port)
