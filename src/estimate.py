@@ -12,15 +12,22 @@ forms) still take time that grows with the length. A chunked loss (`train.loss_c
 three of its chunks (`distinct_loss_chunks`), whatever the batch and length. A dispatch mode records
 each storage when an operation creates it and forgets it when Python frees it (autograd's saved
 tensors, recomputation under checkpointing and the optimizer's state are all honoured), so the
-largest sum of live storages is the peak that `torch.cuda.max_memory_allocated` reports, up to the
-caching allocator's rounding and the workspaces of fused GPU kernels. The second step is the one
+largest sum of live storages is the peak a step's tensors reach. The second step is the one
 reported: AdamW allocates its moments during the first.
+
+For a CUDA run (`device="cuda"`) the peak is priced as `torch.cuda.max_memory_allocated` counts it,
+whether or not a GPU is present: each storage rounded up as the caching allocator rounds a block
+(`cuda_block_bytes`), and the cuBLAS workspaces that the allocator holds for the rest of the process
+added (`cuda_library_bytes`). Without a GPU the fake tensors live on the CPU: the only code paths
+that differ by device (Mamba's fused scan and conv) already take their kernels' fake forms on fake
+tensors, and the tensor memory's `backend: auto` prices its PyTorch form, the one a GPU without
+flash-linear-attention runs.
 """
 
 import os
 import re
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -36,6 +43,8 @@ from src.tasks import build_task
 from src.training import LossChunks, OutOfMemory, TrainingObjective, training_step
 
 GIB = 2**30
+MIB = 2**20
+CUDA_BLOCK = 512  # bytes: the CUDA caching allocator's smallest block and rounding (kMinBlockSize)
 LOSS_CHUNK_TOKENS = 1024  # the value advised for train.loss_chunk_tokens (configs/mamba_130m.yaml's)
 
 
@@ -68,19 +77,47 @@ def distinct_loss_chunks(tokens: int, chunk_tokens: int) -> list[int]:
     return list(starts) if len(starts) <= 3 else [starts[0], starts[1], starts[-1]]
 
 
-class _LiveStorage(TorchDispatchMode):
-    """Bytes of the storages created inside the mode that are still alive, and their maximum."""
+def cuda_block_bytes(nbytes: int) -> int:
+    """The bytes `torch.cuda.max_memory_allocated` counts for one storage of `nbytes`: the caching
+    allocator rounds every request up to a multiple of 512 bytes, at least 512 (c10's CUDACachingAllocator,
+    `round_size`); an empty storage allocates nothing."""
+    return 0 if nbytes == 0 else -(-nbytes // CUDA_BLOCK) * CUDA_BLOCK
 
-    def __init__(self) -> None:
+
+def cuda_library_bytes(capability: tuple[int, int]) -> int:
+    """The cuBLAS workspaces a training step leaves allocated, on a GPU of compute `capability`.
+
+    torch gives each cuBLAS handle and stream one workspace from the caching allocator, kept for the
+    process (ATen's CublasHandlePool.cpp): by default 32 MiB (`:4096:8`) from compute capability 9.0
+    (Hopper) on and 8.125 MiB (`:4096:2:16:8`) before, or the sum that `CUBLAS_WORKSPACE_CONFIG`
+    gives; cuBLASLt shares it. A training step runs matrix products on two threads, each with its
+    own handle: the forward's and autograd's device thread for the backward. Measured on an H100
+    (torch 2.11): every small config's peak 64.0-64.4 MiB above its estimate without it
+    (benchmarks/results/memory_estimate_h100.md).
+    """
+    config = os.environ.get("CUBLAS_WORKSPACE_CONFIG", "")
+    if sizes := re.findall(r":(\d+):(\d+)", config):
+        workspace = sum(int(kib) * 1024 * int(count) for kib, count in sizes)
+    else:
+        workspace = 4096 * 1024 * 8 if capability >= (9, 0) else 4096 * 1024 * 2 + 16 * 1024 * 8
+    return 2 * workspace
+
+
+class _LiveStorage(TorchDispatchMode):
+    """Bytes of the storages created inside the mode that are still alive, and their maximum; each
+    storage counted as `allocated(nbytes)` (its own bytes, or what a device's allocator takes for it)."""
+
+    def __init__(self, allocated: Callable[[int], int] = int) -> None:
         super().__init__()
         self.live = self.peak = 0
+        self.allocated = allocated
         self._seen = WeakIdKeyDictionary()
 
     def _track(self, tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
         if storage in self._seen:  # a view of a storage already counted
             return
-        size = storage.nbytes()
+        size = self.allocated(storage.nbytes())
         self._seen[storage] = size
         self.live += size
         self.peak = max(self.peak, self.live)
@@ -103,19 +140,21 @@ class _LiveStorage(TorchDispatchMode):
 class MemoryEstimate:
     """Bytes of one training step: the persistent parts, and the peak with activations on top."""
 
-    device: str  # whose code paths ran
+    device: str  # whose code paths and allocator are priced
     batch: int
     length: int
     parameters: int  # count
     parameter_bytes: int
     gradient_bytes: int
     optimizer_bytes: int
-    peak_bytes: int
+    peak_bytes: int  # the whole peak, library workspaces included
+    library_bytes: int = 0  # the CUDA libraries' workspaces (cuda_library_bytes)
 
     @property
     def activation_bytes(self) -> int:
-        """Activations and temporaries at the peak: the peak less parameters, gradients and AdamW state."""
-        return self.peak_bytes - self.parameter_bytes - self.gradient_bytes - self.optimizer_bytes
+        """Activations and temporaries at the peak: the peak less parameters, gradients, AdamW state and workspaces."""
+        persistent = self.parameter_bytes + self.gradient_bytes + self.optimizer_bytes + self.library_bytes
+        return self.peak_bytes - persistent
 
     def table(self) -> str:
         gib = GIB
@@ -123,10 +162,11 @@ class MemoryEstimate:
             ("parameters", f"{self.parameters:,}", self.parameter_bytes),
             ("gradients", "", self.gradient_bytes),
             ("AdamW moments", "", self.optimizer_bytes),
+            *([("cuBLAS workspaces", "", self.library_bytes)] if self.device == "cuda" else []),
             ("activations and temporaries at the peak", "", self.activation_bytes),
             ("peak of one training step", "", self.peak_bytes),
         ]
-        lines = [f"training step at batch {self.batch} x length {self.length} ({self.device} code paths):"]
+        lines = [f"training step at batch {self.batch} x length {self.length} (priced for {self.device}):"]
         lines += [f"  {name:<42} {count:>14}  {size / gib:8.3f} GiB" for name, count, size in rows]
         return "\n".join(lines)
 
@@ -135,33 +175,38 @@ def estimate_training_memory(
     experiment: ExperimentConfig,
     batch: int | None = None,
     length: int | None = None,
-    device: str = "cpu",
+    device: str | None = None,
     loss_chunks: LossChunks = distinct_loss_chunks,
+    capability: tuple[int, int] | None = None,
 ) -> MemoryEstimate:
     """The peak memory of one AdamW training step of `experiment` (default: its batch and task length).
 
     Everything is fake, the token ids included (their values never decide a size): no batch is
     allocated, and the time does not depend on the batch (the length sets the steps of chunked loops).
     A size torch cannot represent is an EstimateError naming batch and length.
-    `device` picks the code paths: "cpu" (the default, on any machine) runs the CPU forms, except
-    Mamba's selective scan, priced as the fused kernel a GPU runs (CPU training takes the chunked
-    scan, whose backward holds every step's state: more); "cuda" runs the CUDA forms
-    and needs a CUDA device to be present (autograd's backward asks for its context), but not the
-    memory the step would take. `loss_chunks` picks the chunks a chunked loss computes
-    (`src.training.every_loss_chunk` runs them all: the same peak, slower).
+    `device` is the device priced: "cpu" (the CPU forms, except Mamba's selective scan and conv,
+    priced as the fused kernels a GPU runs: CPU training takes the chunked scan, whose backward holds
+    every step's state) or "cuda" (the CUDA allocator's blocks and the cuBLAS workspaces of a GPU of
+    compute `capability`: the present GPU's, else 9.0), on any machine; by default the config's
+    `train.device` ("cpu" and "mps" price the CPU, "cuda" and "auto" a GPU). `loss_chunks` picks the
+    chunks a chunked loss computes (`src.training.every_loss_chunk` runs them all: the same peak, slower).
     """
     batch = batch or experiment.train.batch_size
-    target = torch.device(device)
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("estimating the CUDA code paths needs a CUDA device here; use device 'cpu'")
+    device = device or ("cpu" if experiment.train.device in ("cpu", "mps") else "cuda")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    on_gpu = device == "cuda" and torch.cuda.is_available()  # else CUDA is priced on fake CPU tensors
+    if device == "cuda" and capability is None:
+        capability = torch.cuda.get_device_capability() if on_gpu else (9, 0)
     task_length = build_task(experiment.task).sample(1, seed=experiment.train.seed)[0].shape[1]
     length = length or task_length
     if batch * length > _MAX_ELEMENTS:
         raise EstimateError(_unrepresentable(batch, length, f"the batch alone has {batch * length:,} token ids"))
+    fake_device = torch.device("cuda" if on_gpu else "cpu")
     with FakeTensorMode():
-        tracker = _LiveStorage()
+        tracker = _LiveStorage(cuda_block_bytes if device == "cuda" else int)
         with tracker:
-            with target:  # built where it trains (moving it after would copy every parameter)
+            with fake_device:  # built where it trains (moving it after would copy every parameter)
                 model = build_model(experiment.model, experiment.file, None, base_weights=False)
             parameter_bytes = tracker.live
             optimizer = torch.optim.AdamW(model.parameter_groups(experiment.train.weight_decay), lr=experiment.train.lr)
@@ -169,7 +214,7 @@ def estimate_training_memory(
             # runs at the task's length; the second is the one reported.
             for step_length in (min(length, task_length), length):
                 tracker.peak = tracker.live
-                ids = torch.zeros(batch, step_length, dtype=torch.long, device=device)  # fake: no memory
+                ids = torch.zeros(batch, step_length, dtype=torch.long, device=fake_device)  # fake: no memory
                 try:
                     objective = TrainingObjective(model, experiment.train, loss_chunks)
                     training_step(objective, optimizer, ids, ids, experiment.train)
@@ -177,22 +222,23 @@ def estimate_training_memory(
                     if not _OVERFLOW.search(str(error)):
                         raise
                     raise EstimateError(_unrepresentable(batch, length, str(error).splitlines()[0])) from error
-            gradient_bytes = sum(p.grad.untyped_storage().nbytes() for p in model.parameters() if p.grad is not None)
-            optimizer_bytes = sum(
-                value.untyped_storage().nbytes()
-                for state in optimizer.state.values()
-                for value in state.values()
-                if isinstance(value, torch.Tensor)
+            gradients = [p.grad for p in model.parameters() if p.grad is not None]
+            moments = [value for state in optimizer.state.values() for value in state.values()]
+            gradient_bytes, optimizer_bytes = (
+                sum(tracker.allocated(t.untyped_storage().nbytes()) for t in tensors if isinstance(t, torch.Tensor))
+                for tensors in (gradients, moments)
             )
+    library_bytes = cuda_library_bytes(capability) if device == "cuda" else 0
     return MemoryEstimate(
-        device=target.type,
+        device=device,
         batch=batch,
         length=length,
         parameters=parameter_counts(experiment.model, experiment.file)[0],
         parameter_bytes=parameter_bytes,
         gradient_bytes=gradient_bytes,
         optimizer_bytes=optimizer_bytes,
-        peak_bytes=tracker.peak,
+        peak_bytes=tracker.peak + library_bytes,
+        library_bytes=library_bytes,
     )
 
 
@@ -218,7 +264,7 @@ def _memory_settings(experiment: ExperimentConfig) -> list[tuple[str, dict]]:
 def out_of_memory_advice(error: OutOfMemory) -> str:
     """The one line a command prints for an out-of-memory error: where, the estimate, what would fit.
 
-    For a training step, the estimator (`estimate_training_memory`, the device's code paths) prices
+    For a training step, the estimator (`estimate_training_memory`, priced for the device) prices
     the config, each memory setting it does not use yet, half the batch, and all the settings
     together at smaller and smaller batches until one fits the device; the line lists what fits.
     An evaluation holds no gradients or optimizer state: its lever is `eval.batch_size`.
@@ -234,7 +280,7 @@ def out_of_memory_advice(error: OutOfMemory) -> str:
 
     def peak(changes: dict, batch: int) -> int:
         changed = replace(experiment, train=replace(experiment.train, **changes))
-        return estimate_training_memory(changed, batch, device=device.type).peak_bytes
+        return estimate_training_memory(changed, batch, device="cuda" if device.type == "cuda" else "cpu").peak_bytes
 
     def batch_label(batch: int) -> str:
         return f"train.batch_size: {batch * error.processes}"

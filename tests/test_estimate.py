@@ -8,7 +8,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from src.cli import main
 from src.config import load_experiment
-from src.estimate import _LiveStorage, estimate_training_memory
+from src.estimate import _LiveStorage, cuda_block_bytes, cuda_library_bytes, estimate_training_memory
 from src.kernels.selective_scan import selective_scan_triton
 from src.kernels.selective_scan_op import selective_scan_fused
 from src.model import PaperModel
@@ -144,6 +144,59 @@ def test_cli_prints_the_table_and_refuses_bad_flags(capsys):
     config = str(ROOT / "configs" / "mamba_tiny.yaml")
     assert main(["estimate", config, "--batch", "2", "--length", "24"]) == 0
     out = capsys.readouterr().out
-    assert "training step at batch 2 x length 24 (cpu code paths):" in out and "peak of one training step" in out
+    assert "training step at batch 2 x length 24 (priced for cpu):" in out and "peak of one training step" in out
     assert main(["estimate", config, "--batch", "0"]) == 2
     assert capsys.readouterr().err.strip() == "memory-models estimate: error: --batch must be >= 1, got 0"
+
+
+def test_cuda_blocks_round_as_the_caching_allocator():
+    """Hand-worked: c10's CUDACachingAllocator rounds a request up to a multiple of 512 bytes, at least 512."""
+    assert [cuda_block_bytes(n) for n in (0, 1, 4, 511, 512, 513, 1536, 1537)] == [
+        0,
+        512,
+        512,
+        512,
+        512,
+        1024,
+        1536,
+        2048,
+    ]
+
+
+def test_cublas_workspaces_follow_torchs_defaults_and_the_environment(monkeypatch):
+    """Two workspaces (the forward's thread and autograd's): 32 MiB each from Hopper on, 8.125 MiB before
+    (4096 KiB x 2 + 16 KiB x 8), or what CUBLAS_WORKSPACE_CONFIG asks for."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert cuda_library_bytes((9, 0)) == cuda_library_bytes((10, 0)) == 64 * 2**20
+    assert cuda_library_bytes((8, 0)) == 2 * (8 * 2**20 + 128 * 2**10)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:2")
+    assert cuda_library_bytes((9, 0)) == 2 * 8 * 2**20
+
+
+def test_a_cuda_step_is_priced_on_any_machine(monkeypatch, capsys):
+    """Priced for CUDA (here on fake CPU tensors where no GPU is present): every storage in allocator blocks, the
+    persistent parts exactly so (AdamW's float32 step counted as one block each), the cuBLAS workspaces added."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    experiment = load_experiment(ROOT / "configs" / "transformer_mqar.yaml")
+    parameters = list(PaperModel(experiment.model).parameters())
+    blocks = sum(cuda_block_bytes(4 * p.numel()) for p in parameters)
+    on_cpu = estimate_training_memory(experiment, device="cpu")
+    on_cuda = estimate_training_memory(experiment, device="cuda", capability=(9, 0))
+    assert (on_cuda.device, on_cuda.library_bytes) == ("cuda", 64 * 2**20)
+    assert on_cuda.parameter_bytes == on_cuda.gradient_bytes == blocks
+    assert on_cuda.optimizer_bytes == 2 * blocks + 512 * len(parameters)
+    assert (
+        on_cpu.peak_bytes + on_cuda.library_bytes
+        < on_cuda.peak_bytes
+        < 1.05 * on_cpu.peak_bytes + on_cuda.library_bytes
+    )
+    assert "cuBLAS workspaces" in on_cuda.table() and "cuBLAS" not in on_cpu.table()
+    assert main(["estimate", str(ROOT / "configs" / "transformer_mqar.yaml"), "--device", "cuda"]) == 0
+    assert "(priced for cuda):" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("device", "priced"), [("cpu", "cpu"), ("mps", "cpu"), ("cuda", "cuda"), ("auto", "cuda")])
+def test_the_default_prices_the_configs_train_device(device, priced):
+    experiment = load_experiment(ROOT / "configs" / "transformer_mqar.yaml")
+    experiment = replace(experiment, train=replace(experiment.train, device=device))
+    assert estimate_training_memory(experiment, 2, 8).device == priced
