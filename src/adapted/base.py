@@ -15,6 +15,8 @@ import hashlib
 import json
 from functools import cache
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -22,6 +24,9 @@ from torch import nn
 from src.layers.quantization import QuantizedLinear
 from src.tasks.tokenizer import HF_EXTRA
 from src.validation import ConfigError
+
+if TYPE_CHECKING:  # transformers comes with the optional 'hf' extra; imported at run time by transformers_library
+    from transformers import PreTrainedModel
 
 WEIGHT_PATTERNS = ("model.safetensors", "model-*.safetensors", "pytorch_model.bin", "pytorch_model-*.bin")
 READ_FILES = (  # besides the weights: what AutoConfig, AutoModelForCausalLM and the tokenizer read
@@ -31,7 +36,7 @@ READ_FILES = (  # besides the weights: what AutoConfig, AutoModelForCausalLM and
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def transformers_library():
+def transformers_library() -> ModuleType:
     """The `transformers` module, or an ImportError naming the extra that provides it."""
     try:
         import transformers
@@ -96,7 +101,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
-def skeleton(directory: Path) -> nn.Module:
+def skeleton(directory: Path) -> "PreTrainedModel":
     """The base model built from its config on the meta device: its structure, no weights, no memory."""
     transformers = transformers_library()
     config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
@@ -123,7 +128,7 @@ def quantize_linears(layers: nn.ModuleList, kind: str) -> None:
                     setattr(module, name, QuantizedLinear(child, kind))
 
 
-def load_base(section: dict, device: torch.device | str | None = "cpu", weights: bool = True) -> nn.Module:
+def load_base(section: dict, device: torch.device | str | None = "cpu", weights: bool = True) -> "PreTrainedModel":
     """The base causal LM of a resolved `model.base` section on `device`: loaded, frozen (unless freeze is
     false), then quantised there (on a GPU in a moment; NF4 on a CPU takes seconds per million weights).
 
@@ -148,7 +153,7 @@ def load_base(section: dict, device: torch.device | str | None = "cpu", weights:
     return model
 
 
-def _read_weights(transformers, directory: Path, dtype: torch.dtype) -> nn.Module:
+def _read_weights(transformers: ModuleType, directory: Path, dtype: torch.dtype) -> "PreTrainedModel":
     """The base with its weights; damaged files, sizes that disagree with config.json, and a tensor missing
     from or unexpected in the weights are each a ConfigError naming the files and the tensor."""
     files = ", ".join(file.name for file in weight_files(directory))
@@ -186,7 +191,7 @@ def frozen_storage(model: nn.Module) -> dict[str, float]:
     }
     linear_bytes += sum(w.numel() * w.element_size() for w in plain.values())
     linear_parameters += sum(w.numel() for w in plain.values())
-    others = [p for p in model.parameters() if not p.requires_grad and id(p) not in plain]
+    others: list[torch.Tensor] = [p for p in model.parameters() if not p.requires_grad and id(p) not in plain]
     others += [m.bias for m in quantized if m.bias is not None]
     total_bytes = linear_bytes + sum(p.numel() * p.element_size() for p in others)
     total_parameters = linear_parameters + sum(p.numel() for p in others)

@@ -86,7 +86,7 @@ def lora_layers(spec: dict, n_layers: int) -> list[int] | range:
     return spec["layers"] if spec["layers"] is not None else range(n_layers)
 
 
-def resolve_base(raw, where: str, file: str) -> dict:
+def resolve_base(raw: object, where: str, file: str) -> dict:
     """A `BaseSection` mapping at key `where` checked (directory, config.json, weights, hash), with its hash."""
     base = arguments_for(BaseSection, raw, where, file)
     directory = Path(base["directory"])
@@ -124,7 +124,7 @@ def _check_layers(layers: list[int] | None, n_layers: int, where: str, file: str
             )
 
 
-def _resolve_adapter(raw, where: str, file: str, n_layers: int, widths: dict[str, int], d_model: int) -> dict:
+def _resolve_adapter(raw: object, where: str, file: str, n_layers: int, widths: dict[str, int], d_model: int) -> dict:
     """One adapter; `widths` maps each projection of the decoder layers to min(d_in, d_out), LoRA's largest rank."""
     if not isinstance(raw, dict) or raw.get("type") not in ADAPTERS:
         raise ConfigError(f"{file}: key '{where}' must be a mapping with 'type' one of {list(ADAPTERS)}, got {raw!r}")
@@ -154,7 +154,7 @@ def _resolve_adapter(raw, where: str, file: str, n_layers: int, widths: dict[str
     return {"type": raw["type"], **placement, **memory}
 
 
-def resolve_adapted_section(raw, file: str, section: str = "model") -> dict:
+def resolve_adapted_section(raw: Any, file: str, section: str = "model") -> dict:
     """Validate an adapted model section (see the module docstring); return it with defaults and the hash."""
     check_keys(raw, {"base": True, "adapters": True}, section, file)
     base = resolve_base(raw["base"], f"{section}.base", file)
@@ -167,7 +167,7 @@ def resolve_adapted_section(raw, file: str, section: str = "model") -> dict:
         raise ConfigError(f"{file}: key '{section}.base.directory': {str(error).splitlines()[0]}") from error
     if not isinstance(raw["adapters"], list):
         raise ConfigError(f"{file}: key '{section}.adapters' must be a list of adapters (memory, lora)")
-    d_model, widths = model.config.hidden_size, linear_widths(layers[0])
+    d_model, widths = int(model.config.hidden_size), linear_widths(layers[0])
     adapters = [
         _resolve_adapter(adapter, f"{section}.adapters[{i}]", file, len(layers), widths, d_model)
         for i, adapter in enumerate(raw["adapters"])
@@ -203,7 +203,7 @@ def count_adapted_parameters(model: dict) -> tuple[int, int]:
     """
     base = skeleton(Path(model["base"]["directory"]))
     layers = decoder_layers(base)
-    d_model, eps = base.config.hidden_size, getattr(base.config, "rms_norm_eps", 1e-5)
+    d_model, eps = int(base.config.hidden_size), getattr(base.config, "rms_norm_eps", 1e-5)
     frozen = sum(p.numel() for p in base.parameters())
     adapters = 0
     for spec in model["adapters"]:

@@ -19,13 +19,15 @@ buffers: a checkpoint never copies the frozen base, which the config names by di
 hash.
 """
 
+from collections.abc import Generator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.nn.modules.module import _IncompatibleKeys
 
 from src.adapted.base import decoder_layers, frozen_storage, load_base, transformers_library
 from src.adapted.config import (
@@ -52,8 +54,11 @@ from src.model import check_token_ids, sum_auxiliary_losses
 from src.tasks.tokenizer import DirectoryTokenizer, Tokenizer
 from src.validation import ConfigError, read_yaml
 
+if TYPE_CHECKING:  # transformers comes with the optional 'hf' extra (src.adapted.base imports it at run time)
+    from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
 
-def _kv_cache(config, keys: list[torch.Tensor], values: list[torch.Tensor]):
+
+def _kv_cache(config: "PretrainedConfig", keys: list[torch.Tensor], values: list[torch.Tensor]) -> "DynamicCache":
     """A transformers `DynamicCache` for `config` holding each layer's keys and values (batch, heads, T, d)."""
     cache = transformers_library().DynamicCache(config=config)
     for index, (key, value) in enumerate(zip(keys, values)):
@@ -69,9 +74,11 @@ class AdaptedModelState(ModelState):
     cache of `transformers.generate` is); `select` and `state_from_bytes` give independent copies.
     """
 
+    # A transformers Cache: `_kv_cache`'s DynamicCache or the one the base's forward returns, each layer's keys and
+    # values filled. Any, not Cache: Cache types its layers as a union with kinds that hold no keys and values.
     cache: Any
-    memories: tuple
-    config: Any  # the base's transformers config, which lays out its cache
+    memories: tuple  # each memory adapter's routing state (its mixer's `State`) or None
+    config: "PretrainedConfig"  # the base's transformers config, which lays out its cache
 
     def _layers(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         layers = self.cache.layers
@@ -97,12 +104,14 @@ class _Insertion:
 
     def __init__(self, adapter: MemoryAdapter, layer: nn.Module, variant: str):
         self.adapter, self.variant = adapter, variant
-        self.stepping, self.state, self.stream = False, None, None
+        self.stepping = False
+        self.state: object = None  # the memory's routing state while stepping (its mixer's `State`, or None)
+        self.stream: torch.Tensor | None = None  # the layer's input, kept by the input norm's hook (variant A)
         if variant == "A":
             self.handles = [  # the layer's input is its input norm's; both hooks run inside the layer's forward,
                 # so a checkpointed layer recomputes them together
-                layer.input_layernorm.register_forward_hook(self._keep_input),
-                layer.self_attn.register_forward_hook(self._after_attention),
+                layer.get_submodule("input_layernorm").register_forward_hook(self._keep_input),
+                layer.get_submodule("self_attn").register_forward_hook(self._after_attention),
             ]
         else:
             self.handles = [layer.register_forward_hook(self._after_layer)]
@@ -114,16 +123,22 @@ class _Insertion:
             self.state = state
         return y
 
-    def _keep_input(self, norm, args, output) -> None:
+    def _keep_input(self, norm: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
         self.stream = args[0]
 
-    def _after_attention(self, attention, args, output):
+    def _after_attention(
+        self, attention: nn.Module, args: tuple[Any, ...], output: torch.Tensor | tuple[Any, ...]
+    ) -> torch.Tensor | tuple[Any, ...]:
         attended, *rest = output if isinstance(output, tuple) else (output,)
         stream, self.stream = self.stream, None
+        if stream is None:  # the input norm's hook runs first in every decoder layer's forward
+            raise RuntimeError("the memory adapter's attention hook ran before the layer's input norm")
         updated = self._read(stream + attended, into=attended)
         return (updated, *rest) if isinstance(output, tuple) else updated
 
-    def _after_layer(self, layer, args, output):
+    def _after_layer(
+        self, layer: nn.Module, args: tuple[Any, ...], output: torch.Tensor | tuple[Any, ...]
+    ) -> torch.Tensor | tuple[Any, ...]:
         hidden, *rest = output if isinstance(output, tuple) else (output,)
         updated = self._read(hidden, into=hidden)
         return (updated, *rest) if isinstance(output, tuple) else updated
@@ -131,6 +146,8 @@ class _Insertion:
 
 class AdaptedModel(LanguageModel):
     """A frozen Hugging Face causal LM with memory and LoRA adapters; see the module docstring."""
+
+    base: "PreTrainedModel"
 
     def __init__(
         self, config: dict, file: str = "<config>", device: torch.device | str | None = "cpu", base_weights: bool = True
@@ -141,7 +158,7 @@ class AdaptedModel(LanguageModel):
         self.config, self.file = config, file
         self.base = load_base(config["base"], device, base_weights)
         self.storage = frozen_storage(self.base) if config["base"]["freeze"] else None
-        hf = self.base.config
+        hf: PretrainedConfig = self.base.config
         layers = decoder_layers(self.base)
         eps = getattr(hf, "rms_norm_eps", 1e-5)
         self.memory_adapters = nn.ModuleDict()
@@ -149,7 +166,7 @@ class AdaptedModel(LanguageModel):
         for spec in config["adapters"]:
             if spec["type"] in MEMORY_ADAPTERS:
                 for i in spec["layers"]:
-                    adapter = MemoryAdapter(hf.hidden_size, eps, **memory_arguments(spec))
+                    adapter = MemoryAdapter(int(hf.hidden_size), eps, **memory_arguments(spec))
                     if adapter.alpha.device != self.base.device:  # built there already under src.estimate's fakes
                         adapter.to(self.base.device)
                     self.memory_adapters[f"layer{i}{spec['variant']}"] = adapter
@@ -189,7 +206,7 @@ class AdaptedModel(LanguageModel):
         return self.base.model(input_ids=input_ids, use_cache=False).last_hidden_state
 
     @contextmanager
-    def _stepping(self, states: list):
+    def _stepping(self, states: Sequence[object]) -> Generator[None]:
         for insertion, state in zip(self._insertions, states):
             insertion.stepping, insertion.state = True, state
         try:
@@ -198,7 +215,7 @@ class AdaptedModel(LanguageModel):
             for insertion in self._insertions:
                 insertion.stepping = False
 
-    def step(self, input_ids: torch.Tensor, state: AdaptedModelState | None) -> tuple[torch.Tensor, AdaptedModelState]:
+    def step(self, input_ids: torch.Tensor, state: ModelState | None) -> tuple[torch.Tensor, AdaptedModelState]:
         """Continue each sequence with the next token(s): logits (batch, T, vocab) and the new state.
 
         The state is the base's KV cache and each memory adapter's routing state (None at the start).
@@ -207,7 +224,7 @@ class AdaptedModel(LanguageModel):
         if state is not None and not isinstance(state, AdaptedModelState):
             raise TypeError(f"state must be an AdaptedModelState or None, got {type(state).__name__}")
         cache = _kv_cache(self.base.config, [], []) if state is None else state.cache
-        memories = (None,) * len(self._insertions) if state is None else state.memories
+        memories: tuple = (None,) * len(self._insertions) if state is None else state.memories
         with self._stepping(memories):
             output = self.base(input_ids=input_ids, past_key_values=cache, use_cache=True)
             memories = tuple(insertion.state for insertion in self._insertions)
@@ -232,18 +249,18 @@ class AdaptedModel(LanguageModel):
 
     def auxiliary_losses(self) -> dict[str, torch.Tensor]:
         """The memory adapters' router losses of the last forward pass, summed by name."""
-        return sum_auxiliary_losses(adapter.memory for adapter in self.memory_adapters.values())
+        return sum_auxiliary_losses(insertion.adapter.memory for insertion in self._insertions)
 
     def sharding_units(self) -> list[nn.Module]:
         return list(decoder_layers(self.base))
 
     @property
     def vocab_size(self) -> int:
-        return self.base.config.vocab_size
+        return int(self.base.config.vocab_size)
 
     @property
     def hidden_size(self) -> int:
-        return self.base.config.hidden_size
+        return int(self.base.config.hidden_size)
 
     @property
     def max_positions(self) -> int | None:
@@ -262,11 +279,13 @@ class AdaptedModel(LanguageModel):
         stored = sum(m.in_features * m.out_features + (0 if m.bias is None else m.bias.numel()) for m in quantized)
         return sum(p.numel() for p in self.parameters()) + stored
 
-    def state_dict(self, *args, **kwargs) -> dict:
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict:
         """The trainable parameters and the adapters' buffers only (see the module docstring)."""
         return {key: value for key, value in super().state_dict(*args, **kwargs).items() if key in self._kept}
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> _IncompatibleKeys:
         """Load what `state_dict` saved; with `strict`, its keys must be exactly the trainable ones."""
         if strict and (missing := self._kept - set(state_dict)) | (unexpected := set(state_dict) - self._kept):
             raise RuntimeError(

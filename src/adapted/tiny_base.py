@@ -11,12 +11,17 @@ pretrains one before adapting it.
 """
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from src.adapted.base import transformers_library
 from src.tasks.tokenizer import tokenizers_library
+
+if TYPE_CHECKING:
+    import tokenizers  # the optional 'hf' extra
 
 # Chat templates in the layout of Meta-Llama-3-Instruct and Qwen2-Instruct, and the special tokens they use.
 CHAT_FORMATS = {
@@ -36,7 +41,9 @@ CHAT_FORMATS = {
 }
 
 
-def train_tokenizer(corpus: str | Path, vocab_size: int, eval_fraction: float = 0.1, special_tokens: list[str] = ()):
+def train_tokenizer(
+    corpus: str | Path, vocab_size: int, eval_fraction: float = 0.1, special_tokens: Sequence[str] = ()
+) -> "tokenizers.Tokenizer":
     """A byte-level BPE tokenizer of `vocab_size` entries trained on the first (1 - eval_fraction) of `corpus`
     (`special_tokens` first: ids 0, 1, ..., never split)."""
     library = tokenizers_library()
