@@ -196,8 +196,11 @@ def estimate_training_memory(
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     on_gpu = device == "cuda" and torch.cuda.is_available()  # else CUDA is priced on fake CPU tensors
-    if device == "cuda" and capability is None:
-        capability = torch.cuda.get_device_capability() if on_gpu else (9, 0)
+    library_bytes = 0  # the cuBLAS workspaces, on CUDA only
+    if device == "cuda":
+        if capability is None:
+            capability = torch.cuda.get_device_capability() if on_gpu else (9, 0)
+        library_bytes = cuda_library_bytes(capability)
     task_length = build_task(experiment.task).sample(1, seed=experiment.train.seed)[0].shape[1]
     length = length or task_length
     if batch * length > _MAX_ELEMENTS:
@@ -228,7 +231,6 @@ def estimate_training_memory(
                 sum(tracker.allocated(t.untyped_storage().nbytes()) for t in tensors if isinstance(t, torch.Tensor))
                 for tensors in (gradients, moments)
             )
-    library_bytes = cuda_library_bytes(capability) if device == "cuda" else 0
     return MemoryEstimate(
         device=device,
         batch=batch,
