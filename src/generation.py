@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import torch
 
-from src.generation_graphs import decoding_step
+from src.generation_graphs import Step, decoding_step
 from src.generation_scoring import length_penalty
 from src.language_model import LanguageModel, ModelState
 
@@ -190,18 +190,28 @@ def generate_stream(
 
 @torch.no_grad()
 def _stream(
-    model, prompt, max_new_tokens, temperature, top_k, top_p, seed, end_id, state, cuda_graphs
+    model: LanguageModel,
+    prompt: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seed: int,
+    end_id: int | None,
+    state: ModelState | None,
+    cuda_graphs: bool,
 ) -> Iterator[int]:
     generator = torch.Generator(device=prompt.device).manual_seed(seed)
     was_training = model.training
     model.eval()
     try:
         logits, state = model.step(prompt, state)
-        step = None
+        step: Step | None = None
         for _ in range(max_new_tokens):
             next_token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)[:, None]
-            yield next_token.item()
-            if next_token.item() == end_id:
+            token = int(next_token.item())  # a token id: sample_next gives int64 indices
+            yield token
+            if token == end_id:
                 return
             step = step or decoding_step(model, state, next_token, cuda_graphs)
             logits, state = step(next_token, state)

@@ -15,6 +15,7 @@ and reused while the model's parameters and buffers stay where they were.
 """
 
 import weakref
+from collections.abc import Callable
 
 import torch
 
@@ -81,7 +82,10 @@ def graph_step(model: LanguageModel, state: ModelState, token: torch.Tensor) -> 
     return step
 
 
-def decoding_step(model: LanguageModel, state: ModelState, token: torch.Tensor, cuda_graphs: bool):
+Step = Callable[[torch.Tensor, ModelState], tuple[torch.Tensor, ModelState]]  # (token, state) -> (logits, state)
+
+
+def decoding_step(model: LanguageModel, state: ModelState, token: torch.Tensor, cuda_graphs: bool) -> Step:
     """The step for the tokens after the prompt, given the first (batch, 1): the captured graph where one
     applies (`cuda_graphs`, a CUDA device, a state of constant size that keeps its structure), else
     `model.step`. Both are called as `step(token, state) -> (logits, state)`."""

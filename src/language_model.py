@@ -47,8 +47,9 @@ class StateError(ValueError):
     """Bytes that are not a state of this model (another model's, damaged, or not a state at all)."""
 
 
-def map_tensors(tree: Any, function: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """`tree` with `function` applied to every tensor in it (lists, tuples, dicts and dataclasses are walked)."""
+def map_tensors(tree: Any, function: Callable[[torch.Tensor], object]) -> Any:
+    """`tree` with `function` applied to every tensor in it (lists, tuples, dicts and dataclasses are walked); what
+    `function` returns replaces the tensor, a tensor or not (`src.generation_graphs.state_structure` describes each)."""
     if isinstance(tree, torch.Tensor):
         return function(tree)
     if isinstance(tree, (list, tuple)):
