@@ -27,8 +27,9 @@ ZOH to first order in Δ; `discretize_zoh` is the exact Eq. (4), tested on its o
 import math
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,9 @@ from torch._subclasses.fake_tensor import FakeTensor
 from src.layers._checks import check_positive, check_selective_scan_arguments, check_shapes, has_values
 from src.layers.mixer import Mixer, register_mixer
 from src.schema import PositiveFloat, PositiveInt
+
+# A scan's result: the (b, d, l) output, and the (b, d, N) last state with it when `return_last_state`.
+ScanOutput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 def discretize_zoh(delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,7 +119,18 @@ def tau_delta(s_delta: torch.Tensor, delta_bias: torch.Tensor | None = None) -> 
     return F.softplus(s_delta)
 
 
-def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+def _prepare(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    initial_state: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Shared argument checks of the two scans; returns Δ and h_0 (zeros when not given)."""
     check_selective_scan_arguments(u, delta, A, B, C, D, z, delta_bias, initial_state)
     if delta_softplus:
@@ -126,7 +141,7 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
     return delta, h0
 
 
-def _finish(y, u, D, z):
+def _finish(y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None) -> torch.Tensor:
     """Skip connection D u and the SiLU(z) gate of Fig. 3."""
     if D is not None:
         y = y + D[:, None] * u
@@ -147,7 +162,7 @@ def selective_scan_sequential(
     delta_softplus: bool = False,
     return_last_state: bool = False,
     initial_state: torch.Tensor | None = None,
-):
+) -> ScanOutput:
     r"""The selective scan as the literal recurrence, one time step after another (reference).
 
     Paper: Mamba (Gu & Dao 2023, arXiv:2312.00752), Sec. 2, Eq. (2a)-(2b)
@@ -203,27 +218,38 @@ def _decay(delta_t: torch.Tensor, A_log2: torch.Tensor, out: torch.Tensor) -> to
     return torch.exp2(torch.mul(delta_t[..., None], A_log2, out=out), out=out)
 
 
-def _run_chunks(h, delta_c, delta_u_c, B_c, A_log2, C_c=None, y=None, states=None):
+def _run_chunks(
+    h: torch.Tensor,
+    delta_c: torch.Tensor,
+    delta_u_c: torch.Tensor,
+    B_c: torch.Tensor,
+    A_log2: torch.Tensor,
+    readout: tuple[torch.Tensor, torch.Tensor] | None = None,
+    states: torch.Tensor | None = None,
+) -> torch.Tensor:
     """h_t = Ā_t h_{t-1} + (Δ_t x_t) B_t (Eq. 2a with B̄ = ΔB) over the T steps of all chunks at once.
 
     h (b, n_c, d, N) is the chunks' start state and is updated in place (no graph is built inside
     the autograd.Function, and reused buffers keep this loop memory-bound rather than
-    allocation-bound). With C_c and y, y[:, :, t] = C_t h_t (Eq. 2b); with states (T, b, n_c, d, N),
-    states[t] = h_t. Returns the end states.
+    allocation-bound). With `readout` (C_c, y), y[:, :, t] = C_t h_t (Eq. 2b); with states
+    (T, b, n_c, d, N), states[t] = h_t. Returns the end states.
     """
     A_bar, B_bar_x = torch.empty_like(h), torch.empty_like(h)
     for t in range(delta_c.shape[2]):
         _decay(delta_c[:, :, t], A_log2, A_bar)
         torch.mul(delta_u_c[:, :, t, :, None], B_c[:, :, t, None, :], out=B_bar_x)
         h.mul_(A_bar).add_(B_bar_x)
-        if y is not None:
+        if readout is not None:
+            C_c, y = readout
             y[:, :, t] = torch.einsum("bcdn,bcn->bcd", h, C_c[:, :, t])
         if states is not None:
             states[t] = h
     return h
 
 
-def _adjoints(lam, gy_c, C_c, delta_c, A_log2):
+def _adjoints(
+    lam: torch.Tensor, gy_c: torch.Tensor, C_c: torch.Tensor, delta_c: torch.Tensor, A_log2: torch.Tensor
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Yield (t, λ_t, Ā_t) for t = T-1, ..., 0 of all chunks: λ_t = C_t^T gy_t + Ā_{t+1} λ_{t+1}.
 
     `lam` (b, n_c, d, N) is the adjoint reaching each chunk's last state from after the chunk; it
@@ -248,7 +274,16 @@ class _ChunkedScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, h0, T):
+    def forward(
+        ctx: Any,  # torch's FunctionCtx, given attribute T here
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        h0: torch.Tensor,
+        T: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         length = u.shape[-1]
         n_c = max(1, math.ceil(length / T))
         delta_c, delta_u_c, B_c, C_c = (_chunks(x, n_c, T) for x in (delta, delta * u, B, C))
@@ -263,13 +298,16 @@ class _ChunkedScan(torch.autograd.Function):
         H_start = torch.stack(H[:-1], dim=1)
         # 3. Every chunk again, now from its true start state, reading y_t = C_t h_t.
         y = u.new_empty(u.shape[0], n_c, T, A.shape[0])
-        _run_chunks(H_start.clone(), delta_c, delta_u_c, B_c, A_log2, C_c, y)
+        _run_chunks(H_start.clone(), delta_c, delta_u_c, B_c, A_log2, readout=(C_c, y))
         ctx.save_for_backward(u, delta, A, B, C, H_start)
         ctx.T = T
         return _unchunk(y, length), H[-1]
 
     @staticmethod
-    def backward(ctx, gy, g_last):
+    def backward(ctx: Any, *grad_outputs: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        gy, g_last = grad_outputs  # of y and of the last state (None when the last state had no gradient)
+        if gy is None:
+            raise RuntimeError("the chunked scan's backward needs the gradient of its output y")
         u, delta, A, B, C, H_start = ctx.saved_tensors
         T, length = ctx.T, u.shape[-1]
         n_c = H_start.shape[1]
@@ -319,7 +357,7 @@ def selective_scan(
     return_last_state: bool = False,
     initial_state: torch.Tensor | None = None,
     chunk_size: int | None = None,
-):
+) -> ScanOutput:
     r"""The selective scan of Eq. (2a)-(2b) as a chunked scan (fast form of `selective_scan_sequential`).
 
     Paper: Mamba (Gu & Dao 2023, arXiv:2312.00752), Sec. 3.3.2, Eq. (2a)-(2b) chunked
@@ -554,7 +592,7 @@ class GatedSSMBlock(Mixer, ABC):
         self.A_log = nn.Parameter(torch.log(-s4d_real_init(self.d_inner, d_state)))
         self.D = nn.Parameter(torch.ones(self.d_inner))
 
-    def _conv_silu(self, history: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def _conv_silu(self, history: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """SiLU of the causal conv at the positions after the k - 1 earlier inputs that `history` begins with."""
         return F.silu(causal_conv1d(history, weight, bias)[..., self.d_conv - 1 :])
 
@@ -563,7 +601,7 @@ class GatedSSMBlock(Mixer, ABC):
         return torch.promote_types(u.dtype, torch.float32)
 
     @abstractmethod
-    def _ssm(self, u, z, h0):
+    def _ssm(self, u: torch.Tensor, z: torch.Tensor, h0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(b, d_inner, T) conv output and gate -> gated SSM output (b, d_inner, T) and last state."""
 
     def _step(self, x: torch.Tensor, state: GatedSSMState | None) -> tuple[torch.Tensor, GatedSSMState]:
@@ -572,7 +610,9 @@ class GatedSSMBlock(Mixer, ABC):
         u, z = xz.chunk(2, dim=1)
         conv_history = u.new_zeros(batch, self.d_inner, self.d_conv - 1) if state is None else state.conv
         history = torch.cat((conv_history, u), dim=-1)  # earlier conv inputs, then the new ones
-        weight, bias = self.conv1d.weight[:, 0, :].to(u.dtype), self.conv1d.bias.to(u.dtype)  # autocast's dtype
+        # in autocast's dtype; nn.Conv1d types its bias Optional (this one has one, bias=True)
+        weight = self.conv1d.weight[:, 0, :].to(u.dtype)
+        bias = None if self.conv1d.bias is None else self.conv1d.bias.to(u.dtype)
         u = self._conv_silu(history, weight, bias)
         with torch.autocast(x.device.type, enabled=False):  # the scan's own dtypes from here
             dtype = self._scan_input_dtype(u)
@@ -638,7 +678,7 @@ class MambaMixer(GatedSSMBlock):
         # the kernel takes bfloat16 and float16 inputs with a float32 state, as the official one
         return u.dtype if self._scan_kind(u) == "triton" else super()._scan_input_dtype(u)
 
-    def _conv_silu(self, history: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def _conv_silu(self, history: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self._scan_kind(history) != "triton":
             return super()._conv_silu(history, weight, bias)
         if isinstance(history, FakeTensor):  # the operator's fake form, as for the scan
@@ -649,7 +689,7 @@ class MambaMixer(GatedSSMBlock):
 
         return causal_conv1d_silu_triton(history, weight, bias)
 
-    def _scan_function(self, u: torch.Tensor):
+    def _scan_function(self, u: torch.Tensor) -> Callable[..., ScanOutput]:
         fake = isinstance(u, FakeTensor)
         kind = self._scan_kind(u)
         if kind == "triton" and fake:  # a fake step (src.estimate) needs the operator's fake form, not Triton
@@ -663,7 +703,7 @@ class MambaMixer(GatedSSMBlock):
             return selective_scan_triton
         return selective_scan if kind == "chunked" else selective_scan_sequential
 
-    def _ssm(self, u, z, h0):
+    def _ssm(self, u: torch.Tensor, z: torch.Tensor, h0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         # x_proj and dt_proj in u's dtype (autocast's, as the official block), A, D, Δ bias in the state's
         W_x, W_delta = self.x_proj.weight.to(u.dtype), self.dt_proj.weight.to(u.dtype)
         s_delta, B, C = selection_functions(u, W_x, W_delta, self.d_state)
@@ -676,9 +716,10 @@ class MambaMixer(GatedSSMBlock):
             x, delta, B, C, z = (t[..., 0] for t in (u, s_delta, B, C, z))
             y, h = selective_state_update(h, x, delta, A, B, C, D, z, bias, delta_softplus=True)
             return y[..., None], h
-        return self._scan_function(u)(
+        y, h = self._scan_function(u)(  # a pair: return_last_state
             u, s_delta, A, B, C, D, z, bias, delta_softplus=True, return_last_state=True, initial_state=h0
         )
+        return y, h
 
     def _decodes_with_kernel(self, u: torch.Tensor) -> bool:
         """One token without gradients on the Triton path: `selective_state_update`, one kernel per step."""
@@ -713,7 +754,7 @@ class S4DMixer(GatedSSMBlock):
         self.delta_bias = nn.Parameter(delta_bias_init(self.d_inner, dt_min, dt_max, dt_init_floor))
         self.C = nn.Parameter(torch.randn(self.d_inner, d_state) / math.sqrt(d_state))
 
-    def _ssm(self, u, z, h0):
+    def _ssm(self, u: torch.Tensor, z: torch.Tensor, h0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         length = u.shape[-1]
         A = -torch.exp(self.A_log)
         delta = tau_delta(self.delta_bias[None, :, None])[0, :, 0]  # (d,): one step size per channel
