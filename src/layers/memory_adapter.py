@@ -13,6 +13,8 @@ Glossary (code -> paper):
     alpha    the gate's learnable scalar α; Flamingo initialises it at 0, so tanh(α) = 0
 """
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -60,7 +62,7 @@ class MemoryAdapter(nn.Module):
     the input exactly).
     """
 
-    def __init__(self, d_model: int, norm_eps: float, memory_type: str = "memory_bank", **memory):
+    def __init__(self, d_model: int, norm_eps: float, memory_type: str = "memory_bank", **memory: Any):
         super().__init__()
         if memory_type not in MEMORY_TYPES:
             raise ValueError(f"memory_type must be one of {list(MEMORY_TYPES)}, got {memory_type!r}")
@@ -68,7 +70,9 @@ class MemoryAdapter(nn.Module):
         self.memory = MIXERS[memory_type](d_model, **memory)
         self.alpha = nn.Parameter(torch.zeros(1))  # α, held as (1,): FSDP2 shards no 0-dim parameter
 
-    def step(self, h: torch.Tensor, state=None, into: torch.Tensor | None = None) -> tuple[torch.Tensor, object]:
+    def step(
+        self, h: torch.Tensor, state: object = None, into: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, object]:
         """Read the memory from the stream h (batch, T, d_model), after the memory's `state` (a bank's routing).
 
         Returns `into` + tanh(α) read (`into` defaults to h; a variant-A insertion adds the read to

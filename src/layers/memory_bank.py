@@ -15,7 +15,7 @@ Glossary (code -> paper):
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -206,7 +206,7 @@ class MemoryBankAttention(Mixer):
             M = dequantize_blockwise_4bit(codes, scale, self.bank_shape)
         return M.to(self.W_q.weight.dtype)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # a checkpoint of a quantised bank fills the buffers even when this bank is not quantised yet
         for name in ("quantized_codes", "quantized_scale", "quantized_bits"):
             if prefix + name in state_dict and getattr(self, name) is None:
@@ -241,7 +241,9 @@ class MemoryBankAttention(Mixer):
         self._record_aux_losses(logits.flatten(0, 1), probs.flatten(0, 1), chosen.flatten(0, 1))
         return (gates[..., None] * y).sum(dim=2), new_state
 
-    def _route_whole_sequence(self, router: nn.Linear, x, state, position) -> tuple[torch.Tensor, MemoryBankState]:
+    def _route_whole_sequence(
+        self, router: nn.Linear, x: torch.Tensor, state: MemoryBankState | None, position: int
+    ) -> tuple[torch.Tensor, MemoryBankState]:
         if state is None:
             logits = router(x.mean(dim=1))  # (b, C): one choice per sequence, from every token
             probs = router_probs(logits)
@@ -249,6 +251,8 @@ class MemoryBankAttention(Mixer):
             self._record_aux_losses(logits, probs, chosen)
         else:
             chosen, gates = state.chosen, state.gates
+            if chosen is None or gates is None:
+                raise ValueError("a sequence_noncausal bank's state must hold its first call's chapters and gates")
         M = self.memory_rows(chosen[..., None] * (self.n_memory // self.chapters) + self._chapter_rows(x))
         y = self._read(x[:, None].expand(-1, self.top_k, -1, -1), M)  # (b, k, T, d_model)
         return (gates[..., None, None] * y).sum(dim=1), MemoryBankState(position, chosen=chosen, gates=gates)
@@ -256,7 +260,7 @@ class MemoryBankAttention(Mixer):
     def _chapter_rows(self, x: torch.Tensor) -> torch.Tensor:
         return torch.arange(self.n_memory // self.chapters, device=x.device)
 
-    def _record_aux_losses(self, logits, probs, chosen) -> None:
+    def _record_aux_losses(self, logits: torch.Tensor, probs: torch.Tensor, chosen: torch.Tensor) -> None:
         self.aux_losses = {
             "load_balancing": load_balancing_loss(probs, chosen, self.chapters, self.balance_alpha),
             "router_z": self.z_loss_coef * router_z_loss(logits),
