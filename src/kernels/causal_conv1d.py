@@ -80,7 +80,7 @@ def _backward_kernel(
 
 
 @torch.library.register_kernel(FORWARD, ("cuda", "cpu"))
-def _forward(history, weight, bias):
+def _forward(history: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     check_device(history.device)
     batch, dim, _ = history.shape
     K = weight.shape[1]
@@ -94,7 +94,15 @@ def _forward(history, weight, bias):
 
 
 @torch.library.register_kernel(BACKWARD, ("cuda", "cpu"))
-def _backward(history, weight, bias, dy, dhistory, dw_part, dbias_part):
+def _backward(
+    history: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    dy: torch.Tensor,
+    dhistory: torch.Tensor,
+    dw_part: torch.Tensor,
+    dbias_part: torch.Tensor | None,
+) -> None:
     check_device(history.device)
     batch, dim, _ = history.shape
     K = weight.shape[1]
@@ -105,7 +113,9 @@ def _backward(history, weight, bias, dy, dhistory, dw_part, dbias_part):
     )  # fmt: skip
 
 
-def causal_conv1d_silu_triton(history: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+def causal_conv1d_silu_triton(
+    history: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """`causal_conv1d_silu` run by the kernels above (CUDA tensors, or CPU ones under the interpreter)."""
     check_device(history.device)
     return causal_conv1d_silu(history, weight, bias)

@@ -10,6 +10,8 @@ step (`src.estimate`) sees one operator and the kernel's memory; the Triton kern
 `src.kernels.causal_conv1d` are registered as its CUDA (and interpreted CPU) implementations.
 """
 
+from typing import Any
+
 import torch
 
 from src.layers._checks import check_shapes
@@ -30,20 +32,22 @@ def output_length(history: torch.Tensor, weight: torch.Tensor) -> int:
 
 
 @torch.library.register_fake(FORWARD)
-def _forward_fake(history, weight, bias):
+def _forward_fake(history: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return history.new_empty(*history.shape[:2], output_length(history, weight))
 
 
 @torch.library.register_fake(BACKWARD)
-def _backward_fake(*args):
+def _backward_fake(*args: object) -> None:
     return None  # it only writes into tensors its caller allocated
 
 
-def _setup_context(ctx, inputs, output):
+def _setup_context(
+    ctx: Any, inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], output: torch.Tensor
+) -> None:
     ctx.save_for_backward(*inputs)
 
 
-def _backward(ctx, dy):
+def _backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     history, weight, bias = ctx.saved_tensors
     batch, dim, positions = history.shape
     n_blocks = -(-positions // BLOCK_T)

@@ -92,7 +92,9 @@ def _heads_last(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).contiguous()
 
 
-def fla_linear(q, k, v, S0) -> tuple[torch.Tensor, torch.Tensor]:
+def fla_linear(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, S0: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """fla's chunked linear attention, unnormalised, scale 1: o_t = q_t S_t, S_t = S_{t-1} + k_t^T v_t.
 
     On float32 inputs fla's matrix products run in TF32 (about 1e-3 relative error).
@@ -107,7 +109,9 @@ def fla_linear(q, k, v, S0) -> tuple[torch.Tensor, torch.Tensor]:
     return o.transpose(1, 2), S
 
 
-def fla_delta(q, k, v, beta, S0) -> tuple[torch.Tensor, torch.Tensor]:
+def fla_delta(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, S0: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """fla's chunked delta rule, scale 1, keys as given: S_t = S_{t-1} + β_t k_t^T (v_t - k_t S_{t-1}).
 
     fla's kernel takes bfloat16 inputs only (its float32 path is refused), so q, k, v, β pass in

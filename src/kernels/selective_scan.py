@@ -30,6 +30,8 @@ recurrence, the reference) in value and in every gradient.
 """
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import triton
@@ -49,7 +51,7 @@ def _configs() -> list[triton.Config]:
     return [triton.Config({"BLOCK_D": d}, num_warps=w) for d, w in ((1, 2), (2, 4), (4, 8))]
 
 
-def _prune(configs, named_args, **kwargs):
+def _prune(configs: list[triton.Config], named_args: dict[str, Any], **kwargs: Any) -> list[triton.Config]:
     """All configs at the full chunk (training, long prompts); the first alone for a shorter sequence,
     whose chunk is its length: no compile and timing per new prompt length."""
     return configs if kwargs["CHUNK_SIZE"] == MAX_CHUNK else configs[:1]
@@ -234,12 +236,24 @@ def check_device(device: torch.device) -> None:
         )
 
 
-def _grid(batch: int, dim: int):
+def _grid(batch: int, dim: int) -> Callable[[dict[str, Any]], tuple[int, int]]:
     return lambda meta: (batch, triton.cdiv(dim, meta["BLOCK_D"]))
 
 
 @torch.library.register_kernel(FORWARD, ("cuda", "cpu"))
-def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, chunk_size):
+def _forward(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    h0: torch.Tensor | None,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     check_device(u.device)
     batch, dim, L = u.shape
     N = A.shape[1]
@@ -254,9 +268,29 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, chunk_size
 
 @torch.library.register_kernel(BACKWARD, ("cuda", "cpu"))
 def _backward(
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size, states, dout, dlast,
-    du, ddelta, dz, dA_part, dB, dC, dD_part, dbias_part, dh0,
-):  # fmt: skip
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    chunk_size: int,
+    states: torch.Tensor,
+    dout: torch.Tensor,
+    dlast: torch.Tensor | None,
+    du: torch.Tensor,
+    ddelta: torch.Tensor,
+    dz: torch.Tensor | None,
+    dA_part: torch.Tensor,
+    dB: torch.Tensor,
+    dC: torch.Tensor,
+    dD_part: torch.Tensor | None,
+    dbias_part: torch.Tensor | None,
+    dh0: torch.Tensor,
+) -> None:
     check_device(u.device)
     batch, dim, L = u.shape
     N = A.shape[1]
@@ -282,7 +316,7 @@ def selective_scan_triton(
     return_last_state: bool = False,
     initial_state: torch.Tensor | None = None,
     chunk_size: int | None = None,
-):
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Fast form of Mamba Eq. (2a)-(2b): `selective_scan_fused` (same arguments, shapes and result) run by
     the kernels above, on CUDA tensors or, under Triton's interpreter, CPU ones. Tested equal to
     `selective_scan_sequential` (the literal recurrence) in value and in every gradient."""

@@ -17,6 +17,8 @@ Dtypes as the official kernel's (`selective_scan_interface.py`): u, delta, B, C,
 with float64 inputs); the kernels compute in the state's dtype.
 """
 
+from typing import Any
+
 import torch
 
 from src.layers._checks import check_shapes
@@ -46,7 +48,17 @@ def state_dtype(input_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if input_dtype == torch.float64 else torch.float32
 
 
-def check_kernel_arguments(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
+def check_kernel_arguments(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
+) -> None:
     """Shapes as `check_selective_scan_arguments`; dtypes as the module docstring says."""
     sizes = check_shapes(u=(u, "b d l"), delta=(delta, "b d l"), B=(B, "b N l"), C=(C, "b N l"), z=(z, "b d l"))
     parameters = check_shapes(
@@ -83,16 +95,28 @@ def forward_outputs(
 
 
 @torch.library.register_fake(FORWARD)
-def _forward_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, chunk_size):
+def _forward_fake(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    h0: torch.Tensor | None,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return forward_outputs(u, A, chunk_size)
 
 
 @torch.library.register_fake(BACKWARD)
-def _backward_fake(*args):
+def _backward_fake(*args: object) -> None:
     return None  # it only writes into tensors its caller allocated
 
 
-def _setup_context(ctx, inputs, output):
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, chunk_size = inputs
     states = output[2]
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
@@ -100,7 +124,9 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(states)
 
 
-def _backward(ctx, dout, dlast, _dstates):
+def _backward(
+    ctx: Any, dout: torch.Tensor, dlast: torch.Tensor | None, _dstates: torch.Tensor | None
+) -> tuple[torch.Tensor | None, ...]:
     u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
     batch, dim, L = u.shape
     N = A.shape[1]
@@ -147,7 +173,7 @@ def selective_scan_fused(
     return_last_state: bool = False,
     initial_state: torch.Tensor | None = None,
     chunk_size: int | None = None,
-):
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r"""Mamba Eq. (2a)-(2b) through the `memory_models::selective_scan` operator (module docstring).
 
     .. math::
