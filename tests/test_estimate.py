@@ -75,10 +75,10 @@ def test_the_scan_operator_allocates_as_the_kernel_does():
     def scan_step(make, scan) -> int:
         tracker = _LiveStorage()
         with tracker:
-            u, delta, z = (make(2, 8, 70) for _ in range(3))  # 70 steps: two of the kernel's chunks of 64
-            A, B, C, D, bias, h0 = make(8, 4), make(2, 4, 70), make(2, 4, 70), make(8), make(8), make(2, 8, 4)
-            y, last = scan(u, delta, -A.exp(), B, C, D, z, bias, True, True, h0, 64)
-            weights = make(2, 8, 70), make(2, 8, 4)  # contiguous output gradients: no copy the interpreter keeps
+            u, delta, z = (make(2, 8, 20) for _ in range(3))  # 20 steps: two chunks of 8 and a partial one
+            A, B, C, D, bias, h0 = make(8, 4), make(2, 4, 20), make(2, 4, 20), make(8), make(8), make(2, 8, 4)
+            y, last = scan(u, delta, -A.exp(), B, C, D, z, bias, True, True, h0, 8)
+            weights = make(2, 8, 20), make(2, 8, 4)  # contiguous output gradients: no copy the interpreter keeps
             loss = (y * weights[0]).sum() + (last * weights[1]).sum()
             torch.autograd.grad(loss, (u, delta, A, B, C, D, z, bias, h0))
         return tracker.peak

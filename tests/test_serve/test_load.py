@@ -1,4 +1,4 @@
-"""Load: 32 concurrent clients x 50 stores each; afterwards every acknowledged store is recalled,
+"""Load: 32 concurrent clients x 25 stores each; afterwards every acknowledged store is recalled,
 nothing is lost and nothing is duplicated."""
 
 import sqlite3
@@ -8,7 +8,7 @@ import pytest
 
 from tests.test_serve.conftest import Server, words
 
-CLIENTS, STORES = 32, 50
+CLIENTS, STORES = 32, 25
 
 
 @pytest.mark.slow
