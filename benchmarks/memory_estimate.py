@@ -8,12 +8,14 @@ MambaGPT-130m also at 4 x 2048) on CUDA: two warm-up steps (the first allocates 
 the peak statistics reset, two measured steps; one JSON line per experiment as it finishes. Its first
 line is the bytes the CUDA libraries keep allocated after their first matrix products (cuBLAS and
 cuBLASLt workspaces), which `src.estimate.CUDA_LIBRARY_BYTES` adds to a CUDA estimate.
-`table` estimates each measured experiment for the CUDA code paths on this machine (a CPU-only one
-prices them on fake CPU tensors, `src/estimate.py`), timing each estimate, and writes the table.
+`table` estimates each measured experiment priced for CUDA on this machine (a CPU-only one runs the
+step on fake CPU tensors, `src/estimate.py`), timing each estimate, and writes the table; without
+`--measured`, every experiment at its config's batch and length (how long each estimate takes).
 """
 
 import argparse
 import json
+import os
 import time
 import traceback
 from pathlib import Path
@@ -36,8 +38,11 @@ def experiments() -> list[tuple[str, object, int | None, int | None]]:
     load here (an adapted model's base directory is made by another run) is its ConfigError."""
     rows = []
     for path in sorted(Path("configs").glob("*.yaml")) + sorted(Path("configs/paper").glob("*.yaml")):
+        raw = read_yaml(path)
+        if "model" not in raw and "models" not in raw:  # a serve config
+            continue
         try:
-            if "models" in read_yaml(path):
+            if "models" in raw:
                 rows += [(f"{path.stem}/{name}", exp, None, None) for name, exp in load_comparison(path).items()]
             else:
                 rows.append((path.stem, load_experiment(path), None, None))
@@ -121,26 +126,41 @@ def measure(out: Path, shard: int, shards: int) -> None:
 
 
 def table(measured_files: list[Path], out: Path) -> None:
+    """Every experiment's estimate priced for CUDA and its CPU seconds, beside what `measure` measured (the
+    measured experiments only, at their batch and length) or, without measured files, at the config's own."""
     records = [json.loads(line) for file in measured_files for line in file.read_text().splitlines()]
-    header = records[0]
-    workspace = next(record for record in records if "library_workspace_bytes" in record)
     measured = {record["label"]: record for record in records if "label" in record}
-    lines = [
-        f"# memory-models estimate vs torch.cuda.max_memory_allocated ({header['device']}, torch {header['torch']})",
-        "",
-        f"`PYTHONPATH=. python3 benchmarks/memory_estimate.py table --measured {' '.join(map(str, measured_files))}`",
-        "",
-        f"CUDA libraries' workspaces there: {workspace['library_workspace_bytes'] / MIB:,.1f} MiB"
-        f" ({workspace.get('source', 'measured')}). Estimates computed here "
-        f"({'CUDA present' if torch.cuda.is_available() else 'no GPU: the CUDA code paths on fake CPU tensors'}, "
-        f"torch {torch.__version__}), one process, seconds of this process's CPU per estimate.",
+    here = (
+        f"{'CUDA present' if torch.cuda.is_available() else 'no GPU: the CUDA code paths on fake CPU tensors'}, "
+        f"torch {torch.__version__}, {os.cpu_count()} CPU cores; one process, seconds of its CPU per estimate"
+    )
+    command = "`PYTHONPATH=. python3 benchmarks/memory_estimate.py table" + (
+        f" --measured {' '.join(map(str, measured_files))}`" if measured_files else "`"
+    )
+    if records:
+        header = records[0]
+        workspace = next(record for record in records if "library_workspace_bytes" in record)
+        lines = [
+            f"# memory-models estimate vs torch.cuda.max_memory_allocated "
+            f"({header['device']}, torch {header['torch']})",
+            "",
+            command,
+            "",
+            f"CUDA libraries' workspaces there: {workspace['library_workspace_bytes'] / MIB:,.1f} MiB"
+            f" ({workspace.get('source', 'measured')}). Estimates computed here ({here}).",
+        ]
+    else:
+        lines = [f"# memory-models estimate priced for CUDA, every config ({here})", "", command]
+    lines += [
         "",
         "| config | batch x length | estimate (MiB) | measured (MiB) | estimate / measured | estimate's CPU s |",
         "|---|---|---|---|---|---|",
     ]
-    for label, experiment, _, _ in experiments():
-        row = measured.get(label)
-        if row is None or isinstance(experiment, ConfigError):
+    for label, experiment, batch, length in experiments():
+        row = measured.get(label, {}) if records else {"batch": batch, "length": length}
+        if not row or isinstance(experiment, ConfigError):
+            if not records:
+                lines.append(f"| {label} | – | not estimated here: {experiment} | | | |")
             continue
         if "error" in row:
             lines.append(f"| {label} | – | | not measured: {row['error']} | | |")
@@ -152,10 +172,10 @@ def table(measured_files: list[Path], out: Path) -> None:
             lines.append(f"| {label} | {row['batch']} x {row['length']} | estimate failed: {failure(error)} | | | |")
             continue
         seconds = time.process_time() - start
-        ratio = estimate.peak_bytes / row["peak_bytes"]
+        peak = f"{row['peak_bytes'] / MIB:,.1f} | {estimate.peak_bytes / row['peak_bytes']:.3f}" if records else " | "
         lines.append(
-            f"| {label} | {row['batch']} x {row['length']} | {estimate.peak_bytes / MIB:,.1f} | "
-            f"{row['peak_bytes'] / MIB:,.1f} | {ratio:.3f} | {seconds:.1f} |"
+            f"| {label} | {estimate.batch} x {estimate.length} | {estimate.peak_bytes / MIB:,.1f} | {peak} | "
+            f"{seconds:.1f} |"
         )
         print(lines[-1], flush=True)
     out.write_text("\n".join(lines) + "\n")
@@ -168,7 +188,7 @@ def main() -> None:
     measuring.add_argument("--out", required=True, type=Path)
     measuring.add_argument("--shard", default="0/1", help="I/N: every N-th experiment from the I-th")
     tabling = commands.add_parser("table", help="estimate what `measure` measured; write the table")
-    tabling.add_argument("--measured", required=True, type=Path, nargs="+", help="measure's files")
+    tabling.add_argument("--measured", type=Path, nargs="+", default=[], help="measure's files (default: none)")
     tabling.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
     if args.command == "measure":
