@@ -58,7 +58,7 @@ def _backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     torch.ops.memory_models.causal_conv1d_silu_backward(
         history, weight, bias, dy.contiguous(), dhistory, dw_part, dbias_part
     )
-    dbias = dbias_part.sum((0, 1)).to(bias.dtype) if bias is not None else None
+    dbias = dbias_part.sum((0, 1)).to(bias.dtype) if dbias_part is not None else None
     return dhistory, dw_part.sum((0, 1)).to(weight.dtype), dbias
 
 

@@ -100,7 +100,9 @@ def _scan_forward(
     dn = d[:, None] * N + n_idx[None, :]
     A_dn = tl.load(A + dn, mask=dn_in, other=0.0)
     f = A_dn.dtype  # the state's dtype: float32, or float64
-    D_d = tl.load(D + d, mask=d_in, other=0.0) if HAS_D else None
+    # zeros, never read, without D (HAS_D is a compile-time constant: the branch is compiled out), so that D_d is
+    # a (BLOCK_D,) tile on both branches and its uses under `if HAS_D:` type-check
+    D_d = tl.load(D + d, mask=d_in, other=0.0) if HAS_D else tl.zeros((BLOCK_D,), dtype=f)
     bias_d = tl.load(bias + d, mask=d_in, other=0.0) if HAS_BIAS else None
     h = tl.load(h0 + b * dim * N + dn, mask=dn_in, other=0.0) if HAS_H0 else tl.zeros((BLOCK_D, BLOCK_N), dtype=f)
     for c in range(0, n_chunks):
@@ -153,7 +155,9 @@ def _scan_backward(
     dn = d[:, None] * N + n_idx[None, :]
     A_dn = tl.load(A + dn, mask=dn_in, other=0.0)
     f = A_dn.dtype
-    D_d = tl.load(D + d, mask=d_in, other=0.0) if HAS_D else None
+    # zeros, never read, without D (HAS_D is a compile-time constant: the branch is compiled out), so that D_d is
+    # a (BLOCK_D,) tile on both branches and its uses under `if HAS_D:` type-check
+    D_d = tl.load(D + d, mask=d_in, other=0.0) if HAS_D else tl.zeros((BLOCK_D,), dtype=f)
     bias_d = tl.load(bias + d, mask=d_in, other=0.0) if HAS_BIAS else None
     # carried: dL/dh at the state before the chunk (from later chunks, or the last state's gradient)
     carried = tl.load(dlast + b * dim * N + dn, mask=dn_in, other=0.0) if HAS_DLAST else tl.zeros_like(A_dn)

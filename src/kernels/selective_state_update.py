@@ -85,12 +85,15 @@ def selective_state_update(
         y (b, d) in x's dtype and the next state (b, d, N).
     """
     check_device(x.device)
-    length_one = [None if t is None else t[..., None] for t in (x, delta, B, C, z)]
-    check_kernel_arguments(*length_one[:2], A, *length_one[2:4], D, length_one[4], delta_bias, state)
+    check_kernel_arguments(
+        x[..., None], delta[..., None], A, B[..., None], C[..., None], D,
+        None if z is None else z[..., None], delta_bias, state,
+    )  # fmt: skip
     batch, dim = x.shape
     N = A.shape[1]
-    args = [None if t is None else t.contiguous() for t in (state, x, delta, A, B, C, D, z, delta_bias)]
-    new_state, y = torch.empty_like(args[0]), torch.empty_like(args[1])
+    state, x = state.contiguous(), x.contiguous()
+    args = [state, x, *(None if t is None else t.contiguous() for t in (delta, A, B, C, D, z, delta_bias))]
+    new_state, y = torch.empty_like(state), torch.empty_like(x)
     _state_update[(batch, triton.cdiv(dim, BLOCK_D))](
         *args, new_state, y, dim, N,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
