@@ -92,6 +92,9 @@ LONG = {
     for name, (kind, kwargs) in EXAMPLES.items()
     if not name.endswith(("-sequential", "-delta", "-clamps"))  # literal loops: references, or clamped writes
     and name != "attention"  # at 65,536 in tests/test_layers/test_attention.py (finite, and its peak memory)
+    # the MLP memory at this length once, in its fullest example (depth 3, convolution, output gate); MAC's path once,
+    # with the linear memory
+    and name not in ("neural_memory-mlp", "titans_mac-mlp")
 }
 
 
