@@ -43,7 +43,6 @@ from src.tasks import build_task
 from src.training import LossChunks, OutOfMemory, TrainingObjective, training_step
 
 GIB = 2**30
-MIB = 2**20
 CUDA_BLOCK = 512  # bytes: the CUDA caching allocator's smallest block and rounding (kMinBlockSize)
 LOSS_CHUNK_TOKENS = 1024  # the value advised for train.loss_chunk_tokens (configs/mamba_130m.yaml's)
 
@@ -101,6 +100,12 @@ def cuda_library_bytes(capability: tuple[int, int]) -> int:
     else:
         workspace = 4096 * 1024 * 8 if capability >= (9, 0) else 4096 * 1024 * 2 + 16 * 1024 * 8
     return 2 * workspace
+
+
+def priced_device(name: str) -> str:
+    """The device an estimate prices for a run on `name` (a `train.device` or a torch device type): a GPU for
+    "cuda" and "auto", the CPU for "cpu" and "mps" (the estimate has no model of Apple's allocator)."""
+    return "cuda" if name in ("cuda", "auto") else "cpu"
 
 
 class _LiveStorage(TorchDispatchMode):
@@ -192,7 +197,7 @@ def estimate_training_memory(
     chunks a chunked loss computes (`src.training.every_loss_chunk` runs them all: the same peak, slower).
     """
     batch = batch or experiment.train.batch_size
-    device = device or ("cpu" if experiment.train.device in ("cpu", "mps") else "cuda")
+    device = device or priced_device(experiment.train.device)
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     on_gpu = device == "cuda" and torch.cuda.is_available()  # else CUDA is priced on fake CPU tensors
@@ -282,7 +287,7 @@ def out_of_memory_advice(error: OutOfMemory) -> str:
 
     def peak(changes: dict, batch: int) -> int:
         changed = replace(experiment, train=replace(experiment.train, **changes))
-        return estimate_training_memory(changed, batch, device="cuda" if device.type == "cuda" else "cpu").peak_bytes
+        return estimate_training_memory(changed, batch, device=priced_device(device.type)).peak_bytes
 
     def batch_label(batch: int) -> str:
         return f"train.batch_size: {batch * error.processes}"
